@@ -1,0 +1,36 @@
+"""Installs the mbt package: multimodal fusion transformers for audio-visual video classification."""
+
+import setuptools
+
+setuptools.setup(
+    name="mbt",
+    version="0.1.0",
+    description=(
+        "JAX/Flax audio-visual video classification: MBT (attention bottlenecks), "
+        "Sparse Fusion Transformers and early-fusion C-LSTM."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=setuptools.find_packages(include=["mbt", "mbt.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10.0",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.6.0",
+        "ml_collections>=0.1.1",
+        "clu>=0.0.12",
+        "numpy>=1.26",
+        "tensorflow-cpu>=2.16",
+        "tensorflow-datasets>=4.9.6",
+        "tensorboard>=2.16",
+        "av>=12.0",
+        "h5py>=3.10",
+        "matplotlib>=3.8",
+        "absl-py>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "scikit-learn>=1.4", "librosa>=0.10"],
+    },
+)
