@@ -1,0 +1,222 @@
+"""MBT: Attention Bottlenecks for Multimodal Fusion (Nagrani et al., NeurIPS 2021).
+
+Each modality is tokenised and encoded by its own transformer layers up to the fusion layer Lf;
+from Lf on, modalities exchange information in one of three ways (`fusion`):
+
+- `bottleneck`: a few shared bottleneck tokens. Each modality's block runs on
+  [its tokens ; bottleneck tokens]; it keeps its own token outputs, and the next bottleneck is the
+  mean over modalities of their bottleneck outputs. Cross-modal flow passes only through them.
+- `concat`: all modalities' tokens concatenated and processed by one shared block per layer
+  (vanilla self-attention fusion).
+- `cross`: each modality's own block runs on [other modalities' tokens ; its own tokens] from the
+  previous layer and keeps the outputs of its own tokens (modality-specific weights).
+
+Lf = 0 is early fusion, Lf = num_layers late fusion. The parameter tree is Scenic MBT's
+(`embedding`, `embedding_spectrogram`, `cls`, `clsspectrogram`, `bottleneck`,
+`Transformer/{posembed_input[_<m>], encoderblock_<i>[_<m>], encoder_norm}`, `output_projection`),
+with every modality other than rgb named like the spectrogram.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mbt.models import tokenizers
+from mbt.models import vit
+
+FUSIONS = ("bottleneck", "concat", "cross")
+CLASSIFIERS = ("token", "gap")
+PRIMARY = "rgb"  # the modality whose parameters carry no suffix, as in Scenic
+
+
+def suffix(modality: str) -> str:
+    """'' for rgb, '_<modality>' for the others (Scenic's naming)."""
+    return "" if modality == PRIMARY else f"_{modality}"
+
+
+class AddPositionEmbs(nn.Module):
+    """Adds a learned position embedding `pos_embedding` `[1, tokens, D]`, init N(0, 0.02)."""
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        pos_1xLxD = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                               (1,) + x_BxLxD.shape[1:])
+        return x_BxLxD + pos_1xLxD.astype(x_BxLxD.dtype)
+
+
+class FusionEncoder(nn.Module):
+    """The `Transformer` submodule: position embeddings, L blocks with fusion from Lf, final norm.
+
+    Input: `{modality: [B, L_m, D]}` (CLS tokens already prepended) and, for bottleneck fusion,
+    `bottleneck_BxNxD`. Output: `[B, sum_m L_m, D]`, the modalities' tokens concatenated in
+    `modalities` order after `encoder_norm` (bottleneck tokens are not part of the output).
+    """
+
+    modalities: tuple[str, ...]
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    fusion: str = "bottleneck"
+    fusion_layer: int = 0
+    share_encoder: bool = False
+    use_bottlenecks: bool = True
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    stochastic_droplayer_rate: float = 0.0
+    attention: str = "fused"
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: dict[str, jax.Array], bottleneck_BxNxD: jax.Array | None, *,
+                 train: bool) -> jax.Array:
+        tokens = {m: AddPositionEmbs(name=f"posembed_input{suffix(m)}")(tokens[m])
+                  for m in self.modalities}
+        block_cls = vit.encoder_block_class(self.remat)
+        deterministic = not train
+        multimodal = len(self.modalities) > 1
+        joint_BxLxD = None  # concat fusion: the concatenated sequence once fusion has started
+
+        for layer in range(self.num_layers):
+            def block(name):
+                return block_cls(
+                    mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+                    attention_dropout_rate=self.attention_dropout_rate,
+                    droplayer_p=vit.droplayer_rate(layer, self.num_layers,
+                                                   self.stochastic_droplayer_rate),
+                    attention=self.attention, dtype=self.dtype, name=name)
+
+            shared = block(f"encoderblock_{layer}")
+            blocks = {m: shared if (m == PRIMARY or self.share_encoder)
+                      else block(f"encoderblock_{layer}{suffix(m)}") for m in self.modalities}
+            fused = multimodal and layer >= self.fusion_layer
+            if self.fusion == "bottleneck" and not self.use_bottlenecks:
+                fused = False
+
+            if not fused:
+                tokens = {m: blocks[m](tokens[m], deterministic) for m in self.modalities}
+            elif self.fusion == "bottleneck":
+                bottleneck_outputs = []
+                for m in self.modalities:
+                    n_own = tokens[m].shape[1]
+                    out = blocks[m](jnp.concatenate([tokens[m], bottleneck_BxNxD], axis=1),
+                                    deterministic)
+                    tokens[m] = out[:, :n_own]
+                    bottleneck_outputs.append(out[:, n_own:])
+                bottleneck_BxNxD = jnp.mean(jnp.stack(bottleneck_outputs, axis=0), axis=0)
+            elif self.fusion == "cross":
+                updated = {}
+                for m in self.modalities:
+                    context = [tokens[o] for o in self.modalities if o != m]
+                    n_own = tokens[m].shape[1]
+                    out = blocks[m](jnp.concatenate(context + [tokens[m]], axis=1), deterministic)
+                    updated[m] = out[:, -n_own:]
+                tokens = updated
+            else:  # concat: one shared block over all tokens
+                if joint_BxLxD is None:
+                    joint_BxLxD = jnp.concatenate([tokens[m] for m in self.modalities], axis=1)
+                joint_BxLxD = shared(joint_BxLxD, deterministic)
+
+        if joint_BxLxD is None:
+            joint_BxLxD = jnp.concatenate([tokens[m] for m in self.modalities], axis=1)
+        return nn.LayerNorm(name="encoder_norm")(joint_BxLxD)
+
+
+class MBT(nn.Module):
+    """Audio-visual fusion transformer over any set of named modalities.
+
+    Inputs: `{modality: array}` — video-like `[B, T, H, W, C]`, spectrogram `[B, time, mel, C]`.
+    Returns logits `[B, num_classes]`; with `classifier='token'` in training a dict
+    `{modality: [B, num_classes]}` of per-modality logits (one shared head), whose mean is what
+    evaluation returns.
+    """
+
+    num_classes: int
+    modalities: tuple[str, ...]
+    tokenizer_specs: tuple[tuple[str, tokenizers.TokenizerSpec], ...]
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    fusion: str = "bottleneck"
+    fusion_layer: int = 0
+    n_bottlenecks: int = 4
+    share_encoder: bool = False
+    test_with_bottlenecks: bool = True
+    classifier: str = "token"
+    representation_size: int | None = None
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    stochastic_droplayer_rate: float = 0.0
+    attention: str = "fused"
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    def _cls_name(self, modality: str) -> str:
+        # Scenic: 'cls' for rgb or a single modality, else 'cls' + name with no underscore.
+        return "cls" if (modality == PRIMARY or len(self.modalities) == 1) else f"cls{modality}"
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool):
+        specs = dict(self.tokenizer_specs)
+        missing = [m for m in self.modalities if m not in inputs]
+        if missing:
+            raise ValueError(f"model inputs lack modalities {missing}; got {sorted(inputs)}")
+        dtype = jnp.dtype(self.dtype)
+
+        tokens, num_tokens = {}, {}
+        for m in self.modalities:
+            x = tokenizers.embed(jnp.asarray(inputs[m], dtype), specs[m], self.hidden_size,
+                                 name=f"embedding{suffix(m)}", dtype=dtype)
+            if self.classifier == "token":
+                cls_1x1xD = self.param(self._cls_name(m), nn.initializers.zeros,
+                                       (1, 1, self.hidden_size))
+                cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x.dtype), (x.shape[0], 1, x.shape[2]))
+                x = jnp.concatenate([cls_Bx1xD, x], axis=1)
+            tokens[m] = x
+            num_tokens[m] = x.shape[1]
+        batch = next(iter(tokens.values())).shape[0]
+
+        bottleneck_BxNxD = None
+        use_bottlenecks = train or self.test_with_bottlenecks
+        if self.fusion == "bottleneck" and len(self.modalities) > 1:
+            # Scenic adds one more bottleneck token when the classifier is 'token'.
+            n = self.n_bottlenecks + (1 if self.classifier == "token" else 0)
+            bottleneck_1xNxD = self.param("bottleneck", nn.initializers.normal(stddev=0.02),
+                                          (1, n, self.hidden_size))
+            bottleneck_BxNxD = jnp.broadcast_to(bottleneck_1xNxD.astype(dtype),
+                                                (batch, n, self.hidden_size))
+
+        encoded_BxLxD = FusionEncoder(
+            modalities=self.modalities, num_layers=self.num_layers, num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim, fusion=self.fusion, fusion_layer=self.fusion_layer,
+            share_encoder=self.share_encoder, use_bottlenecks=use_bottlenecks,
+            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            stochastic_droplayer_rate=self.stochastic_droplayer_rate, attention=self.attention,
+            remat=self.remat, dtype=dtype, name="Transformer")(tokens, bottleneck_BxNxD, train=train)
+
+        head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
+                        name="output_projection")
+        pre_logits = None
+        if self.representation_size is not None:
+            pre_logits = nn.Dense(self.representation_size, name="pre_logits")
+
+        def classify(features_BxD):
+            if pre_logits is not None:
+                features_BxD = jnp.tanh(pre_logits(features_BxD))
+            return head(features_BxD).astype(jnp.float32)
+
+        if self.classifier == "gap":
+            return classify(jnp.mean(encoded_BxLxD, axis=1))
+
+        logits, offset = {}, 0
+        for m in self.modalities:
+            logits[m] = classify(encoded_BxLxD[:, offset])
+            offset += num_tokens[m]
+        if train:
+            return logits
+        return sum(logits.values()) / len(logits)

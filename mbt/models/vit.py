@@ -1,0 +1,174 @@
+"""ViT building blocks shared by every model: presets, attention, MLP and the encoder block.
+
+Parameter names follow Flax's `MultiHeadDotProductAttention` and Scenic's ViT so that ViT and
+Scenic MBT checkpoints map one-to-one: an encoder block holds `LayerNorm_0`,
+`MultiHeadDotProductAttention_0/{query,key,value,out}`, `LayerNorm_1`, `MlpBlock_0/{Dense_0,Dense_1}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSize:
+    """Width, depth, heads and MLP size of a ViT preset; `patch` is the 2-D patch side in pixels."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    patch: int
+
+
+_WIDTHS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+}
+
+
+def preset(variant: str) -> ViTSize:
+    """Returns the sizes of a ViT variant such as 'B/16' ('Ti', 'S', 'B', 'L'; any patch size)."""
+    name, _, patch = variant.partition("/")
+    if name not in _WIDTHS or not patch.isdigit():
+        allowed = ", ".join(f"'{w}/16'" for w in _WIDTHS)
+        raise ValueError(f"config.model.variant={variant!r} is not a ViT preset; use one of {allowed} "
+                         "(any patch size after '/'), or None with explicit sizes")
+    return ViTSize(*_WIDTHS[name], patch=int(patch))
+
+
+def _dtype(dtype: Any) -> jnp.dtype:
+    return jnp.dtype(dtype) if dtype is not None else jnp.float32
+
+
+def einsum_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH, *, dropout_rate: float = 0.0,
+                     dropout_rng=None, deterministic: bool = True):
+    """Plain softmax(q·kᵀ/√H)·v attention; the reference path, and the one that supports dropout.
+
+    Returns `[batch, q_tokens, heads, head_dim]`. Softmax runs in float32 whatever the inputs.
+    """
+    head_dim = query_BxQxNxH.shape[-1]
+    logits_BxNxQxK = jnp.einsum("bqnh,bknh->bnqk", query_BxQxNxH, key_BxKxNxH)
+    logits_BxNxQxK = logits_BxNxQxK.astype(jnp.float32) / jnp.sqrt(head_dim).astype(jnp.float32)
+    weights_BxNxQxK = jax.nn.softmax(logits_BxNxQxK, axis=-1)
+    if dropout_rate > 0.0 and not deterministic:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxNxQxK.shape)
+        weights_BxNxQxK = jnp.where(keep, weights_BxNxQxK / (1.0 - dropout_rate), 0.0)
+    weights_BxNxQxK = weights_BxNxQxK.astype(value_BxKxNxH.dtype)
+    return jnp.einsum("bnqk,bknh->bqnh", weights_BxNxQxK, value_BxKxNxH)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+    """Self-attention with Flax's MHA parameter layout, computed by `jax.nn.dot_product_attention`.
+
+    `jax.nn.dot_product_attention` selects the fused cuDNN kernel on GPU. It has no attention
+    dropout, so when `dropout_rate > 0` in training the einsum path runs instead.
+    Parameters: `query`/`key`/`value` kernels `[D, heads, D/heads]`, biases `[heads, D/heads]`,
+    `out` kernel `[heads, D/heads, D]`, bias `[D]`.
+    """
+
+    num_heads: int
+    dropout_rate: float = 0.0
+    implementation: str = "fused"  # 'fused' (jax.nn.dot_product_attention) or 'einsum'
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.xavier_uniform()
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, *, deterministic: bool) -> jax.Array:
+        width = x_BxLxD.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"hidden_size={width} is not divisible by num_heads={self.num_heads}")
+        head_dim = width // self.num_heads
+        dense = lambda name: nn.DenseGeneral(  # noqa: E731
+            features=(self.num_heads, head_dim), kernel_init=self.kernel_init,
+            dtype=self.dtype, name=name)
+        query_BxLxNxH = dense("query")(x_BxLxD)
+        key_BxLxNxH = dense("key")(x_BxLxD)
+        value_BxLxNxH = dense("value")(x_BxLxD)
+
+        needs_dropout = self.dropout_rate > 0.0 and not deterministic
+        if self.implementation == "einsum" or needs_dropout:
+            rng = self.make_rng("dropout") if needs_dropout else None
+            out_BxLxNxH = einsum_attention(query_BxLxNxH, key_BxLxNxH, value_BxLxNxH,
+                                           dropout_rate=self.dropout_rate, dropout_rng=rng,
+                                           deterministic=deterministic)
+        elif self.implementation == "fused":
+            out_BxLxNxH = jax.nn.dot_product_attention(query_BxLxNxH, key_BxLxNxH, value_BxLxNxH)
+        else:
+            raise ValueError(f"config.model.attention={self.implementation!r}; use 'fused' or 'einsum'")
+        return nn.DenseGeneral(features=width, axis=(-2, -1), kernel_init=self.kernel_init,
+                               dtype=self.dtype, name="out")(out_BxLxNxH)
+
+
+class MlpBlock(nn.Module):
+    """Dense(mlp_dim) → GELU → dropout → Dense(D) → dropout, on `[batch, tokens, D]`."""
+
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, *, deterministic: bool) -> jax.Array:
+        width = x_BxLxD.shape[-1]
+        dense = lambda features: nn.Dense(  # noqa: E731
+            features, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6))
+        h_BxLxF = nn.gelu(dense(self.mlp_dim)(x_BxLxD))
+        h_BxLxF = nn.Dropout(self.dropout_rate)(h_BxLxF, deterministic=deterministic)
+        y_BxLxD = dense(width)(h_BxLxF)
+        return nn.Dropout(self.dropout_rate)(y_BxLxD, deterministic=deterministic)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block on `[batch, tokens, D]`.
+
+    LayerNorm → attention → dropout → residual; LayerNorm → MLP → residual. Stochastic depth
+    drops each residual branch per example with probability `droplayer_p`, independently for the
+    two branches, without rescaling (as Scenic MBT does, so its checkpoints behave the same).
+    """
+
+    mlp_dim: int
+    num_heads: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    droplayer_p: float = 0.0
+    attention: str = "fused"
+    dtype: Any = jnp.float32
+
+    def _keep_mask(self, x: jax.Array, deterministic: bool):
+        if deterministic or not self.droplayer_p:
+            return 1.0
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        dropped = jax.random.bernoulli(self.make_rng("dropout"), self.droplayer_p, shape)
+        return (1.0 - dropped).astype(x.dtype)
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, deterministic: bool) -> jax.Array:
+        y = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+        y = MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
+            implementation=self.attention, dtype=self.dtype)(y, deterministic=deterministic)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        x_BxLxD = x_BxLxD + y * self._keep_mask(y, deterministic)
+
+        y = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                     dtype=self.dtype)(y, deterministic=deterministic)
+        return x_BxLxD + y * self._keep_mask(y, deterministic)
+
+
+def encoder_block_class(remat: bool) -> type[nn.Module]:
+    """`EncoderBlock`, or its rematerialised version that recomputes activations in backprop."""
+    return nn.remat(EncoderBlock, static_argnums=(2,)) if remat else EncoderBlock
+
+
+def droplayer_rate(layer: int, num_layers: int, max_rate: float) -> float:
+    """Stochastic depth of `layer`: grows linearly from 0 (first layer) to `max_rate` (last)."""
+    return layer / max(num_layers - 1, 1) * max_rate
