@@ -1,0 +1,2 @@
+"""Data: media decoding (`media`), synthetic dataset copies (`synthetic`), TFDS builders and
+the tf.data input pipeline. Only the builders and the pipeline import TensorFlow."""
