@@ -1,0 +1,432 @@
+"""Parameter count and inference GFLOPs per example: analytic count and XLA's cost analysis.
+
+    python -m mbt.tools.flops --config=configs/<file>.py [--xla=compiled|lowered|none]
+
+Conventions (see docs/compute.md):
+- The analytic count is in multiply-adds (MACs): one multiply-add = one FLOP, the convention
+  behind "ViT-B/16 at 224² = 17.56 GFLOPs". It counts the matrix products only: patch
+  embedding, Q/K/V/out projections, attention logits q·kᵀ, the attention-weighted sum of
+  values, the two MLP layers and the classifier head. Layer norms, softmax, GELU, biases,
+  residual adds, position embeddings and the bottleneck average are left out (O(tokens·D)).
+- XLA's count (`cost_analysis()['flops']` of the jitted forward pass) counts a multiply-add as
+  2 FLOPs and includes the elementwise ops, so `xla / (2 · analytic)` is a little above 1.
+  The XLA check always runs the model with `attention='einsum'` (where the config has the key)
+  because a fused attention kernel may be a custom call whose FLOPs XLA cannot see.
+
+A model contributes its analytic count by registering a function with `@register_analytic(name)`
+in this module, or by giving its builder in `mbt.models.MODELS` a static method
+`analytic_macs(model_config, input_shapes, num_classes) -> AnalyticCount`. Without either, only
+the XLA count is reported. None of this imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mbt import models
+from mbt.models import tokenizers
+
+SPECTROGRAM_FRAMES_PER_SECOND = 100  # 10 ms hop
+# Used for the head's size when neither a flag nor config.dataset.num_classes gives it.
+DATASET_NUM_CLASSES = {"audioset": 527, "vggsound": 309, "epic_kitchens": 97 + 300}
+DEFAULT_NUM_CLASSES = 527
+
+
+@dataclasses.dataclass
+class AnalyticCount:
+    """Multiply-adds per example by component, and the token count each sequence had.
+
+    `macs`: component name → multiply-adds for one example (one forward pass, inference).
+    `tokens`: a description of each sequence the encoder processed → its length, for reports.
+    """
+
+    macs: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
+    tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.macs.values()))
+
+    def add(self, other: Mapping[str, int]) -> None:
+        for name, value in other.items():
+            self.macs[name] += int(value)
+
+
+AnalyticFn = Callable[[ml_collections.ConfigDict, Mapping[str, tuple[int, ...]], int], AnalyticCount]
+ANALYTIC: dict[str, AnalyticFn] = {}
+
+
+def register_analytic(model_name: str) -> Callable[[AnalyticFn], AnalyticFn]:
+    """Decorator: `fn(model_config, input_shapes, num_classes) -> AnalyticCount` for a model."""
+
+    def register(fn: AnalyticFn) -> AnalyticFn:
+        ANALYTIC[model_name] = fn
+        return fn
+
+    return register
+
+
+def analytic_fn(model_name: str) -> AnalyticFn | None:
+    """The analytic counter of `model_name`: this module's registry, else the builder's hook."""
+    if model_name in ANALYTIC:
+        return ANALYTIC[model_name]
+    return getattr(models.MODELS.get(model_name), "analytic_macs", None)
+
+
+# --- analytic building blocks ---------------------------------------------------------------
+
+def encoder_block_macs(num_tokens: int, width: int, mlp_dim: int,
+                       num_key_tokens: int | None = None) -> dict[str, int]:
+    """Multiply-adds of one pre-LN transformer block on one example.
+
+    `num_tokens` queries attend to `num_key_tokens` keys (default: the same tokens, i.e.
+    self-attention). Q and out projections run on the queries, K and V on the keys.
+    """
+    q, k, d = num_tokens, num_key_tokens if num_key_tokens is not None else num_tokens, width
+    return {
+        "qkv_out_projections": 2 * q * d * d + 2 * k * d * d,
+        "attention_logits": q * k * d,          # q·kᵀ summed over heads: Σ_heads q·k·(D/heads)
+        "attention_weighted_sum": q * k * d,    # weights·v
+        "mlp": 2 * q * d * mlp_dim,
+    }
+
+
+def patch_embedding_macs(spec: tokenizers.TokenizerSpec, input_shape: tuple[int, ...],
+                         width: int) -> tuple[int, int]:
+    """(tokens, multiply-adds) of tokenising one example of `input_shape` (no batch axis)."""
+    grid = tokenizers.token_grid(spec, tuple(input_shape))
+    num_tokens = math.prod(grid)
+    channels = input_shape[-1]
+    patch_volume = math.prod(spec.patches) * channels
+    return num_tokens, num_tokens * patch_volume * width
+
+
+def head_macs(model_config: ml_collections.ConfigDict, width: int, num_classes: int,
+              num_heads_applied: int) -> int:
+    """The classifier (and optional pre-logits layer) applied `num_heads_applied` times."""
+    representation = model_config.get("representation_size")
+    per_head = (width * representation + representation * num_classes) if representation \
+        else width * num_classes
+    return num_heads_applied * per_head
+
+
+@register_analytic("mbt")
+def mbt_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[int, ...]],
+             num_classes: int) -> AnalyticCount:
+    """Inference multiply-adds of `mbt.models.mbt.MBT` for one example, as the model computes them.
+
+    Before layer Lf every modality runs its own block on its own tokens (CLS included). From Lf:
+    `bottleneck`: each modality's block runs on its tokens + the bottleneck tokens
+    (n_bottlenecks, + 1 with the token classifier, as in Scenic); `cross`: each modality's block
+    runs on the concatenation of all modalities' tokens (the model keeps only its own outputs,
+    but computes them all); `concat`: one block on the concatenated sequence.
+    """
+    sizes = models.resolve_sizes(model_config)
+    width, mlp_dim = sizes.hidden_size, sizes.mlp_dim
+    modalities = tuple(model_config.modalities)
+    classifier = model_config.get("classifier", "token")
+    fusion = model_config.get("fusion", "bottleneck")
+    fusion_layer = model_config.get("fusion_layer", 0)
+    count = AnalyticCount()
+
+    lengths = {}
+    for m in modalities:
+        if m not in input_shapes:
+            raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
+                             f"have {sorted(input_shapes)}")
+        spec = models.tokenizer_spec(model_config, m, sizes.patch)
+        n, macs = patch_embedding_macs(spec, input_shapes[m], width)
+        count.add({"patch_embedding": macs})
+        lengths[m] = n + (1 if classifier == "token" else 0)
+        count.tokens[m] = lengths[m]
+
+    multimodal = len(modalities) > 1
+    # Inference: test_with_bottlenecks=False turns bottleneck fusion into late fusion.
+    fusing = multimodal and (fusion != "bottleneck" or model_config.get("test_with_bottlenecks", True))
+    n_bottleneck = int(model_config.get("n_bottlenecks", 4)) + (1 if classifier == "token" else 0)
+    joint = sum(lengths.values())
+    for layer in range(sizes.num_layers):
+        if not (fusing and layer >= fusion_layer):
+            for m in modalities:
+                count.add(encoder_block_macs(lengths[m], width, mlp_dim))
+        elif fusion == "bottleneck":
+            for m in modalities:
+                count.add(encoder_block_macs(lengths[m] + n_bottleneck, width, mlp_dim))
+                count.tokens[f"{m}+bottleneck"] = lengths[m] + n_bottleneck
+        elif fusion == "cross":
+            for m in modalities:
+                count.add(encoder_block_macs(joint, width, mlp_dim))
+            count.tokens["cross (per modality)"] = joint
+        else:
+            count.add(encoder_block_macs(joint, width, mlp_dim))
+            count.tokens["concat"] = joint
+    heads = len(modalities) if classifier == "token" else 1
+    count.add({"head": head_macs(model_config, width, num_classes, heads)})
+    return count
+
+
+# --- XLA ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class XlaReport:
+    """XLA's view of the jitted inference forward pass at batch `batch_size`.
+
+    `flops`: cost_analysis()['flops'] (a multiply-add = 2, elementwise ops included), for the
+    whole batch. Memory fields (bytes) come from the compiled executable only, else None:
+    `temp_bytes` is XLA's scratch/activation buffer, the peak-activation estimate;
+    `argument_bytes` holds parameters and inputs.
+    """
+
+    flops: float
+    batch_size: int
+    seconds: float
+    compiled: bool
+    temp_bytes: int | None = None
+    argument_bytes: int | None = None
+    output_bytes: int | None = None
+
+
+def input_structs(input_shapes: Mapping[str, tuple[int, ...]], batch_size: int = 1,
+                  dtype=jnp.float32) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract inputs `{modality: [batch, *shape]}` for lowering without data."""
+    return {m: jax.ShapeDtypeStruct((batch_size,) + tuple(s), dtype) for m, s in input_shapes.items()}
+
+
+def abstract_params(model, inputs: Mapping[str, jax.ShapeDtypeStruct]):
+    """Parameter shapes of `model` from `jax.eval_shape` (nothing is allocated or computed)."""
+    def init(x):
+        return model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+                          x, train=False)
+    return jax.eval_shape(init, dict(inputs))["params"]
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def _first(analysis):
+    # Older JAX returned a list with one dict per executable.
+    return analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+
+
+def xla_model_config(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with `attention='einsum'`, so no fused custom call hides FLOPs from XLA."""
+    config = ml_collections.ConfigDict(model_config.to_dict())
+    if "attention" in config:
+        config.attention = "einsum"
+    return config
+
+
+def xla_report(model, params, input_shapes: Mapping[str, tuple[int, ...]], *,
+               batch_size: int = 1, compile: bool = True) -> XlaReport:
+    """Lowers (and compiles, if `compile`) the inference forward pass; never runs it."""
+    start = time.perf_counter()
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    lowered = forward.lower(params, input_structs(input_shapes, batch_size))
+    if not compile:
+        flops = float(_first(lowered.cost_analysis())["flops"])
+        return XlaReport(flops, batch_size, time.perf_counter() - start, compiled=False)
+    compiled = lowered.compile()
+    flops = float(_first(compiled.cost_analysis())["flops"])
+    memory = compiled.memory_analysis()
+    get = lambda name: getattr(memory, name, None) if memory is not None else None  # noqa: E731
+    return XlaReport(flops, batch_size, time.perf_counter() - start, compiled=True,
+                     temp_bytes=get("temp_size_in_bytes"),
+                     argument_bytes=get("argument_size_in_bytes"),
+                     output_bytes=get("output_size_in_bytes"))
+
+
+# --- input shapes from a config -------------------------------------------------------------
+
+def parse_shape(text: str, flag: str) -> tuple[int, ...]:
+    """'8,224,224,3' → (8, 224, 224, 3); ValueError naming `flag` otherwise."""
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"--{flag}={text!r} must be comma-separated positive sizes, e.g. 8,224,224,3")
+    return shape
+
+
+def input_shapes_from_config(config: ml_collections.ConfigDict,
+                             overrides: Mapping[str, tuple[int, ...]] | None = None
+                             ) -> dict[str, tuple[int, ...]]:
+    """Per-example input shape of each modality in `config.model.modalities` (no batch axis).
+
+    rgb: (num_frames, frame_size, frame_size, 3); spectrogram: (audio_seconds · 100,
+    num_mel_bins, spec_channels), from `config.dataset`. `overrides` (from flags) win.
+    """
+    overrides = dict(overrides or {})
+    dataset = config.get("dataset") or ml_collections.ConfigDict()
+    shapes = {}
+    for m in tuple(config.model.modalities):
+        if m in overrides:
+            shapes[m] = tuple(overrides[m])
+            continue
+        if m == "rgb" and dataset.get("num_frames") and dataset.get("frame_size"):
+            size = dataset.frame_size
+            h, w = (size, size) if isinstance(size, int) else tuple(size)
+            shapes[m] = (int(dataset.num_frames), int(h), int(w), 3)
+        elif m == "spectrogram" and dataset.get("audio_seconds"):
+            frames = int(round(float(dataset.audio_seconds) * SPECTROGRAM_FRAMES_PER_SECOND))
+            shapes[m] = (frames, int(dataset.get("num_mel_bins", 128) or 128),
+                         int(dataset.get("spec_channels", 1) or 1))
+        else:
+            keys = {"rgb": "num_frames and frame_size", "spectrogram": "audio_seconds"}.get(m)
+            where = f"config.dataset.{keys} or " if keys else ""
+            raise ValueError(f"no input shape for modality {m!r}: set {where}--{m}_shape "
+                             f"(or --shape={m}=d1,d2,...)")
+    return shapes
+
+
+def num_classes_from_config(config: ml_collections.ConfigDict) -> int:
+    dataset = config.get("dataset") or {}
+    if dataset.get("num_classes"):
+        return int(dataset.num_classes)
+    return DATASET_NUM_CLASSES.get(dataset.get("name"), DEFAULT_NUM_CLASSES)
+
+
+# --- report ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FlopsReport:
+    """Everything the CLI prints, per example unless said otherwise."""
+
+    model_name: str
+    input_shapes: dict[str, tuple[int, ...]]
+    num_classes: int
+    num_params: int
+    analytic: AnalyticCount | None
+    xla: XlaReport | None
+
+    @property
+    def analytic_gflops(self) -> float | None:
+        """Analytic GFLOPs (1 multiply-add = 1 FLOP) per example."""
+        return self.analytic.total / 1e9 if self.analytic is not None else None
+
+    @property
+    def xla_gflops(self) -> float | None:
+        """XLA GFLOPs per example (1 multiply-add = 2 FLOPs, elementwise ops included)."""
+        return self.xla.flops / self.xla.batch_size / 1e9 if self.xla is not None else None
+
+    @property
+    def ratio(self) -> float | None:
+        """XLA FLOPs / (2 × analytic multiply-adds); ≈ 1 when the analytic count is complete."""
+        if self.analytic is None or self.xla is None or not self.analytic.total:
+            return None
+        return self.xla_gflops / (2 * self.analytic_gflops)
+
+    def lines(self) -> list[str]:
+        shapes = ", ".join(f"{m} {list(s)}" for m, s in self.input_shapes.items())
+        out = [f"model: {self.model_name}   inputs per example: {shapes}   classes: {self.num_classes}",
+               f"parameters: {self.num_params:,} ({self.num_params / 1e6:.2f} M)"]
+        if self.analytic is not None:
+            out.append("analytic GFLOPs/example (1 multiply-add = 1 FLOP): "
+                       f"{_number(self.analytic_gflops)}")
+            for name, macs in self.analytic.macs.items():
+                out.append(f"  {name:<24} {_number(macs / 1e9):>10} G  "
+                           f"({100 * macs / self.analytic.total:5.1f} %)")
+            out.append("  sequence lengths: " + ", ".join(f"{k} {v}" for k, v in self.analytic.tokens.items()))
+        else:
+            out.append(f"analytic GFLOPs: not available for model {self.model_name!r} "
+                       "(register one in mbt/tools/flops.py)")
+        if self.xla is not None:
+            how = "compiled" if self.xla.compiled else "lowered, unoptimised HLO"
+            out.append(f"XLA GFLOPs/example (1 multiply-add = 2 FLOPs, elementwise included; {how}, "
+                       f"{self.xla.seconds:.1f} s): {_number(self.xla_gflops)}")
+            if self.ratio is not None:
+                out.append(f"XLA / (2 x analytic): {self.ratio:.4f}")
+            if self.xla.temp_bytes is not None:
+                out.append(f"peak activation memory estimate (XLA temp buffers, batch "
+                           f"{self.xla.batch_size}): {_mib(self.xla.temp_bytes)}; "
+                           f"arguments (params + inputs): {_mib(self.xla.argument_bytes)}")
+        return out
+
+
+def _number(value: float) -> str:
+    """3 decimals for big numbers, 4 significant digits for small ones."""
+    return f"{value:.3f}" if abs(value) >= 1 else f"{value:.4g}"
+
+
+def _mib(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} KiB"
+
+
+def analyse(config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[int, ...]],
+            num_classes: int, *, xla: str = "compiled", batch_size: int = 1) -> FlopsReport:
+    """Counts parameters, analytic multiply-adds and (`xla` = 'compiled'|'lowered'|'none') XLA FLOPs.
+
+    `config` is the model config (`config.model`); `input_shapes` exclude the batch axis.
+    """
+    if xla not in ("compiled", "lowered", "none"):
+        raise ValueError(f"--xla={xla!r}; allowed: 'compiled', 'lowered', 'none'")
+    input_shapes = {m: tuple(int(d) for d in s) for m, s in input_shapes.items()}
+    name = config.get("name")
+    models.validate_model_config(config)
+
+    counter = analytic_fn(name)
+    analytic = counter(config, input_shapes, num_classes) if counter is not None else None
+
+    model = models.build_model(xla_model_config(config), num_classes)
+    params = abstract_params(model, input_structs(input_shapes, batch_size))
+    report = None
+    if xla != "none":
+        report = xla_report(model, params, input_shapes, batch_size=batch_size,
+                            compile=xla == "compiled")
+    return FlopsReport(name, dict(input_shapes), num_classes, count_params(params), analytic, report)
+
+
+def main(argv):
+    del argv
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    flag_values = flags.FLAGS
+    config = flag_values.config
+    if config is None or config.get("model") is None:
+        raise ValueError("--config must name a config file whose get_config() has config.model")
+    overrides = {}
+    for modality in ("rgb", "spectrogram"):
+        value = flag_values[f"{modality}_shape"].value
+        if value:
+            overrides[modality] = parse_shape(value, f"{modality}_shape")
+    for item in flag_values.shape or ():
+        modality, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--shape={item!r} must look like modality=d1,d2,...")
+        overrides[modality.strip()] = parse_shape(value, f"shape {modality}")
+    shapes = input_shapes_from_config(config, overrides)
+    num_classes = flag_values.num_classes or num_classes_from_config(config)
+    report = analyse(config.model, shapes, num_classes, xla=flag_values.xla,
+                     batch_size=flag_values.batch_size)
+    print("\n".join(report.lines()))
+
+
+def define_flags():
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    config_flags.DEFINE_config_file("config", None, "Config file with get_config().",
+                                    lock_config=False)
+    flags.DEFINE_string("rgb_shape", None, "Per-example rgb shape T,H,W,C (overrides the config).")
+    flags.DEFINE_string("spectrogram_shape", None,
+                        "Per-example spectrogram shape time,mel,C (overrides the config).")
+    flags.DEFINE_multi_string("shape", [], "modality=d1,d2,... for any other modality.")
+    flags.DEFINE_integer("num_classes", None,
+                         "Head size; default config.dataset.num_classes or the dataset's.")
+    flags.DEFINE_enum("xla", "compiled", ["compiled", "lowered", "none"],
+                      "XLA cross-check: compile (adds memory analysis), lower only, or skip.")
+    flags.DEFINE_integer("batch_size", 1, "Batch for the XLA lowering (GFLOPs are per example).")
+
+
+if __name__ == "__main__":
+    from absl import app  # pylint: disable=g-import-not-at-top
+    define_flags()
+    app.run(main)

@@ -1,0 +1,138 @@
+"""Tests of the compute accounting (mbt.tools.flops): analytic counts, XLA agreement, the CLI."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mbt import models
+from mbt.tools import flops
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SHAPES = {"rgb": (4, 32, 32, 3), "spectrogram": (64, 32, 1)}  # 2·4·4 = 32 and 8·4 = 32 tokens
+PAPER_SHAPES = {"rgb": (8, 224, 224, 3), "spectrogram": (800, 128, 1)}
+
+
+def tiny_mbt(**overrides):
+    config = models.default_mbt_config()
+    config.variant = None
+    config.hidden_size, config.num_heads, config.mlp_dim, config.num_layers = 64, 2, 128, 2
+    config.tokenizers.rgb.patches = (2, 8, 8)
+    config.tokenizers.spectrogram.patches = (8, 8)
+    config.fusion_layer = 1
+    config.update(overrides)
+    return config
+
+
+def paper_mbt(**overrides):
+    """MBT-B/16 at the paper's Fig. 3 shapes: 8 sampled frames (1568 tokens), 400 audio tokens."""
+    config = models.default_mbt_config()
+    config.tokenizers.rgb = {"kind": "temporal_sampling", "patches": (16, 16), "n_sampled_frames": 8}
+    config.update(overrides)
+    return config
+
+
+def test_vit_b16_on_one_image_is_17_56_gflops():
+    config = models.default_mbt_config()
+    config.modalities = ("image",)
+    config.tokenizers = {"image": {"kind": "2d", "patches": (16, 16)}}
+    count = flops.mbt_macs(config, {"image": (224, 224, 3)}, 1000)
+    assert count.tokens == {"image": 197}
+    assert count.total / 1e9 == pytest.approx(17.56, abs=0.1)
+    # The components that make up the count, per example (multiply-adds).
+    assert count.macs["patch_embedding"] == 196 * 16 * 16 * 3 * 768
+    assert count.macs["attention_logits"] == 12 * 197 * 197 * 768
+    assert count.macs["mlp"] == 12 * 2 * 197 * 768 * 3072
+    assert count.macs["head"] == 768 * 1000
+
+
+def test_encoder_block_with_longer_keys():
+    self_attention = flops.encoder_block_macs(10, 8, 32)
+    cross = flops.encoder_block_macs(10, 8, 32, num_key_tokens=30)
+    assert cross["attention_logits"] == 3 * self_attention["attention_logits"]
+    assert cross["mlp"] == self_attention["mlp"]  # the MLP runs on the queries only
+    assert cross["qkv_out_projections"] == 2 * 10 * 64 + 2 * 30 * 64
+
+
+@pytest.mark.parametrize("fusion", ["bottleneck", "cross", "concat"])
+def test_analytic_agrees_with_xla(fusion):
+    report = flops.analyse(tiny_mbt(fusion=fusion), TINY_SHAPES, 10, xla="lowered")
+    # XLA counts a multiply-add as 2 and adds the elementwise ops the analytic count leaves out
+    # (≈ 3.5 % at width 64); a missing attention or embedding term would be > 6 % off.
+    assert 1.0 <= report.ratio < 1.06, report.lines()
+    assert report.num_params > 0
+
+
+def test_analytic_agrees_with_xla_on_vit_b_lowering():
+    report = flops.analyse(paper_mbt(fusion="cross", fusion_layer=10), PAPER_SHAPES, 527,
+                           xla="lowered")
+    assert 1.0 <= report.ratio < 1.02, report.lines()
+
+
+def test_bottleneck_flat_in_fusion_layer_while_cross_grows_as_it_falls():
+    def gflops(fusion, layer):
+        return flops.mbt_macs(paper_mbt(fusion=fusion, fusion_layer=layer), PAPER_SHAPES, 527).total / 1e9
+
+    bottleneck = [gflops("bottleneck", layer) for layer in range(13)]
+    cross = [gflops("cross", layer) for layer in range(13)]
+    assert max(bottleneck) / min(bottleneck) < 1.01
+    assert all(a > b for a, b in zip(cross, cross[1:]))  # strictly more compute for earlier fusion
+    assert cross[0] > 1.35 * bottleneck[0]
+    assert cross[12] == pytest.approx(bottleneck[12])  # Lf = 12: both are late fusion
+
+
+def test_model_hook_provides_the_analytic_count(monkeypatch):
+    """A model outside this module's registry supplies `analytic_macs` on its builder."""
+
+    class HookedBuilder(models.MODELS["mbt"]):
+        @staticmethod
+        def analytic_macs(model_config, input_shapes, num_classes):
+            count = flops.AnalyticCount()
+            count.add({"everything": 1234})
+            return count
+
+    monkeypatch.setitem(models.MODELS, "hooked", HookedBuilder)
+    report = flops.analyse(tiny_mbt(name="hooked"), TINY_SHAPES, 10, xla="none")
+    assert report.analytic.total == 1234 and report.xla is None
+
+
+def test_missing_input_shape_names_the_key():
+    config = flops.ml_collections.ConfigDict({"model": tiny_mbt(), "dataset": {"name": "audioset"}})
+    with pytest.raises(ValueError, match="config.dataset.num_frames and frame_size"):
+        flops.input_shapes_from_config(config)
+    with pytest.raises(ValueError, match="--rgb_shape"):
+        flops.parse_shape("8,a", "rgb_shape")
+
+
+def test_cli_on_a_tiny_config_file(tmp_path):
+    config_file = tmp_path / "tiny_config.py"
+    config_file.write_text(textwrap.dedent("""
+        import ml_collections
+        from mbt import models
+
+        def get_config():
+            model = models.default_mbt_config()
+            model.variant = None
+            model.hidden_size, model.num_heads, model.mlp_dim, model.num_layers = 64, 2, 128, 2
+            model.tokenizers.rgb.patches = (2, 8, 8)
+            model.tokenizers.spectrogram.patches = (8, 8)
+            model.fusion_layer = 1
+            dataset = ml_collections.ConfigDict(dict(
+                name='vggsound', num_frames=4, frame_size=32, audio_seconds=0.64,
+                num_mel_bins=32, spec_channels=1))
+            return ml_collections.ConfigDict(dict(model=model, dataset=dataset))
+        """))
+    result = subprocess.run(
+        [sys.executable, "-m", "mbt.tools.flops", f"--config={config_file}",
+         "--spectrogram_shape=64,16,1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "rgb [4, 32, 32, 3], spectrogram [64, 16, 1]" in out
+    assert "classes: 309" in out  # VGGSound's head
+    expected = flops.mbt_macs(tiny_mbt(), {"rgb": (4, 32, 32, 3), "spectrogram": (64, 16, 1)}, 309)
+    assert f"analytic GFLOPs/example (1 multiply-add = 1 FLOP): {expected.total / 1e9:.4g}" in out
+    assert "XLA / (2 x analytic): 1.0" in out
+    assert "peak activation memory estimate" in out
