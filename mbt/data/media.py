@@ -275,9 +275,11 @@ def _fraction_rate(fps) -> fractions.Fraction:
 
 
 def write_clip(path, frames: np.ndarray, fps: float, audio: np.ndarray | None,
-               sample_rate: int = 16000, video_codec: str = "h264") -> None:
+               sample_rate: int = 16000, video_codec: str = "h264", *, crf: int = 18,
+               preset: str = "veryfast") -> None:
     """Write an mp4: `frames` uint8 `[T, H, W, 3]` (H, W even) at `fps` as H.264 or HEVC
-    yuv420p, and `audio` (float `[samples]` mono, or None for no audio stream) as AAC."""
+    yuv420p, and `audio` (float `[samples]` mono, or None for no audio stream) as AAC.
+    `crf` and `preset` are the x264/x265 quality and speed settings."""
     path = os.fspath(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -294,7 +296,7 @@ def write_clip(path, frames: np.ndarray, fps: float, audio: np.ndarray | None,
         vstream = container.add_stream(_VIDEO_CODECS[video_codec], rate=rate)
         vstream.width, vstream.height = frames.shape[2], frames.shape[1]
         vstream.pix_fmt = "yuv420p"
-        options = {"crf": "18", "preset": "veryfast"}
+        options = {"crf": str(crf), "preset": preset}
         if video_codec == "hevc":
             options["x265-params"] = "log-level=error"
             vstream.codec_context.codec_tag = "hvc1"  # what Apple/EPIC-style HEVC mp4s carry
