@@ -177,3 +177,39 @@ def test_output_size_keeps_aspect_even():
     assert media._output_size(1080, 1920, 256) == (256, 456)
     assert media._output_size(86, 64, None) == (86, 64)
     assert media._output_size(640, 360, 32) == (56, 32)
+
+
+def test_video_starting_after_audio_keeps_sync(tmp_path):
+    """Times count from the file's start (FFmpeg's container start), shared by both
+    streams: a video stream that starts 0.2 s late is not shifted back to 0."""
+    import fractions
+
+    import av
+
+    path = str(tmp_path / "late_video.mp4")
+    with av.open(path, "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for i in range(50):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), level(i), np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = i + 5, fractions.Fraction(1, 25)  # starts at 0.2 s
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        t = np.arange(3 * 16000) / 16000
+        wave = np.where(t >= TONE_ONSET_S, 0.5 * np.sin(2 * np.pi * TONE_HZ * t), 0.0)
+        for lo in range(0, len(wave), 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, lo:lo + 1024].astype(np.float32),
+                                               format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, lo
+            frame.time_base = fractions.Fraction(1, 16000)
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+    frames = media.read_frames(path, 0.0, 1.0, fps=25.0, short_side=None)
+    grey = frames.mean(axis=(1, 2, 3))
+    expected = [level(max(0, k - 5)) for k in range(25)]  # before 0.2 s: the first frame
+    np.testing.assert_allclose(grey, expected, atol=3)
+    sound = media.read_audio(path, 1.0, 2.0)
+    assert onset_s(sound, 16000) + 1.0 == pytest.approx(TONE_ONSET_S, abs=0.025)

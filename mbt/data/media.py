@@ -66,6 +66,14 @@ def _stream_start_s(stream) -> float:
     return float(stream.start_time * stream.time_base)
 
 
+def _file_start_s(container) -> float:
+    """Presentation time that counts as 0 s: the earliest start of any stream, as FFmpeg
+    defines it. Shared by audio and video so that both stay in sync."""
+    if container.start_time is None:
+        return 0.0
+    return container.start_time / av.time_base
+
+
 def probe(path) -> MediaInfo:
     """Streams, duration and video geometry of a media file."""
     with _open(path) as container:
@@ -132,7 +140,7 @@ def read_frames(path, start_s: float, end_s: float, fps: float = 25.0,
             raise MediaError(f"no video stream in {path}")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        offset_s = _stream_start_s(stream)
+        offset_s = _file_start_s(container)
         targets = offset_s + start_s + np.arange(num_wanted) / fps
         width, height = _output_size(stream.codec_context.width, stream.codec_context.height,
                                      short_side)
@@ -217,12 +225,12 @@ def read_audio(path, start_s: float, end_s: float, sample_rate: int = 16000) -> 
         if not container.streams.audio:
             raise NoAudioStreamError(f"no audio stream in {path}")
         stream = container.streams.audio[0]
-        offset_s = _stream_start_s(stream)
+        offset_s = _file_start_s(container)
         # AAC decoders return the encoder's padding after the last real sample: stop at the
-        # stream's duration.
+        # stream's end (presentation time).
         stream_end_s = None
         if stream.duration is not None and stream.time_base is not None:
-            stream_end_s = float(stream.duration * stream.time_base)
+            stream_end_s = _stream_start_s(stream) + float(stream.duration * stream.time_base)
         try:
             chunks, first_s = _decode_audio(container, stream, offset_s + start_s,
                                             offset_s + end_s, sample_rate)
@@ -233,8 +241,8 @@ def read_audio(path, start_s: float, end_s: float, sample_rate: int = 16000) -> 
         return out
     decoded = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if stream_end_s is not None:
-        decoded = decoded[:max(0, int(round((stream_end_s + offset_s - first_s) * sample_rate)))]
-    # Sample i of `decoded` is at first_s + i / sample_rate (file time, stream offset removed).
+        decoded = decoded[:max(0, int(round((stream_end_s - first_s) * sample_rate)))]
+    # Sample i of `decoded` is at presentation time first_s + i / sample_rate.
     shift = int(round((start_s + offset_s - first_s) * sample_rate))
     src_lo, dst_lo = max(shift, 0), max(-shift, 0)
     count = min(len(decoded) - src_lo, num_wanted - dst_lo)
