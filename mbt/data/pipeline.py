@@ -481,22 +481,20 @@ def prepare_dataset(config, workdir: str) -> None:
     raise ValueError(f'synthetic data needs a TFDS dataset (config.dataset.name in '
                      f'{sources.TFDS_DATASETS}), got {name!r}')
   source_dir = os.path.join(workdir, 'synthetic_src')
-  if os.path.isdir(source_dir) and os.listdir(source_dir):
+  # generate() writes its summary last: without it the copy is incomplete.
+  if os.path.isfile(os.path.join(source_dir, 'synthetic_summary.json')):
     _LOG.info('Synthetic %s copy already in %s.', name, source_dir)
   else:
     from mbt.data import synthetic as synthetic_lib
     _LOG.info('Generating %d synthetic %s clips in %s ...', synthetic['num_clips'], name,
               source_dir)
-    partial_dir = source_dir + '.partial'
-    shutil.rmtree(partial_dir, ignore_errors=True)
+    shutil.rmtree(source_dir, ignore_errors=True)
     summary = synthetic_lib.generate(
-        name, partial_dir, int(synthetic['num_clips']), seed=int(synthetic['seed']),
+        name, source_dir, int(synthetic['num_clips']), seed=int(synthetic['seed']),
         num_classes=int(synthetic['num_classes']) or None,
         frame_size=int(synthetic['frame_size']), fps=float(synthetic['fps']),
         clip_seconds=float(synthetic['clip_seconds']), edge_cases=bool(synthetic['edge_cases']))
-    os.replace(partial_dir, source_dir)
-    _LOG.info('Synthetic copy written: %s', {k: v for k, v in summary.items()
-                                              if not isinstance(v, (list, dict))})
+    _LOG.info('Synthetic copy written: %s', summary.get('counts'))
   data_dir = values['data_dir'] or os.path.join(workdir, 'tfds')
   if not values['data_dir']:
     config.dataset.data_dir = data_dir
