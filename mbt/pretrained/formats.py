@@ -31,14 +31,16 @@ _CHECKPOINT_FILE = re.compile(r"^checkpoint_(\d+)$")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested dict → `{'a/b/c': array}`; leaves become numpy arrays."""
+    """Nested dict → `{'a/b/c': leaf}`; array-like leaves (numpy, jax, `ShapeDtypeStruct`) are
+    kept as they are, anything else becomes a numpy array."""
     flat = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten(value, path + "/"))
         else:
-            flat[path] = np.asarray(value)
+            flat[path] = value if hasattr(value, "shape") and hasattr(value, "dtype") \
+                else np.asarray(value)
     return flat
 
 

@@ -174,6 +174,14 @@ def infer_model_config(params: Mapping[str, Any],
     num_heads, mlp_dim = shapes[query][1], shapes[dense][1]
     evidence.update(num_layers=f"Transformer/encoderblock_0..{num_layers - 1}",
                     num_heads=query, mlp_dim=dense)
+    inferred = {"hidden_size": (hidden, first), "num_layers": (num_layers, evidence["num_layers"]),
+                "num_heads": (num_heads, query), "mlp_dim": (mlp_dim, dense)}
+    hinted_sizes = _hint_sizes(hints)
+    for key, (value, source) in inferred.items():
+        if hinted_sizes is not None and hinted_sizes[key] != value:
+            raise ValueError(f"config.model.{key}={hinted_sizes[key]} (from the config's variant "
+                             f"or sizes) but the checkpoint's {source} has shape "
+                             f"{shapes.get(source, '')} → {key} {value}")
 
     classifier = "token" if "cls" in shapes else "gap"
     evidence["classifier"] = "cls present" if classifier == "token" else "no cls"
@@ -286,14 +294,6 @@ def infer_model_config(params: Mapping[str, Any],
     if needs:
         raise ValueError("cannot infer from the checkpoint, please set: " + "; ".join(needs))
 
-    inferred = {"hidden_size": (hidden, first), "num_layers": (num_layers, evidence["num_layers"]),
-                "num_heads": (num_heads, query), "mlp_dim": (mlp_dim, dense)}
-    hinted_sizes = _hint_sizes(hints)
-    for key, (value, source) in inferred.items():
-        if hinted_sizes is not None and hinted_sizes[key] != value:
-            raise ValueError(f"config.model.{key}={hinted_sizes[key]} (from the config's variant "
-                             f"or sizes) but the checkpoint's {source} has shape "
-                             f"{shapes.get(source, '')} → {key} {value}")
     for key, value in (("classifier", classifier), ("representation_size", representation_size),
                        ("share_encoder", share_encoder if multimodal else None)):
         given = _hint(hints, key)
