@@ -357,3 +357,56 @@ def test_vggsound_end_to_end(tmp_path):
     got = next(resumed)
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def test_scenic_tfrecords_with_precomputed_spectrogram(tmp_path):
+  from mbt.data import scenic_tfrecord
+  rng = np.random.default_rng(3)
+  for split, count in (('train', 3), ('test', 2)):
+    examples = []
+    for i in range(count):
+      frames = np.stack([np.full([24, 32, 3], LEVEL_STEP * f, np.uint8) for f in range(20)])
+      spectrogram = np.tile(np.arange(200, dtype=np.float32)[:, None], [1, 128]) + i
+      examples.append({'rgb': frames, 'spectrogram': spectrogram,
+                       'audio': rng.standard_normal(2 * SR).astype(np.float32),
+                       'label': [i, 4] if i else [2]})
+    scenic_tfrecord.write_scenic_tfrecord(str(tmp_path / f'{split}.tfrecord'), examples)
+  config = _config(name='scenic_tfrecord', tfrecord_pattern=str(tmp_path / '{split}.tfrecord'),
+                   num_classes=5, train_split='train', eval_split='test', test_split='test',
+                   video_fps=10.0, spec_mean=0.0, spec_std=1.0)
+  meta = pipeline.get_dataset_meta(config)
+  assert meta.num_examples == {'train': 3, 'test': 2}
+  assert meta.class_names == tuple(f'class_{i}' for i in range(5)) and meta.multi_label
+  (batch,) = pipeline.make_dataset(config, 'test', 'eval', 2, process_index=0, process_count=1)
+  np.testing.assert_array_equal(batch['label'], [[0, 0, 1, 0, 0], [0, 1, 0, 0, 1]])
+  # Centre window of a 2 s example, 1 s long: precomputed frames 50..149 (+ example index).
+  np.testing.assert_allclose(batch['spectrogram'][1, :, 0, 0], np.arange(50, 150) + 1)
+  np.testing.assert_array_equal(_frame_indices(batch['rgb'][0]), [5, 7, 9, 11])
+  config.dataset.use_precomputed_spectrogram = False  # log-mel of the stored waveform
+  (batch,) = pipeline.make_dataset(config, 'test', 'eval', 2, process_index=0, process_count=1)
+  assert batch['spectrogram'].std() > 0.1 and batch['spectrogram'].max() < 20
+  with pytest.raises(ValueError, match='num_classes must be > 0'):
+    pipeline.get_dataset_meta(_config(name='scenic_tfrecord', num_classes=0,
+                                      tfrecord_pattern=str(tmp_path / '{split}.tfrecord')))
+
+
+def test_rgb_augmentation_ops():
+  from mbt.data import augment
+  # Crop boxes map a crop after resizing the short side back to stored pixels.
+  box = augment.crop_box(tf.constant([100, 200]), tf.constant(50.0), 40, tf.constant([0.5, 1.0]))
+  np.testing.assert_array_equal(box, [10, 120, 80, 80])
+  params = augment.RgbAugment(scale_min=1.0, scale_max=2.0)
+  for i in range(20):
+    y, x, h, w = augment.random_crop_params(tf.constant([60, 90]), 30, 24, params,
+                                            tf.constant([i, 0])).numpy()
+    assert 24 <= h == w <= 48 and 0 <= y <= 60 - h and 0 <= x <= 90 - w
+  clip = tf.random.uniform([3, 8, 10, 3], seed=0)
+  flips = [augment.random_flip(clip, tf.constant([i, 1])).numpy() for i in range(10)]
+  assert any(np.array_equal(f, clip.numpy()[:, :, ::-1]) for f in flips)
+  assert any(np.array_equal(f, clip.numpy()) for f in flips)
+  jitter = augment.RgbAugment(color=True, color_prob=1.0, color_drop_prob=0.0)
+  colored = augment.color_jitter(clip, tf.constant([0, 3]), jitter).numpy()
+  assert colored.min() >= 0 and colored.max() <= 1 and not np.allclose(colored, clip.numpy())
+  grey = augment.color_jitter(clip, tf.constant([0, 3]), augment.RgbAugment(
+      color=True, color_prob=0.0, color_drop_prob=1.0)).numpy()
+  np.testing.assert_allclose(grey[..., 0], grey[..., 2])
