@@ -5,6 +5,10 @@ in each on-disk layout; nothing is downloaded.
 """
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -388,3 +392,22 @@ def test_errors_name_the_parameter_key_or_value(vit_npz):
     with pytest.raises(ValueError, match=r"output_projection/kernel.*\(16, 7\)"):
         init_from(full_config(model_config, vit_npz, restore_output_projection=True),
                   seven_classes, shapes)
+
+
+def test_pretrained_package_imports_without_tensorflow():
+    script = textwrap.dedent("""
+        import importlib.abc, sys
+
+        class BlockTensorFlow(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+                    raise ModuleNotFoundError(f'No module named {name!r} (blocked)')
+                return None
+
+        sys.meta_path.insert(0, BlockTensorFlow())
+        import mbt.pretrained, mbt.pretrained.vit_init, mbt.pretrained.scenic_checkpoint
+        print('ok')
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -179,6 +179,8 @@ def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
         side = _square_side(grid_tokens.shape[0])
         posemb_grid = grid_tokens.reshape(side, side, -1)
         sources["pos_embedding"] = posemb_key
+    for value in arrays.values():
+        value.flags.writeable = False
     return ViTWeights(path, checkpoint_format, arrays, sources, len(layers), posemb_grid,
                       posemb_cls, unrecognised)
 
@@ -324,7 +326,8 @@ class _Mapper:
     def set(self, path: str, value: np.ndarray, category: str, source: str = "",
             note: str = "", hint: str = "") -> None:
         self.check_shape(path, value, hint or "config and checkpoint sizes differ", source)
-        self.decided[path] = (value.astype(self.target[path].dtype), category, source, note)
+        # No copy: branches initialised from one ViT block share its arrays (made read-only).
+        self.decided[path] = (np.asarray(value, self.target[path].dtype), category, source, note)
 
     def fresh(self, path: str, note: str) -> None:
         self.decided[path] = (self.target[path], "fresh", "", note)
