@@ -170,6 +170,9 @@ def test_three_formats_detected_and_read_to_the_same_weights(tmp_path, vit_npz):
         np.testing.assert_array_equal(vit.posemb_grid, reference.posemb_grid)
     assert loaded[big_vision].posemb_cls is None  # big_vision adds no position to the CLS
     assert loaded[big_vision].unrecognised == ["opt/momentum/cls"]
+    assert loaded[big_vision].sources["block_1/LayerNorm_1/scale"] == \
+        "params/Transformer/encoderblock/LayerNorm_1/scale[1]"
+    assert loaded[big_vision].sources["pos_embedding"] == "params/pos_embedding"
     np.testing.assert_array_equal(loaded[str(flax_dir)].posemb_cls, reference.posemb_cls)
 
 

@@ -106,17 +106,15 @@ def _canonical_block(raw: dict[str, np.ndarray], where: str) -> dict[str, np.nda
 def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
                           checkpoint_format: str) -> ViTWeights:
     """Canonicalises the flat '/'-keyed arrays of any supported ViT checkpoint layout."""
-    if any(k.startswith("params/") for k in flat):  # big_vision: optimizer state sits beside
-        unrecognised = [k for k in flat if not k.startswith("params/")]
-        flat = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
-    else:
-        unrecognised = []
+    prefix = "params/" if any(k.startswith("params/") for k in flat) else ""
+    unrecognised = [k for k in flat if not k.startswith(prefix)]  # big_vision optimizer state
+    flat = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
     arrays: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
 
     def take(canonical: str, key: str) -> None:
         arrays[canonical] = np.asarray(flat[key], np.float32)
-        sources[canonical] = key
+        sources[canonical] = prefix + key
 
     raw_blocks: dict[int, dict[str, np.ndarray]] = {}
     block_sources: dict[int, dict[str, str]] = {}
@@ -127,11 +125,11 @@ def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
         if block:
             layer = int(block.group(1))
             raw_blocks.setdefault(layer, {})[block.group(2)] = np.asarray(flat[key], np.float32)
-            block_sources.setdefault(layer, {})[block.group(2)] = key
+            block_sources.setdefault(layer, {})[block.group(2)] = prefix + key
         elif scanned:  # big_vision scan=True: one stacked block, layers on axis 0
             for layer, value in enumerate(np.asarray(flat[key], np.float32)):
                 raw_blocks.setdefault(layer, {})[scanned.group(1)] = value
-                block_sources.setdefault(layer, {})[scanned.group(1)] = f"{key}[{layer}]"
+                block_sources.setdefault(layer, {})[scanned.group(1)] = f"{prefix}{key}[{layer}]"
         elif key in ("embedding/kernel", "embedding/bias", "cls"):
             take(key, key)
         elif key in ("Transformer/posembed_input/pos_embedding", "pos_embedding"):
@@ -143,7 +141,7 @@ def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
         elif re.match(r"^pre_logits/(kernel|bias)$", key):
             take(key, key)
         else:
-            unrecognised.append(key)
+            unrecognised.append(prefix + key)
 
     for required in ("embedding/kernel", "embedding/bias", "encoder_norm/scale"):
         if required not in arrays:
@@ -178,7 +176,7 @@ def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
                              "neither a square grid nor 1 + a square grid")
         side = _square_side(grid_tokens.shape[0])
         posemb_grid = grid_tokens.reshape(side, side, -1)
-        sources["pos_embedding"] = posemb_key
+        sources["pos_embedding"] = prefix + posemb_key
     for value in arrays.values():
         value.flags.writeable = False
     return ViTWeights(path, checkpoint_format, arrays, sources, len(layers), posemb_grid,
