@@ -167,8 +167,10 @@ def test_module_cli_builds_a_dataset(vgg, tmp_path):
 
 
 def test_tfds_build_cli(vgg, tmp_path):
-  # TFDS 4.9.10's CLI imports apache_beam at start-up, even for Beam-less builders.
+  # TFDS 4.9.10's CLI imports apache_beam and mlcroissant at start-up, even for Beam-less
+  # builders; neither is a dependency of mbt.
   pytest.importorskip('apache_beam')
+  pytest.importorskip('mlcroissant')
   builder, _, root = vgg
   result = _run_cli([sys.executable, '-m', 'tensorflow_datasets.scripts.cli.main', 'build',
                      os.path.join(REPO, 'mbt', 'data', 'builders', 'vggsound.py'),
@@ -373,7 +375,8 @@ def test_epic_hdf5_audio_matches_mp4_audio(epic):
 
 def test_epic_annotation_errors(tmp_path):
   header = ','.join(epic_kitchens.ANNOTATION_COLUMNS)
-  good = "P01_11_0,P01,P01_11,00:00:00.560,00:00:00.00,00:00:01.89,1,113,take plate,take,0,plate,2,['plate'],[2]"
+  good = ("P01_11_0,P01,P01_11,00:00:00.560,00:00:00.00,00:00:01.89,1,113,take plate,take,0,"
+          "plate,2,['plate'],[2]")
   path = tmp_path / 'EPIC_100_train.csv'
   path.write_text('\n'.join([header, good, good.replace('00:00:01.89', '1.89')]) + '\n')
   with pytest.raises(common.MalformedCsvError,

@@ -120,7 +120,7 @@ def read_segments(path: str, mid_to_index: dict[str, int]) -> list[SegmentRow]:
 
 
 def read_subset_ids(path: str) -> list[str]:
-  """YTIDs of a subset file: one per line; '#' comments, blank lines and extra CSV fields ignored."""
+  """YTIDs of a subset file: one per line ('#' comments, blanks, extra CSV fields ignored)."""
   ids = []
   with open(path, encoding='utf-8-sig') as f:
     for line in f:

@@ -25,7 +25,7 @@ AUDIO_SAMPLE_RATE = 16000
 SKIPPED_KINDS = {
     'missing_clip': 'the CSV row has no clip file in the manual dir',
     'undecodable': 'the clip file could not be opened or decoded',
-    'empty_segment': 'the segment starts at or after the end of the clip (or ends before it starts)',
+    'empty_segment': 'the segment starts at/after the end of the clip, or ends before it starts',
 }
 KEPT_KINDS = {
     'no_audio': 'no audio (stream): stored with silent audio and has_audio=False',

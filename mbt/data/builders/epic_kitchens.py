@@ -16,6 +16,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mbt.data import media
 from mbt.data.builders import base
 from mbt.data.builders import common
 
@@ -159,15 +160,16 @@ class Hdf5Audio:
 
   def loader(self, video_id: str):
     """`(start_s, end_s) -> float32 [round((end - start) * 16000)]`, or None per call when
-    the file has no waveform for `video_id`."""
+    the file has no waveform for `video_id`; raises `media.MediaError` (the example is then
+    skipped as undecodable) when the waveform is not 1-D."""
     if video_id not in self._file:
       return lambda start_s, end_s: None
     dataset = self._file[video_id]
-    if dataset.ndim != 1:
-      raise ValueError(f'{self.path}: dataset {video_id!r} has shape {dataset.shape}; '
-                       'expected a 1-D waveform')
 
     def load(start_s: float, end_s: float) -> np.ndarray:
+      if dataset.ndim != 1:
+        raise media.MediaError(f'{self.path}: dataset {video_id!r} has shape '
+                               f'{dataset.shape}; expected a 1-D waveform')
       rate = self.sample_rate
       lo = max(0, round((start_s - self._MARGIN_S) * rate))
       hi = round((end_s + self._MARGIN_S) * rate)
