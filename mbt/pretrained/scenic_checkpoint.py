@@ -7,7 +7,8 @@ parameter tree, so restoring is a shape check and a copy.
 What the parameter shapes tell (`infer_model_config`):
 - modalities: `embedding` (rgb) and `embedding_<m>`; tokenizer: 5-D kernel → `3d_conv` with its
   (t, h, w), 4-D → `2d` (spectrogram) or `temporal_sampling` (video; `n_sampled_frames` unknown);
-- hidden size (kernel's last axis), layers (block indices), heads (`query/kernel` `[D, heads, D/heads]`),
+- hidden size (kernel's last axis), layers (block indices), heads (`query/kernel`
+  `[D, heads, D/heads]`),
   MLP size (`Dense_0/kernel` `[D, mlp]`), classes (`output_projection/kernel` `[D', classes]`),
   `representation_size` (`pre_logits`), classifier (`cls` present → token, else gap);
 - tokens per modality (position embedding length) → input size hints;
@@ -187,7 +188,8 @@ def infer_model_config(params: Mapping[str, Any],
     evidence["classifier"] = "cls present" if classifier == "token" else "no cls"
     classifier_tokens = 1 if classifier == "token" else 0
     representation_size = shapes["pre_logits/kernel"][1] if "pre_logits/kernel" in shapes else None
-    evidence["representation_size"] = "pre_logits/kernel" if representation_size else "no pre_logits"
+    evidence["representation_size"] = ("pre_logits/kernel" if representation_size
+                                       else "no pre_logits")
     if "output_projection/kernel" not in shapes:
         raise ValueError("the checkpoint has no output_projection/kernel: num_classes unknown")
     num_classes = shapes["output_projection/kernel"][-1]
@@ -390,7 +392,9 @@ def check_shapes(checkpoint_shapes: Mapping[str, tuple], model_shapes: Mapping[s
             problems.append(f"{path}: checkpoint shape {have} vs model shape {want}")
         problems[-1] += f" [check {config_key_for(path)}]"
     if problems:
-        shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
+        shown = problems[:12]
+        if len(problems) > 12:
+            shown.append(f"... and {len(problems) - 12} more")
         raise ValueError(f"{source} does not fit config.model:\n  " + "\n  ".join(shown))
 
 

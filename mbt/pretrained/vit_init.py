@@ -77,7 +77,8 @@ class Options:
 
     def validate(self) -> None:
         if self.inflation not in INFLATIONS:
-            raise ValueError(f"config.init_from.inflation={self.inflation!r}; allowed: {INFLATIONS}")
+            raise ValueError(f"config.init_from.inflation={self.inflation!r}; "
+                             f"allowed: {INFLATIONS}")
         if self.temporal_posemb not in TEMPORAL_POSEMBS:
             raise ValueError(f"config.init_from.temporal_posemb={self.temporal_posemb!r}; "
                              f"allowed: {TEMPORAL_POSEMBS}")
@@ -149,7 +150,8 @@ def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
                              f"(format {checkpoint_format}; first keys {sorted(flat)[:8]})")
     if np.ndim(arrays["embedding/kernel"]) != 4:
         raise ValueError(f"{path}: {sources['embedding/kernel']} has shape "
-                         f"{arrays['embedding/kernel'].shape}; a ViT patch kernel is [ph, pw, C, D]")
+                         f"{arrays['embedding/kernel'].shape}; a ViT patch kernel is "
+                         "[ph, pw, C, D]")
     layers = sorted(raw_blocks)
     if layers != list(range(len(layers))) or not layers:
         raise ValueError(f"{path}: encoder blocks {layers} are not numbered 0..L-1")
@@ -221,7 +223,8 @@ def resize_grid(grid_HxWxD: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def resize_tokens(tokens_NxD: np.ndarray, n: int) -> np.ndarray:
     """Linear resize of a token sequence `[N, D]` → `[n, D]` along the token axis."""
-    return (_linear_weights(tokens_NxD.shape[0], n) @ tokens_NxD.astype(np.float64)).astype(np.float32)
+    weights = _linear_weights(tokens_NxD.shape[0], n)
+    return (weights @ tokens_NxD.astype(np.float64)).astype(np.float32)
 
 
 def adapt_channels(kernel_HxWxCxD: np.ndarray, channels: int) -> tuple[np.ndarray, str]:
@@ -463,7 +466,8 @@ def map_vit_to_mbt(vit: ViTWeights, params: Mapping[str, Any],
                 mapper.fresh(path, "classifier left fresh (restore_output_projection=False)")
             elif canonical not in vit.arrays:
                 raise ValueError(f"config.init_from.restore_output_projection=True but "
-                                 f"{vit.path} has no classifier head ('head' / 'output_projection')")
+                                 f"{vit.path} has no classifier head "
+                                 "('head' / 'output_projection')")
             else:
                 mapper.set(path, mapper.source(canonical), "loaded", mapper.src_key(canonical),
                            hint="the checkpoint's classes differ from the model's num_classes")
