@@ -136,3 +136,17 @@ def test_cli_on_a_tiny_config_file(tmp_path):
     assert f"analytic GFLOPs/example (1 multiply-add = 1 FLOP): {expected.total / 1e9:.4g}" in out
     assert "XLA / (2 x analytic): 1.0" in out
     assert "peak activation memory estimate" in out
+
+
+def test_fusion_flops_script_writes_table_and_plot(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "fusion_flops", os.path.join(REPO, "scripts", "fusion_flops.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--out", str(tmp_path), "--xla_points", "0"])
+    table = (tmp_path / "fusion_flops.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r.split("|")[1]) for r in rows] == list(range(13))
+    assert "| 0 | 217.9 | 478.7 | 239.9 | 2.20 |" in table  # Lf = 0: bottleneck, cross, concat
+    assert (tmp_path / "fusion_flops.png").stat().st_size > 10_000
