@@ -12,7 +12,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import ml_collections
 
+from mbt.models import clstm as clstm_lib
 from mbt.models import mbt as mbt_lib
+from mbt.models import sft as sft_lib
 from mbt.models import tokenizers
 from mbt.models import vit
 
@@ -135,7 +137,93 @@ class _MBTBuilder:
             dtype=str(get("dtype", "float32")))
 
 
-MODELS: dict[str, Any] = {"mbt": _MBTBuilder}
+class _SFTBuilder:
+    """Validates and builds `config.model.name = 'sft'` (defaults: `sft_lib.default_config()`)."""
+
+    @staticmethod
+    def _sizes(model_config: ml_collections.ConfigDict) -> vit.ViTSize:
+        # SFT's depth is fixed by its stage sizes, not by num_layers or the variant's depth.
+        resolved = ml_collections.ConfigDict(model_config.to_dict())
+        resolved.num_layers = (resolved.get("n_layers_pre_fusion", 1) + 1 +
+                               resolved.get("n_layers_post_fusion", 11))
+        return resolve_sizes(resolved)
+
+    @staticmethod
+    def validate(model_config: ml_collections.ConfigDict) -> None:
+        modalities = tuple(model_config.get("modalities") or ())
+        if not modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"config.model.modalities={modalities!r} must name one or more "
+                             "distinct modalities, e.g. ('rgb', 'spectrogram')")
+        sft_lib.check_config(model_config, modalities, model_config.get("num_layers"))
+        sizes = _SFTBuilder._sizes(model_config)
+        for m in modalities:
+            tokenizer_spec(model_config, m, sizes.patch)
+        checks = {
+            "dtype": (str(model_config.get("dtype", "float32")), _DTYPES),
+            "attention": (model_config.get("attention", "fused"), _ATTENTIONS),
+        }
+        for key, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"config.model.{key}={value!r}; allowed: {allowed}")
+        if sizes.hidden_size % sizes.num_heads:
+            raise ValueError(f"config.model.hidden_size={sizes.hidden_size} must be divisible by "
+                             f"config.model.num_heads={sizes.num_heads}")
+
+    @staticmethod
+    def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+        sizes = _SFTBuilder._sizes(model_config)
+        modalities = tuple(model_config.modalities)
+        get = model_config.get
+        return sft_lib.SparseFusionTransformer(
+            num_classes=num_classes,
+            modalities=modalities,
+            tokenizer_specs=tuple((m, tokenizer_spec(model_config, m, sizes.patch))
+                                  for m in modalities),
+            pool_sizes=tuple((m, int(model_config.pool_sizes[m])) for m in modalities),
+            hidden_size=sizes.hidden_size, num_heads=sizes.num_heads, mlp_dim=sizes.mlp_dim,
+            pool_type=get("pool_type", "max"),
+            n_layers_pre_fusion=get("n_layers_pre_fusion", 1),
+            n_layers_post_fusion=get("n_layers_post_fusion", 11),
+            latent_mixup_alpha=float(get("latent_mixup_alpha", 0.0) or 0.0),
+            representation_size=get("representation_size"),
+            dropout_rate=get("dropout_rate", 0.0),
+            attention_dropout_rate=get("attention_dropout_rate", 0.0),
+            stochastic_droplayer_rate=get("stochastic_droplayer_rate", 0.0),
+            attention=get("attention", "fused"), remat=get("remat", False),
+            dtype=str(get("dtype", "float32")))
+
+
+class _CLSTMBuilder:
+    """Validates and builds `config.model.name = 'clstm'` (defaults: `clstm_lib.default_config()`)."""
+
+    @staticmethod
+    def validate(model_config: ml_collections.ConfigDict) -> None:
+        clstm_lib.check_config(model_config)
+        dtype = str(model_config.get("dtype", "float32"))
+        if dtype not in _DTYPES:
+            raise ValueError(f"config.model.dtype={dtype!r}; allowed: {_DTYPES}")
+
+    @staticmethod
+    def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+        get = model_config.get
+        num_layers = get("num_layers", 3)
+        map_size = get("audio_map_size")
+        return clstm_lib.ConvLSTMClassifier(
+            num_classes=num_classes,
+            modalities=tuple(model_config.modalities),
+            features=clstm_lib.per_layer(get("features", 64), num_layers, "features"),
+            spatial_strides=clstm_lib.per_layer(get("spatial_strides", 1), num_layers,
+                                                "spatial_strides"),
+            kernel_size=tuple(get("kernel_size", (3, 3))),
+            downsample=get("downsample", "pool"),
+            fusion_layer=get("fusion_layer", 0),
+            audio_map_size=tuple(map_size) if map_size is not None else None,
+            audio_slices=get("audio_slices"),
+            dropout_rate=get("dropout_rate", 0.0),
+            dtype=str(get("dtype", "float32")))
+
+
+MODELS: dict[str, Any] = {"mbt": _MBTBuilder, "sft": _SFTBuilder, "clstm": _CLSTMBuilder}
 
 
 def default_mbt_config() -> ml_collections.ConfigDict:
