@@ -1,0 +1,174 @@
+"""Device mesh, batch sharding and path-regex sharding rules for parameters and optimiser state.
+
+The mesh has two axes, `('data', 'model')`, shaped by `config.mesh_shape` (one entry may be
+-1 = "all remaining devices"; default `(-1, 1)`: pure data parallelism). Batches are split
+over 'data' along their leading axis. Every array of the train state (parameters, optimiser
+state, step, RNG) gets a `PartitionSpec` from its tree path:
+
+1. Model-parallel rules (`MODEL_PARALLEL_RULES`, regex searched in the '/'-joined path): the
+   attention heads of query/key/value/out and the hidden units of the MLP are split over
+   'model'. Optimiser-state paths end in the parameter's path, so momentum and Adam moments
+   follow their parameter.
+2. FSDP (`config.fsdp`): the largest still-unsharded dimension divisible by the 'data' size
+   of every array with at least `fsdp_min_size` elements is split over 'data'.
+
+A dimension that the axis size does not divide stays replicated, so any mesh is valid.
+Rules are applied to the abstract state from `jax.eval_shape`, before anything is allocated.
+"""
+
+import logging
+import os
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+MODEL_AXIS = 'model'
+AXES = (DATA_AXIS, MODEL_AXIS)
+
+# (regex on the parameter path, spec per dimension). Shapes: q/k/v kernel [D, heads, D/heads],
+# q/k/v bias [heads, D/heads], out kernel [heads, D/heads, D], MLP [D, mlp] and [mlp, D].
+_ATTN = r'MultiHeadDotProductAttention_\d+/'
+_MLP = r'MlpBlock_\d+/'
+MODEL_PARALLEL_RULES = (
+    (_ATTN + r'(query|key|value)/kernel$', (None, MODEL_AXIS, None)),
+    (_ATTN + r'(query|key|value)/bias$', (MODEL_AXIS, None)),
+    (_ATTN + r'out/kernel$', (MODEL_AXIS, None, None)),
+    (_MLP + r'Dense_0/kernel$', (None, MODEL_AXIS)),
+    (_MLP + r'Dense_0/bias$', (MODEL_AXIS,)),
+    (_MLP + r'Dense_1/kernel$', (MODEL_AXIS, None)),
+)
+
+
+def maybe_initialize_distributed() -> bool:
+    """Calls `jax.distributed.initialize()` when this is one of several processes.
+
+    Several processes are recognised from the environment: `JAX_COORDINATOR_ADDRESS`
+    (with `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID`), a SLURM job with more than one task, an
+    Open MPI world of more than one, or a multi-host Cloud TPU slice. `MBT_DISTRIBUTED=1`
+    forces it, `MBT_DISTRIBUTED=0` disables it. Must run before any other JAX call.
+    Returns True when it initialised.
+    """
+    forced = os.environ.get('MBT_DISTRIBUTED')
+    if forced is not None:
+        wanted = forced.strip() not in ('', '0', 'false', 'False')
+    else:
+        wanted = (
+            'JAX_COORDINATOR_ADDRESS' in os.environ
+            or int(os.environ.get('SLURM_NTASKS', '1')) > 1
+            or int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+            or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''))
+    if wanted:
+        jax.distributed.initialize()
+        logging.info('jax.distributed initialised: process %d of %d', jax.process_index(),
+                     jax.process_count())
+    return wanted
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tuple[int, int]:
+    """`(data, model)` with a -1 entry filled in; ValueError when it does not fit the devices."""
+    shape = tuple(int(s) for s in (mesh_shape if mesh_shape is not None else (-1, 1)))
+    if len(shape) != 2:
+        raise ValueError(f'config.mesh_shape={shape} must have 2 entries (data, model)')
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f'config.mesh_shape={shape}: entries must be positive, at most one -1')
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1]))
+        if num_devices % known:
+            raise ValueError(f'config.mesh_shape={shape}: {num_devices} devices are not divisible '
+                             f'by {known}')
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if shape[0] * shape[1] != num_devices:
+        raise ValueError(f'config.mesh_shape={shape} needs {shape[0] * shape[1]} devices but '
+                         f'{num_devices} are available; use -1 for one axis')
+    return shape
+
+
+def make_mesh(mesh_shape: Sequence[int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A `Mesh` with axes ('data', 'model') over `devices` (default: all devices)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_mesh_shape(mesh_shape, len(devices))
+    try:
+        grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (ValueError, AssertionError, NotImplementedError):
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, AXES)
+
+
+def path_to_str(path) -> str:
+    """Tree path -> 'a/b/0/c' (dict keys, attribute names and sequence indices)."""
+    parts = []
+    for entry in path:
+        for attr in ('key', 'name', 'idx'):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return '/'.join(parts)
+
+
+def spec_for(path: str, shape: Sequence[int], mesh: Mesh, *, fsdp: bool = False,
+             fsdp_min_size: int = 2 ** 14,
+             rules: Sequence[tuple[str, tuple]] = MODEL_PARALLEL_RULES) -> P:
+    """PartitionSpec of one array from its path and shape (see the module docstring)."""
+    spec = [None] * len(shape)
+    model_size = mesh.shape[MODEL_AXIS]
+    if model_size > 1:
+        for pattern, rule in rules:
+            if re.search(pattern, path):
+                if len(rule) == len(shape):
+                    for dim, axis in enumerate(rule):
+                        if axis is not None and shape[dim] % mesh.shape[axis] == 0:
+                            spec[dim] = axis
+                break
+    data_size = mesh.shape[DATA_AXIS]
+    if fsdp and data_size > 1 and int(np.prod(shape, dtype=np.int64)) >= fsdp_min_size:
+        free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % data_size == 0]
+        if free:
+            largest = max(free, key=lambda d: (shape[d], -d))
+            spec[largest] = DATA_AXIS
+    return P(*spec)
+
+
+def tree_shardings(abstract_tree: Any, mesh: Mesh, *, fsdp: bool = False,
+                   fsdp_min_size: int = 2 ** 14) -> Any:
+    """`NamedSharding` for every leaf of an abstract tree (e.g. `jax.eval_shape` output)."""
+    def one(path, leaf):
+        return NamedSharding(mesh, spec_for(path_to_str(path), np.shape(leaf), mesh, fsdp=fsdp,
+                                            fsdp_min_size=fsdp_min_size))
+    return jax.tree_util.tree_map_with_path(one, abstract_tree)
+
+
+def describe_shardings(shardings: Any) -> list[str]:
+    """Lines 'path: spec' for the leaves that are not fully replicated (for logging)."""
+    lines = []
+    for path, sharding in jax.tree_util.tree_leaves_with_path(shardings):
+        if any(axis is not None for axis in sharding.spec):
+            lines.append(f'{path_to_str(path)}: {tuple(sharding.spec)}')
+    return lines
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over 'data', replicated over 'model'."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Per-process numpy batch `[local_batch, ...]` -> global arrays `[global_batch, ...]`.
+
+    With one process the global batch is the local one; with several, process `i`'s rows are
+    the slice of the global batch that lives on its devices.
+    """
+    sharding = batch_sharding(mesh)
+    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+            for name, value in local_batch.items()}

@@ -1,0 +1,477 @@
+"""The flat train / evaluate / test loop: jit over a ('data', 'model') device mesh, no pmap.
+
+`train_and_evaluate(config, workdir)` trains (resuming from `<workdir>/checkpoints` when a
+checkpoint exists), evaluates every `config.eval_every_steps` and at the end, runs the
+multi-view test and writes `<workdir>/results_<split>.json`. `evaluate(config, workdir,
+mode)` restores the latest checkpoint and runs one evaluation ('evaluate' = single-view
+pass on the eval split, 'test' = multi-view pass on the test split).
+
+The input pipeline (`mbt.data.pipeline`, TensorFlow) is imported only inside
+`PipelineData`, so this module imports without TensorFlow; tests pass their own data
+object with the same two members (`meta`, `batches`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+
+from mbt import checkpointing
+from mbt import config_validation
+from mbt import evaluate as evaluate_lib
+from mbt import metrics as metrics_lib
+from mbt import mixup as mixup_lib
+from mbt import models
+from mbt import optim
+from mbt import sharding
+from mbt import train_step as step_lib
+
+# Batch keys the jitted steps read; anything else a pipeline yields stays on the host.
+_TRAIN_KEYS = ('label', 'batch_mask')
+_EVAL_KEYS = ('label', 'batch_mask', 'video_index')
+
+
+class DataSource(Protocol):
+    """What the trainer needs from the input side (see `PipelineData`)."""
+
+    meta: Any  # mbt.data.pipeline.DatasetMeta (num_classes, class_splits, multi_label, ...)
+
+    def batches(self, split: str, mode: str, batch_size: int, *, seed: int,
+                start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Per-process numpy batches; 'train' is infinite, 'eval' / 'test' one padded pass."""
+
+
+class PipelineData:
+    """`DataSource` over `mbt.data.pipeline` (imports TensorFlow on construction)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+        from mbt.data import pipeline  # pylint: disable=g-import-not-at-top
+        self._pipeline = pipeline
+        self._config = config
+        if workdir is not None and config.dataset.get('synthetic') is not None \
+                and int(config.dataset.synthetic.get('num_clips', 0) or 0) > 0:
+            pipeline.prepare_dataset(config, workdir)
+        self.meta = pipeline.get_dataset_meta(config)
+
+    def batches(self, split, mode, batch_size, *, seed, start_batch=0):
+        return iter(self._pipeline.make_dataset(
+            self._config, split, mode, batch_size, seed=seed, start_batch=start_batch,
+            process_index=jax.process_index(), process_count=jax.process_count()))
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+class Setup:
+    """Model, optimiser, mesh, shardings and jitted steps of one config (built once)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, meta: Any):
+        self.config = config
+        self.meta = meta
+        self.mesh = sharding.make_mesh(config.get('mesh_shape'))
+        config_validation.validate_config(config, meta, mesh_shape=tuple(self.mesh.shape.values()),
+                                          process_count=jax.process_count())
+        self.model = models.build_model(config.model, meta.num_classes)
+        self.modalities = tuple(config.model.modalities)
+        self.steps_per_epoch = max(meta.num_examples[train_split(config, meta)]
+                                   / config.batch_size, 1e-9)
+        self.total_steps = num_train_steps(config, meta)
+        self.schedule = optim.make_lr_schedule(config.lr, self.total_steps, self.steps_per_epoch)
+        self.optimizer = optim.make_optimizer(config.optimizer, self.schedule)
+        mixup = config.get('mixup') or {}
+        class_splits = tuple(meta.class_splits) if meta.class_splits else None
+        self.step_cfg = step_lib.StepConfig(
+            modalities=self.modalities,
+            multi_label=bool(meta.multi_label),
+            class_splits=class_splits,
+            label_smoothing=float(config.get('label_smoothing', 0.0) or 0.0),
+            head_reduction=(config.get('loss') or {}).get('head_reduction', 'sum'),
+            mixup_alpha=float(mixup.get('alpha', 0.0) or 0.0),
+            mixmod=bool(mixup.get('mixmod', False)),
+            grad_accum_steps=int(config.get('grad_accum_steps', 1) or 1))
+
+        input_shapes = {m: tuple(meta.input_shapes[m]) for m in self.modalities}
+
+        def init_fn():
+            return step_lib.init_state(self.model, self.optimizer, input_shapes,
+                                       int(config.seed), self.modalities)
+
+        self.abstract_state = jax.eval_shape(init_fn)
+        self.state_shardings = sharding.tree_shardings(
+            self.abstract_state, self.mesh, fsdp=bool(config.get('fsdp', False)),
+            fsdp_min_size=int(config.get('fsdp_min_size', 2 ** 14)))
+        self.params_shardings = self.state_shardings.params
+        replicated = sharding.replicated(self.mesh)
+        batch = sharding.batch_sharding(self.mesh)
+        self.init = jax.jit(init_fn, out_shardings=self.state_shardings)
+        self.train_step = jax.jit(
+            step_lib.make_train_step(self.model, self.optimizer, self.schedule, self.step_cfg),
+            in_shardings=(self.state_shardings, batch, replicated),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=(0,))
+        self.eval_step = jax.jit(
+            step_lib.make_eval_step(self.model, self.step_cfg),
+            in_shardings=(self.params_shardings, batch),
+            out_shardings=replicated)
+
+    def device_batch(self, batch: Mapping[str, np.ndarray], keys) -> dict[str, jax.Array]:
+        """The keys the step reads, as global arrays sharded over 'data'."""
+        wanted = {k: batch[k] for k in self.modalities + tuple(keys) if k in batch}
+        return sharding.global_batch(wanted, self.mesh)
+
+    def mixup_lambdas(self, step: int) -> dict[str, np.ndarray]:
+        """The mixup lambdas of train step `step` (1-based), drawn on the host."""
+        return mixup_lib.sample_lambdas(int(self.config.seed), step, self.step_cfg.mixup_alpha,
+                                        self.modalities, self.step_cfg.mixmod)
+
+    def run_train_step(self, state, batch: Mapping[str, np.ndarray], step: int):
+        """One update on a per-process numpy batch; returns (state, device metrics)."""
+        return self.train_step(state, self.device_batch(batch, _TRAIN_KEYS),
+                               self.mixup_lambdas(step))
+
+
+_SETUP_CACHE: dict[str, Setup] = {}
+
+
+def get_setup(config: ml_collections.ConfigDict, meta: Any) -> Setup:
+    """`Setup` for this config, reused for an identical config (saves jit compiles)."""
+    key = json.dumps([config.to_json_best_effort(sort_keys=True), repr(meta),
+                      [d.id for d in jax.devices()]])
+    if key not in _SETUP_CACHE:
+        _SETUP_CACHE.clear()  # keep at most one: compiled executables hold memory
+        _SETUP_CACHE[key] = Setup(config, meta)
+    return _SETUP_CACHE[key]
+
+
+def _pick_split(config, meta, key: str, candidates: tuple[str, ...]) -> str:
+    """`config.dataset.<key>` if set, else the first candidate the dataset has."""
+    dataset = config.get('dataset') or {}
+    explicit = dataset.get(key) if hasattr(dataset, 'get') else None
+    if explicit:
+        return explicit
+    available = tuple(meta.num_examples)
+    for name in candidates:
+        if name in available:
+            return name
+    raise ValueError(f'config.dataset.{key} is not set and the dataset has none of the splits '
+                     f'{candidates}; available: {available}')
+
+
+def train_split(config, meta) -> str:
+    return _pick_split(config, meta, 'train_split', ('train',))
+
+
+def eval_split(config, meta) -> str:
+    return _pick_split(config, meta, 'eval_split', ('validation', 'eval', 'test'))
+
+
+def test_split(config, meta) -> str:
+    return _pick_split(config, meta, 'test_split', ('test', 'eval', 'validation'))
+
+
+def num_train_steps(config, meta) -> int:
+    """`config.num_train_steps` if set (> 0), else epochs x examples / global batch."""
+    steps = config.get('num_train_steps')
+    if steps:
+        return int(steps)
+    examples = meta.num_examples[train_split(config, meta)]
+    return max(1, int(math.ceil(float(config.num_epochs) * examples / config.batch_size)))
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+def run_evaluation(setup: Setup, data: DataSource, params: Any, split: str,
+                   mode: str) -> dict[str, float]:
+    """One padded pass over `split` ('eval': 1 view per video, 'test': several views).
+
+    Views are averaged per `video_index` by `evaluate.ViewAggregator` (padding rows dropped);
+    returns `metrics.compute_metrics` plus `loss` (mean over real views, unsmoothed) and
+    `num_views`.
+    """
+    config, meta = setup.config, setup.meta
+    aggregator = evaluate_lib.ViewAggregator(
+        meta.num_classes, combine=config.get('test_combine', 'mean_logits'),
+        multi_label=bool(meta.multi_label),
+        class_splits=tuple(meta.class_splits) if meta.class_splits else None)
+    per_process = config.get('eval_batch_size') or config.batch_size
+    per_process //= jax.process_count()
+    loss_sum, num_views = 0.0, 0.0
+    for batch in data.batches(split, mode, per_process, seed=int(config.seed)):
+        out = jax.device_get(setup.eval_step(params, setup.device_batch(batch, _EVAL_KEYS)))
+        aggregator.add(out['logits'], out['label'], out['video_index'], out['batch_mask'])
+        loss_sum += float(out['loss_sum'])
+        num_views += float(out['num_examples'])
+    if aggregator.num_videos == 0:
+        raise ValueError(f'split {split!r} ({mode}) yielded no examples')
+    results = aggregator.metrics()
+    results['loss'] = loss_sum / max(num_views, 1.0)
+    results['num_views'] = int(num_views)
+    return results
+
+
+def write_results(workdir: str, split: str, mode: str, results: Mapping[str, Any], step: int,
+                  config: ml_collections.ConfigDict) -> str:
+    """`<workdir>/results_<split>.json` (process 0 only); returns its path."""
+    path = os.path.join(workdir, f'results_{split}.json')
+    if jax.process_index() == 0:
+        evaluate_lib.write_results_json(path, results, extra={
+            'split': split, 'mode': mode, 'step': int(step),
+            'dataset': (config.get('dataset') or {}).get('name'),
+            'model': config.model.get('name'),
+            'modalities': list(config.model.modalities)})
+    return path
+
+
+def _summary(results: Mapping[str, Any], multi_label: bool, class_splits) -> str:
+    name = metrics_lib.primary_metric_name(multi_label, class_splits)
+    return f'{name} {results.get(name, float("nan")):.4f}, loss {results["loss"]:.4f}'
+
+
+class _LoggingWriter:
+    """Console-only stand-in for clu's writers where TensorFlow (TensorBoard) is missing."""
+
+    def write_scalars(self, step, scalars):
+        logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in scalars.items()))
+
+    def write_hparams(self, hparams):
+        logging.info('hparams: %s', hparams)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def make_writer(workdir: str, is_main: bool):
+    """clu TensorBoard (`<workdir>` event files, process 0) + console writer."""
+    try:
+        from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    except ImportError as error:  # clu's TensorBoard writer needs TensorFlow
+        logging.warning('No TensorBoard logging (%s); logging to the console only.', error)
+        return _LoggingWriter()
+    return metric_writers.create_default_writer(workdir, just_logging=not is_main)
+
+
+# --- training -------------------------------------------------------------------------------
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss or gradient norm."""
+
+
+def _check_finite(metrics: Mapping[str, Any], step: int, ckpt: checkpointing.Checkpointer):
+    loss, grad_norm = float(metrics['loss']), float(metrics['grad_norm'])
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    ckpt.wait()
+    last = ckpt.latest_step()
+    raise NonFiniteLossError(
+        f'Non-finite training loss {loss} (grad norm {grad_norm}) at step {step}; training '
+        f'stopped. The last good checkpoint is '
+        f'{"step " + str(last) if last is not None else "none"} in {ckpt.directory}. Lower '
+        f'config.lr.base_lr, set config.optimizer.grad_clip_norm, or check the inputs.')
+
+
+def _format_secs(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       data: DataSource | None = None, *,
+                       on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Trains (or resumes) in `workdir`, evaluates, tests; returns the final results.
+
+    Args:
+      config: the full config (see docs/training.md for the keys).
+      workdir: checkpoints, TensorBoard events and results JSON go here.
+      data: a `DataSource`; default `PipelineData(config, workdir)`.
+      on_step: called with the step number after each train step (tests, hooks).
+    Returns:
+      `{'step': last step, 'stopped_early': bool, 'final_state': TrainState,
+        'eval': metrics or None, 'test': metrics or None}`.
+    """
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
+    os.makedirs(workdir, exist_ok=True)
+    data = data if data is not None else PipelineData(config, workdir)
+    setup = get_setup(config, data.meta)
+    meta, total_steps = setup.meta, setup.total_steps
+    is_main = jax.process_index() == 0
+    writer = make_writer(workdir, is_main)
+    ckpt_cfg = config.get('checkpoint') or {}
+    ckpt = checkpointing.Checkpointer(
+        workdir, every_steps=int(ckpt_cfg.get('every_steps', 1000) or 0),
+        keep=int(ckpt_cfg.get('keep', 3) or 3), use_async=bool(ckpt_cfg.get('use_async', True)))
+    ckpt.install_sigterm_handler()
+    try:
+        restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
+        if restored is None:
+            state = setup.init()
+            start_step, consumed = 0, 0
+            logging.info('Training from scratch: %d steps (%.2f steps per epoch).',
+                         total_steps, setup.steps_per_epoch)
+        else:
+            state, ckpt_meta = restored
+            start_step = int(state.step)
+            consumed = int(ckpt_meta.get('train_batches_consumed', start_step))
+            logging.info('Resumed at step %d of %d from %s.', start_step, total_steps,
+                         ckpt.directory)
+        if is_main and start_step == 0:
+            writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+                                  if isinstance(v, (int, float, str, bool))})
+            for line in sharding.describe_shardings(setup.state_shardings.params):
+                logging.info('sharded parameter %s', line)
+
+        per_process_batch = config.batch_size // jax.process_count()
+        train_batches = data.batches(train_split(config, meta), 'train', per_process_batch,
+                                     seed=int(config.seed), start_batch=consumed)
+        report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                                 every_steps=None, every_secs=30.0)
+        log_every = int(config.get('log_every_steps', 50) or 50)
+        eval_every = int(config.get('eval_every_steps', 0) or 0)
+        the_eval_split = eval_split(config, meta)
+
+        sums: dict[str, float] = {}
+        count = 0
+        previous = None  # (step, device metrics) checked one step late to keep the device busy
+        t_start, step_start = time.monotonic(), start_step
+        step = start_step
+        stopped_early = False
+        eval_results = None
+        for step in range(start_step + 1, total_steps + 1):
+            with jax.profiler.StepTraceAnnotation('train', step_num=step):
+                batch = next(train_batches)
+                state, metrics = setup.run_train_step(state, batch, step)
+            consumed += 1
+            if on_step is not None:
+                on_step(step)
+            if previous is not None:
+                host = jax.device_get(previous[1])
+                _check_finite(host, previous[0], ckpt)
+                for k, v in host.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+            previous = (step, metrics)
+            report(step)
+
+            is_last = step == total_steps
+            preempted = ckpt.preemption_requested
+            do_log = step % log_every == 0 or is_last
+            do_eval = eval_every > 0 and step % eval_every == 0 and not is_last
+            do_save = ckpt.should_save(step) or is_last or preempted
+            if do_log or do_eval or do_save:
+                host = jax.device_get(metrics)
+                _check_finite(host, step, ckpt)
+                for k, v in host.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                previous = None
+            if do_log and count:
+                means = {f'train/{k}': v / count for k, v in sums.items()}
+                writer.write_scalars(step, means)
+                rate = (step - step_start) / max(time.monotonic() - t_start, 1e-9)
+                eta = (total_steps - step) / max(rate, 1e-9)
+                logging.info('step %d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.2f steps/s'
+                             ' | ETA %s', step, total_steps, means['train/loss'],
+                             means['train/learning_rate'], means['train/grad_norm'], rate,
+                             _format_secs(eta))
+                sums, count = {}, 0
+            if do_save:
+                ckpt.save(step, state, {'train_batches_consumed': consumed})
+            if do_eval:
+                eval_results = run_evaluation(setup, data, state.params, the_eval_split, 'eval')
+                writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()
+                                            if isinstance(v, (int, float))})
+                logging.info('eval %s at step %d: %s', the_eval_split, step,
+                             _summary(eval_results, meta.multi_label, meta.class_splits))
+            if preempted:
+                logging.warning('Stopped at step %d on SIGTERM after saving a checkpoint.', step)
+                stopped_early = True
+                break
+            if step == start_step + 1:
+                t_start, step_start = time.monotonic(), step  # exclude the compile from rates
+        if previous is not None:
+            _check_finite(jax.device_get(previous[1]), previous[0], ckpt)
+        ckpt.wait()
+
+        test_results = None
+        if not stopped_early:
+            eval_results, test_results = _final_evaluations(setup, data, state, workdir, writer)
+        writer.flush()
+        return {'step': step, 'stopped_early': stopped_early, 'final_state': state,
+                'eval': eval_results, 'test': test_results}
+    finally:
+        ckpt.close()
+        writer.close()
+
+
+def _final_evaluations(setup, data, state, workdir, writer):
+    """Single-view eval on the eval split and multi-view test on the test split."""
+    config, meta = setup.config, setup.meta
+    step = int(state.step)
+    the_eval_split, the_test_split = eval_split(config, meta), test_split(config, meta)
+    eval_results = None
+    if config.get('final_eval', True) and the_eval_split != the_test_split:
+        eval_results = run_evaluation(setup, data, state.params, the_eval_split, 'eval')
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
+        write_results(workdir, the_eval_split, 'eval', eval_results, step, config)
+        logging.info('final eval %s: %s', the_eval_split,
+                     _summary(eval_results, meta.multi_label, meta.class_splits))
+    test_results = run_evaluation(setup, data, state.params, the_test_split, 'test')
+    writer.write_scalars(step, {f'test/{k}': v for k, v in test_results.items()})
+    path = write_results(workdir, the_test_split, 'test', test_results, step, config)
+    logging.info('test %s (%d views): %s -> %s', the_test_split, test_results['num_views'],
+                 _summary(test_results, meta.multi_label, meta.class_splits), path)
+    return eval_results, test_results
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evaluate',
+             data: DataSource | None = None) -> dict[str, Any]:
+    """Restores the latest checkpoint of `workdir` and evaluates it.
+
+    mode 'evaluate': single-view pass on the eval split; 'test': multi-view pass on the test
+    split. Writes `<workdir>/results_<split>.json` and returns the metrics.
+    """
+    if mode not in ('evaluate', 'test'):
+        raise ValueError(f"mode={mode!r}; allowed: 'evaluate', 'test'")
+    data = data if data is not None else PipelineData(config, workdir)
+    setup = get_setup(config, data.meta)
+    ckpt = checkpointing.Checkpointer(workdir, every_steps=0)
+    try:
+        restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f'No checkpoint in {ckpt.directory}; train first '
+                                f'(--mode=train --workdir={workdir}).')
+    state, _ = restored
+    if mode == 'evaluate':
+        split, data_mode = eval_split(config, setup.meta), 'eval'
+    else:
+        split, data_mode = test_split(config, setup.meta), 'test'
+    results = run_evaluation(setup, data, state.params, split, data_mode)
+    write_results(workdir, split, data_mode, results, int(state.step), config)
+    logging.info('%s %s at step %d: %s', mode, split, int(state.step),
+                 _summary(results, setup.meta.multi_label, setup.meta.class_splits))
+    return results
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,127 @@
+"""The train loop on a tiny MBT and in-memory data (8 simulated CPU devices, one compile set).
+
+Every test uses the same config, so `mbt.train.get_setup` compiles the init / train / eval
+steps once for the module.
+"""
+
+import json
+import math
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+import train_fixtures
+from mbt import train
+
+NUM_STEPS = 8
+
+
+def _config():
+    return train_fixtures.tiny_config(**{'num_train_steps': NUM_STEPS, 'mixup.alpha': 0.5,
+                                         'mixup.mixmod': True, 'label_smoothing': 0.1,
+                                         'checkpoint.every_steps': 4, 'checkpoint.keep': 2})
+
+
+def _params_close(a, b, atol=1e-6):
+    flat_a, tree_a = jax.tree_util.tree_flatten(a)
+    flat_b, tree_b = jax.tree_util.tree_flatten(b)
+    assert tree_a == tree_b
+    return all(np.allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+               for x, y in zip(flat_a, flat_b))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+    data = train_fixtures.InMemoryData()
+    result = train.train_and_evaluate(_config(), workdir, data)
+    return workdir, data, result
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    data = train_fixtures.InMemoryData()
+    setup = train.get_setup(_config(), data.meta)
+    state = setup.init()
+    batch = next(data.batches('train', 'train', 16, seed=0))
+    no_mixing = {'rgb': np.float32(1.0), 'spectrogram': np.float32(1.0)}
+    device_batch = setup.device_batch(batch, train._TRAIN_KEYS)
+    losses = []
+    for _ in range(6):
+        state, metrics = setup.train_step(state, device_batch, no_mixing)
+        losses.append(float(metrics['loss']))
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert int(state.step) == 6
+
+
+def test_training_evaluates_tests_and_writes_results(uninterrupted):
+    workdir, data, result = uninterrupted
+    assert result['step'] == NUM_STEPS and not result['stopped_early']
+    assert int(result['final_state'].step) == NUM_STEPS
+    with open(os.path.join(workdir, 'results_test.json')) as f:
+        saved = json.load(f)
+    assert saved['split'] == 'test' and saved['step'] == NUM_STEPS
+    # 10 test videos x 2 views, padded to batches of 8: padding must not count.
+    assert saved['metrics']['num_examples'] == 10 and saved['metrics']['num_views'] == 20
+    assert saved['metrics']['top1'] == pytest.approx(result['test']['top1'])
+    assert os.path.exists(os.path.join(workdir, 'results_validation.json'))
+    # The class patterns are easy: the tiny model must beat chance (1/4) clearly.
+    assert result['test']['top1'] >= 0.6
+    # Checkpoints every 4 steps, keep the last 2; TensorBoard events in the workdir.
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+    assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+
+
+def test_evaluate_mode_restores_the_checkpoint_and_reproduces_the_test(uninterrupted):
+    workdir, data, result = uninterrupted
+    again = train.evaluate(_config(), workdir, 'test', data)
+    assert again['top1'] == pytest.approx(result['test']['top1'])
+    assert again['loss'] == pytest.approx(result['test']['loss'], rel=1e-5)
+
+
+def test_sigterm_saves_and_a_resumed_run_matches_the_uninterrupted_one(uninterrupted,
+                                                                       tmp_path):
+    _, _, reference = uninterrupted
+    workdir = str(tmp_path)
+    data = train_fixtures.InMemoryData()
+
+    def send_sigterm(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train.train_and_evaluate(_config(), workdir, data, on_step=send_sigterm)
+    assert first['stopped_early'] and first['step'] == 3
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
+    assert not os.path.exists(os.path.join(workdir, 'results_test.json'))
+
+    resumed = train.train_and_evaluate(_config(), workdir, data)
+    # The resumed run asked the input for batch 3 onwards (the input position was saved).
+    assert data.start_batches == [0, 3]
+    assert resumed['step'] == NUM_STEPS
+    assert _params_close(resumed['final_state'].params, reference['final_state'].params)
+    assert resumed['test']['loss'] == pytest.approx(reference['test']['loss'], rel=1e-5)
+
+
+class _NaNAfter(train_fixtures.InMemoryData):
+    """Train batch `bad_batch` (0-based) carries a NaN."""
+
+    def __init__(self, bad_batch):
+        super().__init__()
+        self.bad_batch = bad_batch
+
+    def _train(self, labels, batch_size, seed, start_batch):
+        for index, batch in enumerate(super()._train(labels, batch_size, seed, start_batch),
+                                      start=start_batch):
+            if index == self.bad_batch:
+                batch['spectrogram'][0, 0, 0, 0] = np.nan
+            yield batch
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    workdir = str(tmp_path)
+    with pytest.raises(train.NonFiniteLossError, match='step 6.*last good checkpoint is step 4'):
+        train.train_and_evaluate(_config(), workdir, _NaNAfter(bad_batch=5))
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4']
