@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -129,33 +130,70 @@ def random_crop_params(frame_hw: tf.Tensor, min_resize: int, crop_size: int,
   return crop_box(frame_hw, short_side, crop_size, tf.random.stateless_uniform([2], offset_seed))
 
 
+_LUMA = (0.299, 0.587, 0.114)
+# RGB -> YIQ; a hue shift is a rotation of the (I, Q) chroma plane.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.596, -0.274, -0.322],
+                        [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def color_matrix(saturation: tf.Tensor, hue_turns: tf.Tensor) -> tf.Tensor:
+  """float32 `[3, 3]` acting on RGB column vectors: scale saturation, then rotate hue.
+
+  Saturation blends each pixel with its grey value (0 = grey, 1 = unchanged); the hue
+  rotation turns the YIQ chroma plane by `hue_turns` × 360°, keeping the luma.
+  """
+  grey = tf.constant([_LUMA] * 3, tf.float32)  # every output channel = luma
+  saturate = saturation * tf.eye(3) + (1.0 - saturation) * grey
+  angle = 2.0 * np.pi * hue_turns
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  rotate = tf.stack([tf.stack([1.0, 0.0, 0.0]), tf.stack([0.0, cos, -sin]),
+                     tf.stack([0.0, sin, cos])])
+  return tf.constant(_YIQ_TO_RGB) @ rotate @ tf.constant(_RGB_TO_YIQ) @ saturate
+
+
+def color_affine(frame_means: tf.Tensor, seed: tf.Tensor, params: RgbAugment):
+  """Colour augmentation of a clip as one affine map `y = M x + b` per pixel (one draw per clip).
+
+  With probability `color_prob`: brightness shift δ, contrast c about each frame's
+  per-channel mean m, then saturation and hue as a 3×3 colour matrix C (hue rotated in YIQ
+  rather than HSV); then grey-scale G with probability `color_drop_prob`. Composed:
+  M = G c C and b = G C ((1 - c) m + δ), so a clip costs one pass instead of several
+  colour-space conversions. The caller clips the result to [0, 1].
+
+  Args:
+    frame_means: float32 `[T, 1, 1, 3]`, per-frame channel means of the clip in [0, 1].
+    seed: int `[2]` stateless seed.
+    params: jitter strengths and probabilities.
+
+  Returns:
+    (M float32 `[3, 3]` acting on RGB column vectors, b float32 `[T, 1, 1, 3]`).
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+
+  def uniform(seed_, low, high):
+    return tf.random.stateless_uniform([], seed_, low, high)
+
+  jitter = tf.random.stateless_uniform([], seeds[4]) < params.color_prob
+  delta = uniform(seeds[0], -params.brightness, params.brightness) if params.brightness else 0.0
+  contrast = uniform(seeds[1], 1 - params.contrast, 1 + params.contrast) if params.contrast else 1.0
+  matrix = contrast * color_matrix(
+      uniform(seeds[2], 1 - params.saturation, 1 + params.saturation) if params.saturation
+      else tf.constant(1.0),
+      uniform(seeds[3], -params.hue, params.hue) if params.hue else tf.constant(0.0))
+  offset = tf.einsum('thwc,dc->thwd', (1.0 - contrast) * frame_means + delta, matrix / contrast)
+  matrix = tf.where(jitter, matrix, tf.eye(3))
+  offset = tf.where(jitter, offset, tf.zeros_like(offset))
+  drop = tf.random.stateless_uniform([], seeds[5]) < params.color_drop_prob
+  grey = tf.where(drop, tf.constant([_LUMA] * 3, tf.float32), tf.eye(3))
+  return grey @ matrix, tf.einsum('thwc,dc->thwd', offset, grey)
+
+
 def color_jitter(clip: tf.Tensor, seed: tf.Tensor, params: RgbAugment) -> tf.Tensor:
-  """Colour augmentation of a clip, float `[T, H, W, 3]` in [0, 1] (same draw for all frames)."""
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 7))
-
-  def jitter(x):
-    if params.brightness > 0:
-      x = tf.image.stateless_random_brightness(x, params.brightness, seeds[0])
-    if params.contrast > 0:
-      x = tf.image.stateless_random_contrast(x, 1 - params.contrast, 1 + params.contrast,
-                                             seeds[1])
-    if params.saturation > 0:
-      x = tf.image.stateless_random_saturation(x, 1 - params.saturation,
-                                               1 + params.saturation, seeds[2])
-    if params.hue > 0:
-      x = tf.image.stateless_random_hue(x, params.hue, seeds[3])
-    return tf.clip_by_value(x, 0.0, 1.0)
-
-  def drop(x):
-    return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3])
-
-  if params.brightness or params.contrast or params.saturation or params.hue:
-    apply = tf.random.stateless_uniform([], seeds[4]) < params.color_prob
-    clip = tf.cond(apply, lambda: jitter(clip), lambda: clip)
-  if params.color_drop_prob > 0:
-    apply = tf.random.stateless_uniform([], seeds[5]) < params.color_drop_prob
-    clip = tf.cond(apply, lambda: drop(clip), lambda: clip)
-  return clip
+  """`color_affine` applied to a clip, float `[T, H, W, 3]` in [0, 1]; output clipped to [0, 1]."""
+  matrix, offset = color_affine(tf.reduce_mean(clip, axis=[1, 2], keepdims=True), seed, params)
+  return tf.clip_by_value(tf.einsum('thwc,dc->thwd', clip, matrix) + offset, 0.0, 1.0)
 
 
 def random_flip(clip: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

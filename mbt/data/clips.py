@@ -129,15 +129,23 @@ def sample_rgb(frames: tf.Tensor, start_s: tf.Tensor, settings: ClipSettings,
     else:
       box = box_fn(tf.shape(chosen)[1:3])
       cut = chosen[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3], :]
-    resized = tf.image.resize(cut, [crop, crop], method='bilinear') / 255.0
-    clip = tf.gather(resized, position)
     if seed is not None:
       flip_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-      if settings.rgb_augment.color:
-        clip = augment.color_jitter(clip, color_seed, settings.rgb_augment)
       if settings.rgb_augment.random_flip:
-        clip = augment.random_flip(clip, flip_seed)
-    return tf.clip_by_value(clip, 0.0, 1.0) * 2.0 - 1.0
+        cut = augment.random_flip(cut, flip_seed)  # on uint8 before resizing: cheaper
+    resized = tf.image.resize(cut, [crop, crop], method='bilinear')  # float32 in [0, 255]
+    if seed is not None and settings.rgb_augment.color:
+      # Colour map on [0, 1] values, folded with [0, 255] → [-1, 1] into one pass.
+      matrix, offset = augment.color_affine(
+          tf.reduce_mean(resized, axis=[1, 2], keepdims=True) / 255.0, color_seed,
+          settings.rgb_augment)
+      clip = tf.clip_by_value(
+          tf.einsum('thwc,dc->thwd', resized, matrix * (2.0 / 255.0)) + (2.0 * offset - 1.0),
+          -1.0, 1.0)
+    else:
+      clip = resized * (2.0 / 255.0) - 1.0
+    # tf.unique keeps first-occurrence order: without repeats the clip is already in order.
+    return tf.cond(tf.size(distinct) == n, lambda: clip, lambda: tf.gather(clip, position))
 
   # Audio-only files are stored with zero frames: give a neutral (all-zero) clip.
   clip = tf.cond(num_stored > 0, clip_from_frames, lambda: tf.zeros([n, crop, crop, 3]))

@@ -1,0 +1,126 @@
+"""Input throughput at MBT's shapes: clips per second and per CPU core.
+
+    python scripts/benchmark_input.py [--num_clips=4] [--batches=6] [--workdir=DIR]
+
+1. Writes a synthetic VGGSound copy at the stored resolution of the `default` builder
+   config (10 s clips, 25 fps, short side 256 px, H.264 + AAC).
+2. Build: times `media.read_frames` + `media.read_audio` + JPEG encoding per clip, and the
+   whole TFDS build (`vggsound/default`, which does the same plus TFRecord writing).
+3. Training pipeline: times `make_dataset(..., 'train')` batches at MBT's defaults (32 frames,
+   stride 2, 224² crop from 256, 8 s audio → 800×128 log-mel, SpecAugment, flip, scale
+   jitter; colour augmentation on): read + decode the needed JPEGs + log-mel + augment.
+
+"Per core" divides clips by the CPU seconds the process used (user + system over all
+threads), so it does not depend on how many cores were free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+class _Timer:
+  """Wall and CPU seconds of a block."""
+
+  def __enter__(self):
+    self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+    return self
+
+  def __exit__(self, *exc):
+    self.wall = time.perf_counter() - self.wall
+    self.cpu = _cpu_seconds() - self.cpu
+
+
+def _report(what: str, clips: int, timer: _Timer) -> None:
+  print(f'{what:<58} {clips:4d} clips  {timer.wall:7.2f} s wall  {timer.cpu:7.2f} s CPU  '
+        f'{clips / timer.wall:7.2f} clips/s  {clips / timer.cpu:7.2f} clips/s/core', flush=True)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--num_clips', type=int, default=4)
+  parser.add_argument('--batches', type=int, default=6, help='timed training batches')
+  parser.add_argument('--batch_size', type=int, default=4)
+  parser.add_argument('--workdir', default=None, help='default: a temporary directory')
+  args = parser.parse_args()
+
+  import ml_collections
+  import numpy as np
+  import tensorflow as tf
+
+  from mbt.data import media
+  from mbt.data import pipeline
+  from mbt.data import synthetic
+
+  workdir = args.workdir or tempfile.mkdtemp(prefix='mbt_bench_')
+  cores = len(os.sched_getaffinity(0))
+  print(f'workdir {workdir}; {cores} CPU cores available; TF {tf.__version__}')
+  source_dir = os.path.join(workdir, 'synthetic_src')
+
+  summary_path = os.path.join(source_dir, synthetic.SUMMARY_FILE)
+  if os.path.isfile(summary_path):  # reuse a copy from an earlier run with this workdir
+    with open(summary_path) as f:
+      summary = json.load(f)
+  else:
+    with _Timer() as timer:
+      summary = synthetic.generate('vggsound', source_dir, args.num_clips, seed=0,
+                                   frame_size=256, fps=25.0, clip_seconds=10.0,
+                                   edge_cases=False)
+    _report('write synthetic mp4s (10 s, 25 fps, 256 px, H.264+AAC)', args.num_clips, timer)
+
+  # (a) Build: decode the segment at 25 fps / 256 px and 16 kHz, JPEG-encode the frames.
+  paths = [os.path.join(source_dir, clip['path']) for clip in summary['clips']]
+  with _Timer() as timer:
+    for path in paths:
+      frames = media.read_frames(path, 0.0, 10.0, fps=25.0, short_side=256)
+      media.read_audio(path, 0.0, 10.0, sample_rate=16000)
+      for frame in frames:
+        tf.io.encode_jpeg(frame, quality=95).numpy()
+  _report(f'build: read_frames + read_audio + JPEG ({frames.shape[0]} x {frames.shape[1]}'
+          f'x{frames.shape[2]})', len(paths), timer)
+
+  config = ml_collections.ConfigDict({'dataset': pipeline.default_dataset_config()})
+  config.dataset.update(name='vggsound', builder_config='default',
+                        data_dir=os.path.join(workdir, 'tfds'))
+  config.dataset.rgb_augment.color = True
+  config.dataset.synthetic.update(num_clips=len(summary['clips']), frame_size=256, fps=25.0,
+                                  clip_seconds=10.0, edge_cases=False)
+  with _Timer() as timer:
+    pipeline.prepare_dataset(config, workdir)  # the copy exists: only the TFDS build runs
+  meta = pipeline.get_dataset_meta(config)
+  built = sum(meta.num_examples.values())
+  _report('build: whole TFDS build (vggsound/default)', built, timer)
+
+  # (b) Training pipeline at MBT's shapes.
+  stream = pipeline.make_dataset(config, 'train', 'train', args.batch_size, seed=0,
+                                 process_index=0, process_count=1)
+  with _Timer() as timer:
+    first = next(stream)
+  _report('train pipeline: first batch (tracing + warm-up)', args.batch_size, timer)
+  shapes = {k: v.shape for k, v in first.items()}
+  with _Timer() as timer:
+    for _ in range(args.batches):
+      batch = next(stream)
+  assert np.isfinite(batch['spectrogram']).all()
+  _report('train pipeline: read + JPEG decode + log-mel + augment', args.batches *
+          args.batch_size, timer)
+  print(f'batch shapes: {shapes}')
+
+
+if __name__ == '__main__':
+  main()
