@@ -385,6 +385,9 @@ def test_scenic_tfrecords_with_precomputed_spectrogram(tmp_path):
   config.dataset.use_precomputed_spectrogram = False  # log-mel of the stored waveform
   (batch,) = pipeline.make_dataset(config, 'test', 'eval', 2, process_index=0, process_count=1)
   assert batch['spectrogram'].std() > 0.1 and batch['spectrogram'].max() < 20
+  config.dataset.update(use_precomputed_spectrogram=True, num_mel_bins=64)
+  with pytest.raises(ValueError, match='num_mel_bins=64 but scenic_tfrecord stores 128-bin'):
+    pipeline.get_dataset_meta(config)
   with pytest.raises(ValueError, match='num_classes must be > 0'):
     pipeline.get_dataset_meta(_config(name='scenic_tfrecord', num_classes=0,
                                       tfrecord_pattern=str(tmp_path / '{split}.tfrecord')))

@@ -259,6 +259,16 @@ def clip_settings(values: dict, source: sources.ExampleSource) -> clips.ClipSett
           num_time_masks=int(spec_aug['num_time_masks']),
           max_time_width=int(spec_aug['max_time_width'])) if spec_aug['enabled'] else None)
   clips.validate(settings)
+  if (source.stored_spectrogram_bins is not None and settings.use_precomputed_spectrogram
+      and 'spectrogram' in settings.modalities):
+    if settings.log_mel.num_mel_bins != source.stored_spectrogram_bins:
+      raise ValueError(
+          f'config.dataset.num_mel_bins={settings.log_mel.num_mel_bins} but {source.name} '
+          f'stores {source.stored_spectrogram_bins}-bin spectrograms (set '
+          'use_precomputed_spectrogram=False to compute them from the waveform)')
+    if settings.log_mel.hop_ms != 10.0:
+      raise ValueError(f'config.dataset.hop_ms={settings.log_mel.hop_ms} but stored '
+                       'spectrograms have 100 frames per second (hop 10 ms)')
   if values['num_test_clips'] < 1:
     raise ValueError(f'config.dataset.num_test_clips={values["num_test_clips"]} must be >= 1')
   if values['num_spatial_crops'] not in (1, 3):

@@ -39,6 +39,8 @@ class ExampleSource:
     fps: frame rate of the stored frames.
     split_sizes: examples per split.
     read: `read(split, start, stop)` → dataset of the examples [start, stop) of `split`.
+    stored_spectrogram_bins: mel bins of a precomputed `spectrogram` the examples carry
+      (at 100 frames per second), None when they carry none.
   """
 
   name: str
@@ -50,6 +52,7 @@ class ExampleSource:
   fps: float
   split_sizes: Mapping[str, int]
   read: Callable[[str, int, int], tf.data.Dataset]
+  stored_spectrogram_bins: int | None = None
 
   @property
   def num_classes(self) -> int:
@@ -234,7 +237,9 @@ def scenic_source(patterns, splits: Sequence[str], num_classes: int,
       name='scenic_tfrecord', class_names=names,
       class_splits=tuple(class_splits) if class_splits else None, multi_label=multi_label,
       label_keys=('label',), modalities=tuple(m for m in ('rgb', 'spectrogram') if m in offered),
-      fps=float(fps), split_sizes=split_sizes, read=read)
+      fps=float(fps), split_sizes=split_sizes, read=read,
+      stored_spectrogram_bins=(scenic_tfrecord.MEL_BINS if any(
+          layout.has_melspec for layout in layouts.values()) else None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +276,9 @@ def memory_source(splits: Mapping[str, Sequence[Mapping[str, np.ndarray]]], *,
     signature['video_index'] = tf.TensorSpec([], tf.int64)
     return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
+  spectrogram = first.get('spectrogram')
   return ExampleSource(
+      stored_spectrogram_bins=None if spectrogram is None else int(np.shape(spectrogram)[1]),
       name=name, class_names=tuple(class_names),
       class_splits=tuple(class_splits) if class_splits else None, multi_label=multi_label,
       label_keys=label_keys, modalities=offered, fps=float(fps),
