@@ -20,6 +20,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+_LOG = logging.getLogger(__name__)
+
+
+_ARRAY_WRITES_CONFIGURED = False
+
 
 def _configure_array_writes():
     """Single process: write each array from one device instead of slicing it per replica.
@@ -28,7 +33,9 @@ def _configure_array_writes():
     them, which compiles one slicing program per array shape (100+ compiles for a small
     model on 8 devices) and only pays off when several hosts share the writing.
     """
-    if jax.process_count() == 1:
+    global _ARRAY_WRITES_CONFIGURED
+    if jax.process_count() == 1 and not _ARRAY_WRITES_CONFIGURED:
+        _ARRAY_WRITES_CONFIGURED = True
         ocp.type_handlers.register_type_handler(
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
             override=True)
@@ -65,7 +72,7 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     meta=ocp.args.JsonSave(dict(meta, step=int(step)))),
             force=True)
-        logging.info('Checkpoint %d %s in %s', step, 'started' if saved else 'skipped',
+        _LOG.info('Checkpoint %d %s in %s', step, 'started' if saved else 'skipped',
                      self.directory)
         return saved
 
@@ -102,7 +109,7 @@ class Checkpointer:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                           meta=ocp.args.JsonRestore()))
-        logging.info('Restored checkpoint %d from %s', step, self.directory)
+        _LOG.info('Restored checkpoint %d from %s', step, self.directory)
         return restored['state'], dict(restored['meta'])
 
     # --- preemption -----------------------------------------------------------------------
@@ -117,7 +124,7 @@ class Checkpointer:
 
         def handler(signum, frame):
             del frame
-            logging.warning('Signal %d received: saving a checkpoint and stopping.', signum)
+            _LOG.warning('Signal %d received: saving a checkpoint and stopping.', signum)
             self._preempted.set()
 
         self._previous_handler = signal.signal(signal.SIGTERM, handler)

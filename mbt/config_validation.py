@@ -15,7 +15,7 @@ import ml_collections
 from mbt import models
 from mbt import optim
 
-DATASETS = ('audioset', 'vggsound', 'epic_kitchens')
+DATASETS = ('audioset', 'vggsound', 'epic_kitchens', 'scenic_tfrecord')  # = pipeline.DATASETS
 MODES = ('train', 'evaluate', 'test')
 TEST_COMBINE = ('mean_logits', 'mean_probs')
 HEAD_REDUCTIONS = ('sum', 'mean')
@@ -93,8 +93,11 @@ def validate_config(config: ml_collections.ConfigDict, meta: Any = None, *,
         _fail('dataset.name', dataset_name, ', '.join(repr(d) for d in DATASETS))
 
     model_modalities = tuple(config.model.modalities)
-    provided = tuple(meta.modalities) if meta is not None else tuple(
-        config.dataset.get('modalities') or ())
+    if meta is not None:
+        provided = tuple(meta.modalities)
+    else:
+        provided = config.dataset.get('modalities') or ()
+        provided = (provided,) if isinstance(provided, str) else tuple(provided)
     if provided:
         missing = [m for m in model_modalities if m not in provided]
         if missing:

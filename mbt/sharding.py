@@ -26,6 +26,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+_LOG = logging.getLogger(__name__)
+
 DATA_AXIS = 'data'
 MODEL_AXIS = 'model'
 AXES = (DATA_AXIS, MODEL_AXIS)
@@ -64,7 +66,7 @@ def maybe_initialize_distributed() -> bool:
             or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''))
     if wanted:
         jax.distributed.initialize()
-        logging.info('jax.distributed initialised: process %d of %d', jax.process_index(),
+        _LOG.info('jax.distributed initialised: process %d of %d', jax.process_index(),
                      jax.process_count())
     return wanted
 

@@ -34,6 +34,8 @@ from mbt import optim
 from mbt import sharding
 from mbt import train_step as step_lib
 
+_LOG = logging.getLogger(__name__)
+
 # Batch keys the jitted steps read; anything else a pipeline yields stays on the host.
 _TRAIN_KEYS = ('label', 'batch_mask')
 _EVAL_KEYS = ('label', 'batch_mask', 'video_index')
@@ -61,6 +63,13 @@ class PipelineData:
             pipeline.prepare_dataset(config, workdir)
         self.meta = pipeline.get_dataset_meta(config)
 
+    def split_names(self) -> dict[str, str]:
+        """Configured split per role, with the pipeline's per-dataset defaults."""
+        values = self._pipeline.dataset_values(self._config)
+        defaults = self._pipeline.DEFAULT_SPLITS[values['name']]
+        return {role: values[f'{role}_split'] or default
+                for role, default in zip(ROLES, defaults)}
+
     def batches(self, split, mode, batch_size, *, seed, start_batch=0):
         return iter(self._pipeline.make_dataset(
             self._config, split, mode, batch_size, seed=seed, start_batch=start_batch,
@@ -72,17 +81,21 @@ class PipelineData:
 class Setup:
     """Model, optimiser, mesh, shardings and jitted steps of one config (built once)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, meta: Any):
+    def __init__(self, config: ml_collections.ConfigDict, meta: Any, splits: Mapping[str, str]):
         self.config = config
         self.meta = meta
+        self.splits = dict(splits)  # role ('train' / 'eval' / 'test') -> split name
         self.mesh = sharding.make_mesh(config.get('mesh_shape'))
         config_validation.validate_config(config, meta, mesh_shape=tuple(self.mesh.shape.values()),
                                           process_count=jax.process_count())
         self.model = models.build_model(config.model, meta.num_classes)
         self.modalities = tuple(config.model.modalities)
-        self.steps_per_epoch = max(meta.num_examples[train_split(config, meta)]
+        if self.splits['train'] not in meta.num_examples:
+            raise ValueError(f"train split {self.splits['train']!r} (config.dataset.train_split) "
+                             f'is not a split of the dataset; allowed: {sorted(meta.num_examples)}')
+        self.steps_per_epoch = max(meta.num_examples[self.splits['train']]
                                    / config.batch_size, 1e-9)
-        self.total_steps = num_train_steps(config, meta)
+        self.total_steps = num_train_steps(config, meta, self.splits['train'])
         self.schedule = optim.make_lr_schedule(config.lr, self.total_steps, self.steps_per_epoch)
         self.optimizer = optim.make_optimizer(config.optimizer, self.schedule)
         mixup = config.get('mixup') or {}
@@ -140,48 +153,52 @@ class Setup:
 _SETUP_CACHE: dict[str, Setup] = {}
 
 
-def get_setup(config: ml_collections.ConfigDict, meta: Any) -> Setup:
-    """`Setup` for this config, reused for an identical config (saves jit compiles)."""
-    key = json.dumps([config.to_json_best_effort(sort_keys=True), repr(meta),
+def get_setup(config: ml_collections.ConfigDict, data: Any) -> Setup:
+    """`Setup` for this config and data source, reused for an identical pair (saves compiles)."""
+    splits = resolve_splits(config, data)
+    key = json.dumps([config.to_json_best_effort(sort_keys=True), repr(data.meta), splits,
                       [d.id for d in jax.devices()]])
     if key not in _SETUP_CACHE:
         _SETUP_CACHE.clear()  # keep at most one: compiled executables hold memory
-        _SETUP_CACHE[key] = Setup(config, meta)
+        _SETUP_CACHE[key] = Setup(config, data.meta, splits)
     return _SETUP_CACHE[key]
 
 
-def _pick_split(config, meta, key: str, candidates: tuple[str, ...]) -> str:
-    """`config.dataset.<key>` if set, else the first candidate the dataset has."""
+ROLES = ('train', 'eval', 'test')
+# Split names tried, in order, for a data source that does not name its splits itself.
+_SPLIT_CANDIDATES = {'train': ('train',), 'eval': ('validation', 'eval', 'test'),
+                     'test': ('test', 'eval', 'validation')}
+
+
+def resolve_splits(config: ml_collections.ConfigDict, data: Any) -> dict[str, str]:
+    """`{'train' | 'eval' | 'test': split name}` from the data source or the config.
+
+    A source with a `split_names()` method decides (the pipeline applies its per-dataset
+    defaults); otherwise `config.dataset.<role>_split` when set, else the first split of
+    the dataset in `_SPLIT_CANDIDATES`.
+    """
+    if hasattr(data, 'split_names'):
+        return dict(data.split_names())
     dataset = config.get('dataset') or {}
-    explicit = dataset.get(key) if hasattr(dataset, 'get') else None
-    if explicit:
-        return explicit
-    available = tuple(meta.num_examples)
-    for name in candidates:
-        if name in available:
-            return name
-    raise ValueError(f'config.dataset.{key} is not set and the dataset has none of the splits '
-                     f'{candidates}; available: {available}')
+    available = tuple(data.meta.num_examples)
+    names = {}
+    for role in ROLES:
+        explicit = dataset.get(f'{role}_split') if hasattr(dataset, 'get') else None
+        found = [explicit] if explicit else [c for c in _SPLIT_CANDIDATES[role]
+                                             if c in available]
+        if not found:
+            raise ValueError(f'config.dataset.{role}_split is not set and the dataset has '
+                             f'none of {_SPLIT_CANDIDATES[role]}; available: {available}')
+        names[role] = found[0]
+    return names
 
 
-def train_split(config, meta) -> str:
-    return _pick_split(config, meta, 'train_split', ('train',))
-
-
-def eval_split(config, meta) -> str:
-    return _pick_split(config, meta, 'eval_split', ('validation', 'eval', 'test'))
-
-
-def test_split(config, meta) -> str:
-    return _pick_split(config, meta, 'test_split', ('test', 'eval', 'validation'))
-
-
-def num_train_steps(config, meta) -> int:
+def num_train_steps(config, meta, train_split: str) -> int:
     """`config.num_train_steps` if set (> 0), else epochs x examples / global batch."""
     steps = config.get('num_train_steps')
     if steps:
         return int(steps)
-    examples = meta.num_examples[train_split(config, meta)]
+    examples = meta.num_examples[train_split]
     return max(1, int(math.ceil(float(config.num_epochs) * examples / config.batch_size)))
 
 
@@ -238,10 +255,10 @@ class _LoggingWriter:
     """Console-only stand-in for clu's writers where TensorFlow (TensorBoard) is missing."""
 
     def write_scalars(self, step, scalars):
-        logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in scalars.items()))
+        _LOG.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in scalars.items()))
 
     def write_hparams(self, hparams):
-        logging.info('hparams: %s', hparams)
+        _LOG.info('hparams: %s', hparams)
 
     def flush(self):
         pass
@@ -255,7 +272,7 @@ def make_writer(workdir: str, is_main: bool):
     try:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
     except ImportError as error:  # clu's TensorBoard writer needs TensorFlow
-        logging.warning('No TensorBoard logging (%s); logging to the console only.', error)
+        _LOG.warning('No TensorBoard logging (%s); logging to the console only.', error)
         return _LoggingWriter()
     return metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
@@ -286,6 +303,30 @@ def _format_secs(seconds: float) -> str:
     return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
 
 
+def initial_state(setup: Setup, workdir: str):
+    """A fresh TrainState; parameters from `config.init_from.checkpoint_path` when set.
+
+    The loading report (one row per parameter: loaded / resized / inflated / fresh) is
+    written to `<workdir>/init_report.txt`. Optimiser state starts at zero either way.
+    """
+    state = setup.init()
+    init_cfg = setup.config.get('init_from')
+    if not init_cfg or not init_cfg.get('checkpoint_path'):
+        return state
+    from mbt import pretrained  # pylint: disable=g-import-not-at-top
+    host_params = jax.device_get(state.params)
+    params, report = pretrained.init_from(setup.config, host_params,
+                                          input_shapes=setup.meta.input_shapes)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, 'init_report.txt'), 'w', encoding='utf-8') as f:
+            f.write(str(report) + '\n')
+    params = jax.tree_util.tree_map(
+        lambda value, like, sharding: jax.make_array_from_callback(
+            like.shape, sharding, lambda index: np.asarray(value, like.dtype)[index]),
+        params, host_params, setup.state_shardings.params)
+    return state.replace(params=params)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: DataSource | None = None, *,
                        on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -304,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     os.makedirs(workdir, exist_ok=True)
     data = data if data is not None else PipelineData(config, workdir)
-    setup = get_setup(config, data.meta)
+    setup = get_setup(config, data)
     meta, total_steps = setup.meta, setup.total_steps
     is_main = jax.process_index() == 0
     writer = make_writer(workdir, is_main)
@@ -316,30 +357,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     try:
         restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
         if restored is None:
-            state = setup.init()
+            state = initial_state(setup, workdir)
             start_step, consumed = 0, 0
-            logging.info('Training from scratch: %d steps (%.2f steps per epoch).',
+            _LOG.info('Training from scratch: %d steps (%.2f steps per epoch).',
                          total_steps, setup.steps_per_epoch)
         else:
             state, ckpt_meta = restored
             start_step = int(state.step)
             consumed = int(ckpt_meta.get('train_batches_consumed', start_step))
-            logging.info('Resumed at step %d of %d from %s.', start_step, total_steps,
+            _LOG.info('Resumed at step %d of %d from %s.', start_step, total_steps,
                          ckpt.directory)
         if is_main and start_step == 0:
             writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
                                   if isinstance(v, (int, float, str, bool))})
             for line in sharding.describe_shardings(setup.state_shardings.params):
-                logging.info('sharded parameter %s', line)
+                _LOG.info('sharded parameter %s', line)
 
         per_process_batch = config.batch_size // jax.process_count()
-        train_batches = data.batches(train_split(config, meta), 'train', per_process_batch,
+        train_batches = data.batches(setup.splits['train'], 'train', per_process_batch,
                                      seed=int(config.seed), start_batch=consumed)
         report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                                  every_steps=None, every_secs=30.0)
         log_every = int(config.get('log_every_steps', 50) or 50)
         eval_every = int(config.get('eval_every_steps', 0) or 0)
-        the_eval_split = eval_split(config, meta)
+        the_eval_split = setup.splits['eval']
 
         sums: dict[str, float] = {}
         count = 0
@@ -381,7 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.write_scalars(step, means)
                 rate = (step - step_start) / max(time.monotonic() - t_start, 1e-9)
                 eta = (total_steps - step) / max(rate, 1e-9)
-                logging.info('step %d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.2f steps/s'
+                _LOG.info('step %d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.2f steps/s'
                              ' | ETA %s', step, total_steps, means['train/loss'],
                              means['train/learning_rate'], means['train/grad_norm'], rate,
                              _format_secs(eta))
@@ -392,10 +433,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 eval_results = run_evaluation(setup, data, state.params, the_eval_split, 'eval')
                 writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()
                                             if isinstance(v, (int, float))})
-                logging.info('eval %s at step %d: %s', the_eval_split, step,
+                _LOG.info('eval %s at step %d: %s', the_eval_split, step,
                              _summary(eval_results, meta.multi_label, meta.class_splits))
             if preempted:
-                logging.warning('Stopped at step %d on SIGTERM after saving a checkpoint.', step)
+                _LOG.warning('Stopped at step %d on SIGTERM after saving a checkpoint.', step)
                 stopped_early = True
                 break
             if step == start_step + 1:
@@ -419,18 +460,18 @@ def _final_evaluations(setup, data, state, workdir, writer):
     """Single-view eval on the eval split and multi-view test on the test split."""
     config, meta = setup.config, setup.meta
     step = int(state.step)
-    the_eval_split, the_test_split = eval_split(config, meta), test_split(config, meta)
+    the_eval_split, the_test_split = setup.splits['eval'], setup.splits['test']
     eval_results = None
     if config.get('final_eval', True) and the_eval_split != the_test_split:
         eval_results = run_evaluation(setup, data, state.params, the_eval_split, 'eval')
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
         write_results(workdir, the_eval_split, 'eval', eval_results, step, config)
-        logging.info('final eval %s: %s', the_eval_split,
+        _LOG.info('final eval %s: %s', the_eval_split,
                      _summary(eval_results, meta.multi_label, meta.class_splits))
     test_results = run_evaluation(setup, data, state.params, the_test_split, 'test')
     writer.write_scalars(step, {f'test/{k}': v for k, v in test_results.items()})
     path = write_results(workdir, the_test_split, 'test', test_results, step, config)
-    logging.info('test %s (%d views): %s -> %s', the_test_split, test_results['num_views'],
+    _LOG.info('test %s (%d views): %s -> %s', the_test_split, test_results['num_views'],
                  _summary(test_results, meta.multi_label, meta.class_splits), path)
     return eval_results, test_results
 
@@ -445,7 +486,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evalu
     if mode not in ('evaluate', 'test'):
         raise ValueError(f"mode={mode!r}; allowed: 'evaluate', 'test'")
     data = data if data is not None else PipelineData(config, workdir)
-    setup = get_setup(config, data.meta)
+    setup = get_setup(config, data)
     ckpt = checkpointing.Checkpointer(workdir, every_steps=0)
     try:
         restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
@@ -456,12 +497,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evalu
                                 f'(--mode=train --workdir={workdir}).')
     state, _ = restored
     if mode == 'evaluate':
-        split, data_mode = eval_split(config, setup.meta), 'eval'
+        split, data_mode = setup.splits['eval'], 'eval'
     else:
-        split, data_mode = test_split(config, setup.meta), 'test'
+        split, data_mode = setup.splits['test'], 'test'
     results = run_evaluation(setup, data, state.params, split, data_mode)
     write_results(workdir, split, data_mode, results, int(state.step), config)
-    logging.info('%s %s at step %d: %s', mode, split, int(state.step),
+    _LOG.info('%s %s at step %d: %s', mode, split, int(state.step),
                  _summary(results, setup.meta.multi_label, setup.meta.class_splits))
     return results
 
@@ -475,3 +516,72 @@ def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+# --- sibling comparison ---------------------------------------------------------------------
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file given by path (as `--config=path[:arg]` does)."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if ':' in os.path.basename(path) and arg is None:
+        path, arg = path.rsplit(':', 1)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'config file {path!r} (config.siblings) does not exist')
+    name = 'mbt_config_' + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+# Overrides of the main run not passed to siblings: they define what a sibling is.
+_SIBLING_OWN_KEYS = ('siblings', 'model.modalities', 'dataset.modalities')
+
+
+def _apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+                     prefix: str = ''):
+    for key, value in overrides.items():
+        name = f'{prefix}{key}'
+        if name in _SIBLING_OWN_KEYS:
+            continue
+        if isinstance(value, Mapping):
+            _apply_overrides(config[key], value, name + '.')
+        else:
+            config[key] = value
+
+
+def train_siblings(config: ml_collections.ConfigDict, workdir: str,
+                   main_result: Mapping[str, Any],
+                   overrides: Mapping[str, Any] | None = None) -> str:
+    """Trains each `config.siblings` file in `<workdir>/<file stem>` and compares test top-1.
+
+    The siblings read the data the main run prepared (its `config.dataset.data_dir`, no
+    new synthetic copy) and get the main run's command-line overrides, except those of
+    `_SIBLING_OWN_KEYS`. Returns a markdown table (also written to
+    `<workdir>/comparison.md`) with the primary metric and top-1 of every run.
+    """
+    rows = {'+'.join(config.model.modalities) + ' (this config)': main_result['test']}
+    for path in config.siblings:
+        sibling = load_config_file(path)
+        _apply_overrides(sibling, overrides or {})
+        sibling.siblings = ()
+        if config.dataset.get('data_dir'):
+            sibling.dataset.data_dir = config.dataset.data_dir
+        if sibling.dataset.get('synthetic') is not None:
+            sibling.dataset.synthetic.num_clips = 0  # reuse the copy built for the main run
+        config_validation.validate_config(sibling)
+        name = os.path.splitext(os.path.basename(path))[0]
+        _LOG.info('Training sibling config %s in %s', path, os.path.join(workdir, name))
+        result = train_and_evaluate(sibling, os.path.join(workdir, name))
+        rows[f'{"+".join(sibling.model.modalities)} ({name})'] = result['test']
+    columns = []
+    for results in rows.values():
+        for key in ('top1', 'map', 'action_top1'):
+            if key in results and key not in columns:
+                columns.append(key)
+    table = evaluate_lib.format_results_table(
+        {run: {key: results.get(key) for key in columns} for run, results in rows.items()})
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, 'comparison.md'), 'w', encoding='utf-8') as f:
+            f.write(table)
+    return table

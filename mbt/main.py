@@ -1,0 +1,62 @@
+"""Command line: `python -m mbt.main --config=<file.py[:arg]> --workdir=DIR [--mode=...]`.
+
+    python -m mbt.main --config=configs/synthetic/mbt_tiny.py --workdir=/tmp/mbt_demo
+    python -m mbt.main --config=configs/audioset/mbt_b16.py:mini --workdir=/ckpt/as_mini \
+        --config.batch_size=32 --config.dataset.data_dir=/data/tfds
+    python -m mbt.main --config=... --workdir=/ckpt/as_mini --mode=test
+
+Config files define `get_config(arg=None)`; `--config.<key>=<value>` overrides any key.
+`--mode=train` trains (resuming from the workdir's checkpoints), evaluates and tests;
+`evaluate` / `test` restore the latest checkpoint and run the single-view eval / multi-view
+test. See docs/training.md.
+"""
+
+import logging
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mbt import config_validation
+from mbt import sharding
+from mbt import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file: path/to/config.py or path/to/config.py:arg.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
+_MODE = flags.DEFINE_enum('mode', 'train', config_validation.MODES,
+                          'train: train + evaluate + test; evaluate / test: restore the latest '
+                          'checkpoint of --workdir and run the eval / multi-view test.')
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    'library_logs', False, "Show the INFO logs of orbax, TFDS and clu (absl's logger); by "
+    "default only mbt's own progress lines and the libraries' warnings are shown.")
+flags.mark_flags_as_required(['config', 'workdir'])
+
+_LOG = logging.getLogger('mbt.main')
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    logging.getLogger('mbt').setLevel(logging.INFO)
+    if not _LIBRARY_LOGS.value:
+        logging.getLogger('absl').setLevel(logging.WARNING)
+    sharding.maybe_initialize_distributed()
+    config = _CONFIG.value
+    config_validation.validate_config(config)  # fail before any data is read or compiled
+    _LOG.info('Config file %s, workdir %s, mode %s',
+                 config_flags.get_config_filename(flags.FLAGS['config']), _WORKDIR.value,
+                 _MODE.value)
+    if _MODE.value != 'train':
+        train.evaluate(config, _WORKDIR.value, _MODE.value)
+        return
+    result = train.train_and_evaluate(config, _WORKDIR.value)
+    if config.get('siblings') and not result['stopped_early']:
+        overrides = config_flags.get_override_values(flags.FLAGS['config'])
+        table = train.train_siblings(config, _WORKDIR.value, result, overrides)
+        print(table, flush=True)
+
+
+if __name__ == '__main__':
+    app.run(main)
