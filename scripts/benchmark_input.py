@@ -8,7 +8,8 @@
    whole TFDS build (`vggsound/default`, which does the same plus TFRecord writing).
 3. Training pipeline: times `make_dataset(..., 'train')` batches at MBT's defaults (32 frames,
    stride 2, 224² crop from 256, 8 s audio → 800×128 log-mel, SpecAugment, flip, scale
-   jitter; colour augmentation on): read + decode the needed JPEGs + log-mel + augment.
+   jitter; then also with colour augmentation): read + decode the needed JPEGs + log-mel +
+   augment.
 
 "Per core" divides clips by the CPU seconds the process used (user + system over all
 threads), so it does not depend on how many cores were free.
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -47,7 +49,7 @@ class _Timer:
 
 
 def _report(what: str, clips: int, timer: _Timer) -> None:
-  print(f'{what:<58} {clips:4d} clips  {timer.wall:7.2f} s wall  {timer.cpu:7.2f} s CPU  '
+  print(f'{what:<68} {clips:3d} clips  {timer.wall:7.2f} s wall  {timer.cpu:7.2f} s CPU  '
         f'{clips / timer.wall:7.2f} clips/s  {clips / timer.cpu:7.2f} clips/s/core', flush=True)
 
 
@@ -97,29 +99,30 @@ def main() -> None:
   config = ml_collections.ConfigDict({'dataset': pipeline.default_dataset_config()})
   config.dataset.update(name='vggsound', builder_config='default',
                         data_dir=os.path.join(workdir, 'tfds'))
-  config.dataset.rgb_augment.color = True
   config.dataset.synthetic.update(num_clips=len(summary['clips']), frame_size=256, fps=25.0,
                                   clip_seconds=10.0, edge_cases=False)
+  shutil.rmtree(config.dataset.data_dir, ignore_errors=True)  # always time a fresh build
   with _Timer() as timer:
     pipeline.prepare_dataset(config, workdir)  # the copy exists: only the TFDS build runs
   meta = pipeline.get_dataset_meta(config)
   built = sum(meta.num_examples.values())
   _report('build: whole TFDS build (vggsound/default)', built, timer)
 
-  # (b) Training pipeline at MBT's shapes.
-  stream = pipeline.make_dataset(config, 'train', 'train', args.batch_size, seed=0,
-                                 process_index=0, process_count=1)
-  with _Timer() as timer:
-    first = next(stream)
-  _report('train pipeline: first batch (tracing + warm-up)', args.batch_size, timer)
-  shapes = {k: v.shape for k, v in first.items()}
-  with _Timer() as timer:
-    for _ in range(args.batches):
-      batch = next(stream)
-  assert np.isfinite(batch['spectrogram']).all()
-  _report('train pipeline: read + JPEG decode + log-mel + augment', args.batches *
-          args.batch_size, timer)
-  print(f'batch shapes: {shapes}')
+  # (b) Training pipeline at MBT's shapes, with and without colour augmentation.
+  for color in (False, True):
+    config.dataset.rgb_augment.color = color
+    stream = pipeline.make_dataset(config, 'train', 'train', args.batch_size, seed=0,
+                                   process_index=0, process_count=1)
+    with _Timer() as timer:
+      first = next(stream)
+    _report('train pipeline: first batch (tracing + warm-up)', args.batch_size, timer)
+    with _Timer() as timer:
+      for _ in range(args.batches):
+        batch = next(stream)
+    assert np.isfinite(batch['spectrogram']).all()
+    what = 'flip, scale jitter, SpecAugment' + (', colour' if color else '')
+    _report(f'train: read + JPEG + log-mel + {what}', args.batches * args.batch_size, timer)
+  print(f'batch shapes: {({k: v.shape for k, v in first.items()})}')
 
 
 if __name__ == '__main__':
