@@ -171,7 +171,7 @@ def _merge(defaults: dict, given: Mapping, prefix: str) -> dict:
     if key not in defaults:
       _LOG.warning('%s%s is not a key the input pipeline reads (ignored)', prefix, key)
       merged[key] = value
-    elif isinstance(defaults[key], dict) and key != 'tfrecord_pattern':
+    elif isinstance(defaults[key], dict):
       if not isinstance(value, Mapping):
         raise ValueError(f'{prefix}{key} must be a dict with keys {sorted(defaults[key])}, '
                          f'got {value!r}')
