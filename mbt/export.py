@@ -2,11 +2,11 @@
 
 `save_export(export_dir, params, config, meta)` writes, by default to `<workdir>/export/`:
 
-| file | content |
-|---|---|
-| `params.msgpack` | the parameter tree, numpy arrays, `flax.serialization.msgpack_serialize` |
-| `config.json` | the full config: `config.model` rebuilds the model, `config.dataset` the test-split preprocessing, `config.test_combine` how views are combined |
-| `meta.json` | the label space (class names, class splits, multi-label), the modalities and per-example input shapes, and how frames were stored (fps, short side) |
+- `params.msgpack`: the parameter tree of numpy arrays (`flax.serialization.msgpack_serialize`);
+- `config.json`: the full config -- `config.model` rebuilds the model, `config.dataset` the
+  test-split preprocessing, `config.test_combine` how views are combined;
+- `meta.json`: the label space (class names, class splits, multi-label), the modalities and
+  per-example input shapes, and how the training frames were stored (fps, short side).
 
 `load_export(export_dir)` returns `(model, params, config, meta)` ready for
 `model.apply({'params': params}, inputs, train=False)`; it checks every parameter's shape

@@ -3,6 +3,9 @@ gathers sharded parameters, and its errors name the file, key or parameter."""
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -113,3 +116,29 @@ def test_errors_name_the_file_or_parameter(tmp_path, trained):
     with pytest.raises(ValueError, match="5 class names for num_classes=6"):
         export.save_export(str(tmp_path / "x"), params, config,
                            {**vars(fx.dataset_meta()), "class_names": fx.CLASS_NAMES[:5]})
+
+
+def test_load_export_needs_no_tensorflow(tmp_path, trained):
+    """The GPU machines have JAX but no TensorFlow: loading and running an export must work."""
+    config, model, params = trained
+    export.save_export(str(tmp_path), params, config, fx.dataset_meta())
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        import numpy as np
+
+        class BlockTensorFlow(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)")
+
+        sys.meta_path.insert(0, BlockTensorFlow())
+        from mbt import export
+        model, params, config, meta = export.load_export({str(tmp_path)!r})
+        x = {{m: np.zeros((1,) + s, np.float32) for m, s in meta.input_shapes.items()}}
+        print(model.apply({{'params': params}}, x, train=False).shape)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "(1, 6)"

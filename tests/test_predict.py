@@ -152,7 +152,7 @@ def test_missing_and_undecodable_files_are_named_and_the_rest_predicted(run):
     for name in ("missing", "broken"):
         record = run["by_file"][files[name]]
         assert set(record) == {"file", "error"} and files[name] in record["error"]
-        assert f"error: " in run["stderr"] and files[name] in run["stderr"]
+        assert "error: " in run["stderr"] and files[name] in run["stderr"]
     assert "media file not found" in run["by_file"][files["missing"]]["error"]
     assert "2 of 6 files failed" in run["stderr"]
     assert all("top_k" in run["by_file"][files[n]] for n in ("clip", "short", "no_audio", "wav"))
