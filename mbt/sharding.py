@@ -84,7 +84,7 @@ def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tu
             raise ValueError(f'config.mesh_shape={shape}: {num_devices} devices are not divisible '
                              f'by {known}')
         shape = tuple(num_devices // known if s == -1 else s for s in shape)
-    if shape[0] * shape[1] != num_devices:
+    if shape[0] * shape[1] > num_devices:
         raise ValueError(f'config.mesh_shape={shape} needs {shape[0] * shape[1]} devices but '
                          f'{num_devices} are available; use -1 for one axis')
     return shape
@@ -92,9 +92,21 @@ def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tu
 
 def make_mesh(mesh_shape: Sequence[int] | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A `Mesh` with axes ('data', 'model') over `devices` (default: all devices)."""
+    """A `Mesh` with axes ('data', 'model') over `devices` (default: all devices).
+
+    A shape with fewer devices than available (no -1) uses the first ones and logs a
+    warning (single process only: every process must take part in a multi-process mesh).
+    """
     devices = list(devices if devices is not None else jax.devices())
     shape = resolve_mesh_shape(mesh_shape, len(devices))
+    used = shape[0] * shape[1]
+    if used < len(devices):
+        if jax.process_count() > 1:
+            raise ValueError(f'config.mesh_shape={shape} uses {used} of {len(devices)} devices; '
+                             'with several processes the mesh must cover all devices')
+        _LOG.warning('config.mesh_shape=%s uses %d of the %d devices.', shape, used,
+                     len(devices))
+        devices = devices[:used]
     try:
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
     except (ValueError, AssertionError, NotImplementedError):
