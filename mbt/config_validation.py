@@ -1,4 +1,4 @@
-"""The trainer's config keys: their defaults (`trainer_config`) and start-up checks (`validate_config`).
+"""The trainer's config keys: defaults (`trainer_config`) and start-up checks (`validate_config`).
 
 A full config is `trainer_config()` plus `config.model` (`mbt.models.default_mbt_config()`)
 and `config.dataset` (`mbt.data.pipeline.default_dataset_config()`). `validate_config`

@@ -277,6 +277,16 @@ def make_writer(workdir: str, is_main: bool):
     return metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
 
+def make_progress_reporter(total_steps: int, writer) -> Callable[[int], Any]:
+    """clu's `ReportProgress` (steps/s, ETA to TensorBoard every 30 s), or a no-op without TF."""
+    try:
+        from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+    except ImportError:  # clu's periodic actions import its TensorFlow summary writer
+        return lambda step: None
+    return periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_steps=None, every_secs=30.0)
+
+
 # --- training -------------------------------------------------------------------------------
 
 class NonFiniteLossError(FloatingPointError):
@@ -341,8 +351,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       `{'step': last step, 'stopped_early': bool, 'final_state': TrainState,
         'eval': metrics or None, 'test': metrics or None}`.
     """
-    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-
     os.makedirs(workdir, exist_ok=True)
     data = data if data is not None else PipelineData(config, workdir)
     setup = get_setup(config, data)
@@ -376,8 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         per_process_batch = config.batch_size // jax.process_count()
         train_batches = data.batches(setup.splits['train'], 'train', per_process_batch,
                                      seed=int(config.seed), start_batch=consumed)
-        report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                                 every_steps=None, every_secs=30.0)
+        report = make_progress_reporter(total_steps, writer)
         log_every = int(config.get('log_every_steps', 50) or 50)
         eval_every = int(config.get('eval_every_steps', 0) or 0)
         the_eval_split = setup.splits['eval']

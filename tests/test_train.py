@@ -8,6 +8,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -43,7 +45,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_loss_decreases_on_a_fixed_batch():
     data = train_fixtures.InMemoryData()
-    setup = train.get_setup(_config(), data.meta)
+    setup = train.get_setup(_config(), data)
     state = setup.init()
     batch = next(data.batches('train', 'train', 16, seed=0))
     no_mixing = {'rgb': np.float32(1.0), 'spectrogram': np.float32(1.0)}
@@ -125,3 +127,31 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkp
     with pytest.raises(train.NonFiniteLossError, match='step 6.*last good checkpoint is step 4'):
         train.train_and_evaluate(_config(), workdir, _NaNAfter(bad_batch=5))
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4']
+
+
+_NO_TF_SCRIPT = '''
+import importlib.abc, sys
+
+class BlockTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+            raise ModuleNotFoundError(f'No module named {name!r} (blocked by the test)')
+        return None
+
+sys.meta_path.insert(0, BlockTensorFlow())
+from mbt import checkpointing, config_validation, main, train, train_step
+writer = train.make_writer(sys.argv[1], True)
+assert type(writer).__name__ == '_LoggingWriter', writer
+train.make_progress_reporter(10, writer)(1)
+assert not [m for m in sys.modules if m.startswith('tensorflow')]
+print('ok')
+'''
+
+
+def test_trainer_imports_and_logs_without_tensorflow(tmp_path):
+    result = subprocess.run([sys.executable, '-c', _NO_TF_SCRIPT, str(tmp_path)],
+                            capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith('ok')
