@@ -13,6 +13,7 @@ test. See docs/training.md.
 
 import logging
 
+import jax
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -44,7 +45,10 @@ def main(argv):
         logging.getLogger('absl').setLevel(logging.WARNING)
     sharding.maybe_initialize_distributed()
     config = _CONFIG.value
-    config_validation.validate_config(config)  # fail before any data is read or compiled
+    # Fail before any data is read or anything compiled.
+    mesh_shape = sharding.resolve_mesh_shape(config.get('mesh_shape'), jax.device_count())
+    config_validation.validate_config(config, mesh_shape=mesh_shape,
+                                      process_count=jax.process_count())
     _LOG.info('Config file %s, workdir %s, mode %s',
                  config_flags.get_config_filename(flags.FLAGS['config']), _WORKDIR.value,
                  _MODE.value)

@@ -126,13 +126,19 @@ def test_modalities_are_checked_against_what_the_dataset_provides():
         config_validation.validate_config(config, rgb_only, mesh_shape=(8, 1))
 
 
-def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path):
+@pytest.mark.parametrize('override, message', [
+    ('--config.model.fusion_layer=7', 'config.model.fusion_layer=7; allowed: integers 0..2'),
+    # conftest gives the subprocess 8 devices; mesh_shape (-1, 1) puts them all on 'data'.
+    ('--config.batch_size=12', 'config.batch_size=12 is invalid; allowed: a positive '
+                               'multiple of 8'),
+])
+def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path, override, message):
     workdir = str(tmp_path / 'run')
     result = subprocess.run(
         [sys.executable, '-m', 'mbt.main', '--config=configs/synthetic/mbt_tiny.py',
-         f'--workdir={workdir}', '--config.model.fusion_layer=7'],
+         f'--workdir={workdir}', override],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, JAX_PLATFORMS='cpu'))
     assert result.returncode != 0
-    assert 'config.model.fusion_layer=7; allowed: integers 0..2' in result.stderr
+    assert message in result.stderr
     assert not os.path.exists(workdir)
