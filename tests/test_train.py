@@ -24,7 +24,8 @@ NUM_STEPS = 8
 def _config():
     return train_fixtures.tiny_config(**{'num_train_steps': NUM_STEPS, 'mixup.alpha': 0.5,
                                          'mixup.mixmod': True, 'label_smoothing': 0.1,
-                                         'checkpoint.every_steps': 4, 'checkpoint.keep': 2})
+                                         'checkpoint.every_steps': 4, 'checkpoint.keep': 2,
+                                         'eval_every_steps': 4, 'log_every_steps': 2})
 
 
 def _params_close(a, b, atol=1e-6):
@@ -74,7 +75,17 @@ def test_training_evaluates_tests_and_writes_results(uninterrupted):
     assert result['test']['top1'] >= 0.6
     # Checkpoints every 4 steps, keep the last 2; TensorBoard events in the workdir.
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
-    assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+    events = [name for name in os.listdir(workdir) if name.startswith('events.out.tfevents')]
+    assert events
+    from tensorboard.backend.event_processing import event_accumulator
+    accumulator = event_accumulator.EventAccumulator(workdir)
+    accumulator.Reload()
+    tags = set(accumulator.Tags()['tensors']) | set(accumulator.Tags()['scalars'])
+    assert {'train/loss', 'train/learning_rate', 'train/grad_norm', 'eval/top1',
+            'test/top1'} <= tags, tags
+    logged_steps = [event.step for event in accumulator.Tensors('train/loss')]
+    assert logged_steps == [2, 4, 6, 8]
+    assert [event.step for event in accumulator.Tensors('eval/top1')] == [4, 8]
 
 
 def test_evaluate_mode_restores_the_checkpoint_and_reproduces_the_test(uninterrupted):
