@@ -547,14 +547,20 @@ _SIBLING_OWN_KEYS = ('siblings', 'model.modalities', 'dataset.modalities')
 
 def _apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
                      prefix: str = ''):
+    """Sets `overrides` in `config`: flat dotted keys ('model.fusion_layer', as
+    `config_flags.get_override_values` returns them) and/or nested dicts."""
     for key, value in overrides.items():
         name = f'{prefix}{key}'
         if name in _SIBLING_OWN_KEYS:
             continue
         if isinstance(value, Mapping):
-            _apply_overrides(config[key], value, name + '.')
-        else:
-            config[key] = value
+            _apply_overrides(config, value, name + '.')
+            continue
+        *parents, leaf = name.split('.')
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
 
 
 def train_siblings(config: ml_collections.ConfigDict, workdir: str,

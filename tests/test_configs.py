@@ -142,3 +142,15 @@ def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path, ove
     assert result.returncode != 0
     assert message in result.stderr
     assert not os.path.exists(workdir)
+
+
+def test_command_line_overrides_reach_siblings_except_their_own_keys():
+    sibling = train.load_config_file(os.path.join(REPO, 'configs', 'synthetic',
+                                                  'mbt_tiny_audio.py'))
+    # The flat dotted form is what config_flags.get_override_values returns.
+    train._apply_overrides(sibling, {
+        'num_train_steps': 7, 'model.fusion_layer': 2, 'dataset.synthetic.num_clips': 12,
+        'model.modalities': ('rgb', 'spectrogram'), 'siblings': ('x.py',)})
+    assert (sibling.num_train_steps, sibling.model.fusion_layer) == (7, 2)
+    assert sibling.dataset.synthetic.num_clips == 12
+    assert sibling.model.modalities == ('spectrogram',) and sibling.siblings == ()
