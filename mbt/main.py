@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from mbt import config_validation
 from mbt import sharding
+from mbt import siblings
 from mbt import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -58,7 +59,7 @@ def main(argv):
     result = train.train_and_evaluate(config, _WORKDIR.value)
     if config.get('siblings') and not result['stopped_early']:
         overrides = config_flags.get_override_values(flags.FLAGS['config'])
-        table = train.train_siblings(config, _WORKDIR.value, result, overrides)
+        table = siblings.train_siblings(config, _WORKDIR.value, result, overrides)
         print(table, flush=True)
 
 

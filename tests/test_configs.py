@@ -11,7 +11,7 @@ import pytest
 
 import train_fixtures
 from mbt import config_validation
-from mbt import train
+from mbt import siblings
 from mbt.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +38,7 @@ def test_the_config_tree_has_the_expected_files():
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=_relative)
 def test_every_config_loads_and_validates(path):
     for arg in (None,) + ARGS.get(_relative(path), ()):
-        config = train.load_config_file(path, arg)
+        config = siblings.load_config_file(path, arg)
         config_validation.validate_config(config, mesh_shape=(8, 1))
         pipeline.dataset_values(config)  # the pipeline accepts the dataset section
         assert set(config.model.modalities) <= set(config.dataset.modalities)
@@ -46,7 +46,7 @@ def test_every_config_loads_and_validates(path):
 
 def test_b16_configs_hold_the_paper_recipe():
     for name in ('audioset/mbt_b16.py', 'vggsound/mbt_b16.py', 'epic_kitchens/mbt_b16.py'):
-        c = train.load_config_file(os.path.join(REPO, 'configs', name))
+        c = siblings.load_config_file(os.path.join(REPO, 'configs', name))
         assert (c.optimizer.name, c.optimizer.momentum, c.optimizer.grad_clip_norm) == (
             'sgd', 0.9, 1.0), name
         assert (c.lr.schedule, c.lr.base_lr, c.lr.warmup_epochs) == ('warmup_cosine', 0.5, 2.5)
@@ -59,10 +59,10 @@ def test_b16_configs_hold_the_paper_recipe():
         d = c.dataset
         assert (d.audio_seconds, d.num_test_clips, d.num_frames, d.stride) == (8.0, 4, 32, 2)
         assert c.init_from.checkpoint_path is None  # set to the ImageNet-21k ViT-B/16 npz
-    mini = train.load_config_file(os.path.join(REPO, 'configs', 'audioset', 'mbt_b16.py'),
+    mini = siblings.load_config_file(os.path.join(REPO, 'configs', 'audioset', 'mbt_b16.py'),
                                   'mini')
     assert (mini.dataset.train_split, mini.num_epochs) == ('balanced_train', 50.0)
-    as500k = train.load_config_file(os.path.join(REPO, 'configs', 'audioset', 'mbt_b16.py'),
+    as500k = siblings.load_config_file(os.path.join(REPO, 'configs', 'audioset', 'mbt_b16.py'),
                                     '500k,audio')
     assert as500k.dataset.train_split == 'subset'
     assert as500k.model.modalities == as500k.dataset.modalities == ('spectrogram',)
@@ -81,11 +81,11 @@ def _flat(config):
 
 
 def test_tiny_siblings_differ_only_in_their_modality():
-    main = train.load_config_file(os.path.join(REPO, 'configs', 'synthetic', 'mbt_tiny.py'))
+    main = siblings.load_config_file(os.path.join(REPO, 'configs', 'synthetic', 'mbt_tiny.py'))
     assert [os.path.basename(p) for p in main.siblings] == ['mbt_tiny_audio.py',
                                                             'mbt_tiny_rgb.py']
     for path, modality in zip(main.siblings, ('spectrogram', 'rgb')):
-        sibling = _flat(train.load_config_file(path))
+        sibling = _flat(siblings.load_config_file(path))
         differing = {k for k, v in _flat(main).items() if sibling.get(k) != v}
         assert differing == {'siblings', 'model.modalities', 'dataset.modalities'}
         assert sibling['model.modalities'] == (modality,)
@@ -145,10 +145,10 @@ def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path, ove
 
 
 def test_command_line_overrides_reach_siblings_except_their_own_keys():
-    sibling = train.load_config_file(os.path.join(REPO, 'configs', 'synthetic',
+    sibling = siblings.load_config_file(os.path.join(REPO, 'configs', 'synthetic',
                                                   'mbt_tiny_audio.py'))
     # The flat dotted form is what config_flags.get_override_values returns.
-    train._apply_overrides(sibling, {
+    siblings.apply_overrides(sibling, {
         'num_train_steps': 7, 'model.fusion_layer': 2, 'dataset.synthetic.num_clips': 12,
         'model.modalities': ('rgb', 'spectrogram'), 'siblings': ('x.py',)})
     assert (sibling.num_train_steps, sibling.model.fusion_layer) == (7, 2)

@@ -10,6 +10,7 @@ import json
 import os
 
 import train_fixtures  # noqa: F401  (sys.path: tests/)
+from mbt import siblings
 from mbt import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,11 +18,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_tiny_config_trains_tests_and_compares_siblings_on_synthetic_data(tmp_path):
     workdir = str(tmp_path)
-    config = train.load_config_file(os.path.join(REPO, 'configs', 'synthetic', 'mbt_tiny.py'))
+    config = siblings.load_config_file(os.path.join(REPO, 'configs', 'synthetic', 'mbt_tiny.py'))
     overrides = {'num_train_steps': 4, 'batch_size': 8, 'eval_batch_size': 8,
                  'checkpoint': {'every_steps': 2}, 'log_every_steps': 2,
                  'dataset': {'synthetic': {'num_clips': 24, 'edge_cases': False}}}
-    train._apply_overrides(config, overrides)
+    siblings.apply_overrides(config, overrides)
 
     result = train.train_and_evaluate(config, workdir)
     assert result['step'] == 4
@@ -34,7 +35,7 @@ def test_tiny_config_trains_tests_and_compares_siblings_on_synthetic_data(tmp_pa
     assert saved['metrics']['num_views'] == 12            # 2 test clips per video, no padding
     assert 0.0 <= saved['metrics']['top1'] <= 1.0
 
-    table = train.train_siblings(config, workdir, result, overrides)
+    table = siblings.train_siblings(config, workdir, result, overrides)
     lines = table.strip().splitlines()
     assert lines[0] == '| run | top1 | map |'
     assert [line.split('|')[1].strip() for line in lines[2:]] == [
