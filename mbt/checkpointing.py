@@ -115,7 +115,20 @@ class Checkpointer:
     # --- preemption -----------------------------------------------------------------------
     @property
     def preemption_requested(self) -> bool:
+        """True once this process received SIGTERM (see `should_stop` for the loop's test)."""
         return self._preempted.is_set()
+
+    def should_stop(self, step: int) -> bool:
+        """Whether the train loop must save and stop after `step`.
+
+        One process: after a SIGTERM. Several processes: when JAX's preemption service
+        (started by `jax.distributed.initialize`) reports that every process reached the
+        same sync step, so all of them save and stop together.
+        """
+        if jax.process_count() == 1:
+            return self.preemption_requested
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        return bool(multihost_utils.reached_preemption_sync_point(step))
 
     def install_sigterm_handler(self):
         """On SIGTERM, ask the train loop to save and stop (main thread only; no-op elsewhere)."""

@@ -413,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             report(step)
 
             is_last = step == total_steps
-            preempted = ckpt.preemption_requested
+            preempted = ckpt.should_stop(step)
             do_log = step % log_every == 0 or is_last
             do_eval = eval_every > 0 and step % eval_every == 0 and not is_last
             do_save = ckpt.should_save(step) or is_last or preempted
