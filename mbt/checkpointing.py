@@ -73,7 +73,7 @@ class Checkpointer:
                                     meta=ocp.args.JsonSave(dict(meta, step=int(step)))),
             force=True)
         _LOG.info('Checkpoint %d %s in %s', step, 'started' if saved else 'skipped',
-                     self.directory)
+                  self.directory)
         return saved
 
     def wait(self):

@@ -67,7 +67,7 @@ def maybe_initialize_distributed() -> bool:
     if wanted:
         jax.distributed.initialize()
         _LOG.info('jax.distributed initialised: process %d of %d', jax.process_index(),
-                     jax.process_count())
+                  jax.process_count())
     return wanted
 
 

@@ -306,6 +306,29 @@ def _check_finite(metrics: Mapping[str, Any], step: int, ckpt: checkpointing.Che
         f'config.lr.base_lr, set config.optimizer.grad_clip_norm, or check the inputs.')
 
 
+class _RunningMeans:
+    """Host-side means of the train metrics between two log lines, each step checked finite."""
+
+    def __init__(self, ckpt: checkpointing.Checkpointer):
+        self._ckpt = ckpt
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def add(self, step: int, device_metrics: Mapping[str, Any]):
+        """Fetches one step's metrics; raises NonFiniteLossError on a NaN/inf loss or grad."""
+        host = jax.device_get(device_metrics)
+        _check_finite(host, step, self._ckpt)
+        for name, value in host.items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value)
+        self._count += 1
+
+    def pop(self) -> dict[str, float]:
+        """`{'train/<name>': mean}` since the last pop; resets."""
+        means = {f'train/{k}': v / max(self._count, 1) for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0
+        return means
+
+
 def _format_secs(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
@@ -368,13 +391,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             state = initial_state(setup, workdir)
             start_step, consumed = 0, 0
             _LOG.info('Training from scratch: %d steps (%.2f steps per epoch).',
-                         total_steps, setup.steps_per_epoch)
+                      total_steps, setup.steps_per_epoch)
         else:
             state, ckpt_meta = restored
             start_step = int(state.step)
             consumed = int(ckpt_meta.get('train_batches_consumed', start_step))
             _LOG.info('Resumed at step %d of %d from %s.', start_step, total_steps,
-                         ckpt.directory)
+                      ckpt.directory)
         if is_main and start_step == 0:
             writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
                                   if isinstance(v, (int, float, str, bool))})
@@ -389,8 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         eval_every = int(config.get('eval_every_steps', 0) or 0)
         the_eval_split = setup.splits['eval']
 
-        sums: dict[str, float] = {}
-        count = 0
+        means = _RunningMeans(ckpt)
         previous = None  # (step, device metrics) checked one step late to keep the device busy
         t_start, step_start = time.monotonic(), start_step
         step = start_step
@@ -404,11 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if on_step is not None:
                 on_step(step)
             if previous is not None:
-                host = jax.device_get(previous[1])
-                _check_finite(host, previous[0], ckpt)
-                for k, v in host.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
+                means.add(*previous)
             previous = (step, metrics)
             report(step)
 
@@ -417,23 +435,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             do_log = step % log_every == 0 or is_last
             do_eval = eval_every > 0 and step % eval_every == 0 and not is_last
             do_save = ckpt.should_save(step) or is_last or preempted
-            if do_log or do_eval or do_save:
-                host = jax.device_get(metrics)
-                _check_finite(host, step, ckpt)
-                for k, v in host.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
+            if do_log or do_eval or do_save:  # never log or save unchecked metrics
+                means.add(*previous)
                 previous = None
-            if do_log and count:
-                means = {f'train/{k}': v / count for k, v in sums.items()}
-                writer.write_scalars(step, means)
+            if do_log:
+                train_means = means.pop()
+                writer.write_scalars(step, train_means)
                 rate = (step - step_start) / max(time.monotonic() - t_start, 1e-9)
-                eta = (total_steps - step) / max(rate, 1e-9)
-                _LOG.info('step %d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.2f steps/s'
-                             ' | ETA %s', step, total_steps, means['train/loss'],
-                             means['train/learning_rate'], means['train/grad_norm'], rate,
-                             _format_secs(eta))
-                sums, count = {}, 0
+                _LOG.info('step %d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.2f steps/s | '
+                          'ETA %s', step, total_steps, train_means['train/loss'],
+                          train_means['train/learning_rate'], train_means['train/grad_norm'],
+                          rate, _format_secs((total_steps - step) / max(rate, 1e-9)))
             if do_save:
                 ckpt.save(step, state, {'train_batches_consumed': consumed})
             if do_eval:
@@ -441,7 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()
                                             if isinstance(v, (int, float))})
                 _LOG.info('eval %s at step %d: %s', the_eval_split, step,
-                             _summary(eval_results, meta.multi_label, meta.class_splits))
+                          _summary(eval_results, meta.multi_label, meta.class_splits))
             if preempted:
                 _LOG.warning('Stopped at step %d on SIGTERM after saving a checkpoint.', step)
                 stopped_early = True
@@ -449,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if step == start_step + 1:
                 t_start, step_start = time.monotonic(), step  # exclude the compile from rates
         if previous is not None:
-            _check_finite(jax.device_get(previous[1]), previous[0], ckpt)
+            means.add(*previous)
         ckpt.wait()
 
         test_results = None
@@ -474,12 +486,12 @@ def _final_evaluations(setup, data, state, workdir, writer):
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
         write_results(workdir, the_eval_split, 'eval', eval_results, step, config)
         _LOG.info('final eval %s: %s', the_eval_split,
-                     _summary(eval_results, meta.multi_label, meta.class_splits))
+                  _summary(eval_results, meta.multi_label, meta.class_splits))
     test_results = run_evaluation(setup, data, state.params, the_test_split, 'test')
     writer.write_scalars(step, {f'test/{k}': v for k, v in test_results.items()})
     path = write_results(workdir, the_test_split, 'test', test_results, step, config)
     _LOG.info('test %s (%d views): %s -> %s', the_test_split, test_results['num_views'],
-                 _summary(test_results, meta.multi_label, meta.class_splits), path)
+              _summary(test_results, meta.multi_label, meta.class_splits), path)
     return eval_results, test_results
 
 
@@ -510,7 +522,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evalu
     results = run_evaluation(setup, data, state.params, split, data_mode)
     write_results(workdir, split, data_mode, results, int(state.step), config)
     _LOG.info('%s %s at step %d: %s', mode, split, int(state.step),
-                 _summary(results, setup.meta.multi_label, setup.meta.class_splits))
+              _summary(results, setup.meta.multi_label, setup.meta.class_splits))
     return results
 
 
