@@ -156,8 +156,10 @@ _SETUP_CACHE: dict[str, Setup] = {}
 def get_setup(config: ml_collections.ConfigDict, data: Any) -> Setup:
     """`Setup` for this config and data source, reused for an identical pair (saves compiles)."""
     splits = resolve_splits(config, data)
-    key = json.dumps([config.to_json_best_effort(sort_keys=True), repr(data.meta), splits,
-                      [d.id for d in jax.devices()]])
+    # init_from only matters before the first step (`initial_state` reads it from `config`).
+    compiled_keys = {k: v for k, v in config.to_dict().items() if k != 'init_from'}
+    key = json.dumps([ml_collections.ConfigDict(compiled_keys).to_json_best_effort(
+        sort_keys=True), repr(data.meta), splits, [d.id for d in jax.devices()]])
     if key not in _SETUP_CACHE:
         _SETUP_CACHE.clear()  # keep at most one: compiled executables hold memory
         _SETUP_CACHE[key] = Setup(config, data.meta, splits)
@@ -336,19 +338,19 @@ def _format_secs(seconds: float) -> str:
     return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
 
 
-def initial_state(setup: Setup, workdir: str):
+def initial_state(setup: Setup, config: ml_collections.ConfigDict, workdir: str):
     """A fresh TrainState; parameters from `config.init_from.checkpoint_path` when set.
 
     The loading report (one row per parameter: loaded / resized / inflated / fresh) is
     written to `<workdir>/init_report.txt`. Optimiser state starts at zero either way.
     """
     state = setup.init()
-    init_cfg = setup.config.get('init_from')
+    init_cfg = config.get('init_from')
     if not init_cfg or not init_cfg.get('checkpoint_path'):
         return state
     from mbt import pretrained  # pylint: disable=g-import-not-at-top
     host_params = jax.device_get(state.params)
-    params, report = pretrained.init_from(setup.config, host_params,
+    params, report = pretrained.init_from(config, host_params,
                                           input_shapes=setup.meta.input_shapes)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, 'init_report.txt'), 'w', encoding='utf-8') as f:
@@ -388,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     try:
         restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
         if restored is None:
-            state = initial_state(setup, workdir)
+            state = initial_state(setup, config, workdir)
             start_step, consumed = 0, 0
             _LOG.info('Training from scratch: %d steps (%.2f steps per epoch).',
                       total_steps, setup.steps_per_epoch)

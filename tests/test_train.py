@@ -166,3 +166,29 @@ def test_trainer_imports_and_logs_without_tensorflow(tmp_path):
                             env=dict(os.environ, JAX_PLATFORMS='cpu'))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith('ok')
+
+
+def test_init_from_a_vit_checkpoint_loads_the_weights_with_the_state_shardings(tmp_path):
+    # The tiny ViT of the pretrained-weights tests matches the tiny MBT here (width 16,
+    # 2 heads, MLP 32, 8x8 patches).
+    from test_vit_init import make_vit, write_vit_npz
+    vit = make_vit(layers=2)
+    config = _config()
+    config.init_from = {'checkpoint_path': write_vit_npz(tmp_path / 'vit.npz', vit),
+                        'checkpoint_format': 'auto', 'inflation': 'central_frame',
+                        'temporal_posemb': 'tile', 'restore_output_projection': False,
+                        'input_shapes': None, 'seed': 0}
+    data = train_fixtures.InMemoryData()
+    setup = train.get_setup(config, data)
+    assert setup is train.get_setup(_config(), data)  # init_from needs no new compile
+    state = train.initial_state(setup, config, str(tmp_path))
+    dense = 'Transformer/encoderblock_1_spectrogram/MlpBlock_0/Dense_0/kernel'
+    node = state.params
+    for part in dense.split('/'):
+        node = node[part]
+    np.testing.assert_array_equal(
+        node, vit['Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel'])
+    assert node.sharding == setup.state_shardings.params['Transformer'][
+        'encoderblock_1_spectrogram']['MlpBlock_0']['Dense_0']['kernel']
+    with open(tmp_path / 'init_report.txt') as f:
+        assert 'loaded' in f.read()
