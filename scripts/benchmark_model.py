@@ -207,8 +207,8 @@ def report_rows(results, macs_per_example: int, batch_size: int, device_kind: st
         rows.append(
             f"| {attention} | {r['forward_compile_s']:.1f} / {r['train_compile_s']:.1f} "
             f"| {1e3 * r['forward_s']:.2f} "
-            f"| {batch_size / r['forward_s']:.1f} | {fwd_tf:.4g} | {1e3 * r['train_s']:.2f} "
-            f"| {batch_size / r['train_s']:.1f} | {train_tf:.4g} | {of_peak} |")
+            f"| {batch_size / r['forward_s']:.4g} | {fwd_tf:.4g} | {1e3 * r['train_s']:.2f} "
+            f"| {batch_size / r['train_s']:.4g} | {train_tf:.4g} | {of_peak} |")
     return rows, peak
 
 
