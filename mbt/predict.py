@@ -70,6 +70,8 @@ class Predictor:
       settings: the test split's `clips.ClipSettings` (dataset modalities, shapes, log-mel).
       num_test_clips, num_spatial_crops: views per file (clip-major order).
       combine: 'mean_logits' or 'mean_probs' (`config.test_combine`).
+      views_per_call: views per model call (None: all of a file's views in one call); fewer
+        bound the memory of large models.
     """
 
     model: Any
@@ -80,6 +82,7 @@ class Predictor:
     num_test_clips: int
     num_spatial_crops: int
     combine: str = "mean_logits"
+    views_per_call: int | None = None
     _branches: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -491,6 +494,23 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
 
 
+def run_views(apply, params, inputs: Mapping[str, np.ndarray],
+              views_per_call: int | None) -> np.ndarray:
+    """Logits `[V, C]` (float64) of `inputs` `{modality: [V, ...]}`, `views_per_call` views at
+    a time; the last call is padded to the same size so that one compile serves all."""
+    total = len(next(iter(inputs.values())))
+    size = min(views_per_call or total, total)
+    chunks = []
+    for lo in range(0, total, size):
+        chunk = {m: x[lo:lo + size] for m, x in inputs.items()}
+        short = size - len(next(iter(chunk.values())))
+        if short:
+            chunk = {m: np.concatenate([x, np.repeat(x[:1], short, axis=0)])
+                     for m, x in chunk.items()}
+        chunks.append(np.asarray(apply(params, chunk), np.float64)[:size - short])
+    return np.concatenate(chunks)
+
+
 def combine_views(logits: np.ndarray, predictor: Predictor) -> np.ndarray:
     """Class scores `[C]` (probabilities) from per-view logits `[V, C]`: mean logits then
     sigmoid / softmax per head, or the mean of per-view probabilities (`config.test_combine`)."""
@@ -550,7 +570,8 @@ def predict_file(path: str, predictor: Predictor, k: int = 5) -> dict[str, Any]:
                             "as the training data did")
             used = wanted
     apply, params = predictor.apply_fn(used)
-    logits = np.asarray(apply(params, {m: views.inputs[m] for m in used}), np.float64)
+    logits = run_views(apply, params, {m: views.inputs[m] for m in used},
+                       predictor.views_per_call)
     if not np.all(np.isfinite(logits)):
         raise PredictError(f"{path}: the model produced non-finite logits")
     scores = combine_views(logits, predictor)
@@ -595,6 +616,8 @@ def _parser() -> argparse.ArgumentParser:
                         "num_test_clips (temporal views)")
     parser.add_argument("--num_spatial_crops", type=int, choices=(1, 3),
                         help="override config.dataset.num_spatial_crops")
+    parser.add_argument("--batch_size", type=int, default=0, help="views per model call "
+                        "(0: all views of a file at once); lower it to bound memory")
     return parser
 
 
@@ -618,14 +641,19 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
     return predictor_from_export(export_dir, **overrides)
 
 
+def _checked_args(args: argparse.Namespace) -> None:
+    for flag, low in (("top_k", 1), ("batch_size", 0)):
+        if getattr(args, flag) < low:
+            raise ValueError(f"--{flag}={getattr(args, flag)} must be >= {low}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns 0, or 1 when any file failed, 2 on bad arguments or model."""
     args = _parser().parse_args(argv)
-    if args.top_k < 1:
-        print(f"error: --top_k={args.top_k} must be >= 1", file=sys.stderr)
-        return 2
     try:
+        _checked_args(args)
         predictor = build_predictor(args)
+        predictor.views_per_call = args.batch_size or None
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -58,8 +58,10 @@ def run(tmp_path_factory):
         "broken": str(root / "broken.mp4"),
     }
     (root / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
+    # 6 views per file in calls of 4: the second call is padded (and trimmed).
     code, out, err = run_main(["--export_dir", str(workdir / "export"), "--json",
-                               "--top_k", str(TOP_K)] + list(files.values()))
+                               "--top_k", str(TOP_K), "--batch_size", "4"]
+                              + list(files.values()))
     records = [json.loads(line) for line in out.splitlines()]
     by_file = {r["file"]: r for r in records}
     return dict(root=root, workdir=workdir, config=config, model=model, params=params,
@@ -256,6 +258,22 @@ def test_scores_per_head_and_view_combination():
     np.testing.assert_allclose(scores, [0.5, 0.5])  # sigmoid of the mean logit 0
 
 
+def test_views_run_in_padded_calls_of_one_size():
+    shapes = []
+
+    def apply(params, inputs):
+        shapes.append(inputs["rgb"].shape)
+        return inputs["rgb"][:, :2] * params
+
+    views = {"rgb": np.arange(14, dtype=np.float32).reshape(7, 2)}
+    logits = predict.run_views(apply, 10.0, views, 3)
+    np.testing.assert_array_equal(logits, views["rgb"] * 10.0)
+    assert shapes == [(3, 2)] * 3
+    shapes.clear()
+    np.testing.assert_array_equal(predict.run_views(apply, 1.0, views, None), views["rgb"])
+    assert shapes == [(7, 2)]
+
+
 def test_branch_of_a_concat_model_uses_the_shared_blocks_after_fusion():
     config = fx.tiny_config(fusion="concat").model
     model = models.build_model(config, 6)
@@ -283,3 +301,5 @@ def test_argument_errors(run, tmp_path):
     assert code == 2 and "--class_names is only read with --scenic_checkpoint" in err
     code, _, err = run_main(["--scenic_checkpoint", str(tmp_path), clip])
     assert code == 2 and "--scenic_checkpoint needs --config" in err
+    code, _, err = run_main(["--workdir", str(run["workdir"]), "--batch_size=-1", clip])
+    assert code == 2 and "--batch_size=-1 must be >= 0" in err
