@@ -469,6 +469,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         test_results = None
         if not stopped_early:
             eval_results, test_results = _final_evaluations(setup, data, state, workdir, writer)
+            if config.get('export', True):
+                meta = setup.meta
+                # The inference bundle `mbt.predict` reads: params, config and dataset metadata.
+                from mbt import export  # pylint: disable=g-import-not-at-top
+                export_dir = export.default_export_dir(workdir)
+                export.save_export(export_dir, state.params, config, meta, step=step)
+                _LOG.info('exported the model for mbt.predict to %s', export_dir)
         writer.flush()
         return {'step': step, 'stopped_early': stopped_early, 'final_state': state,
                 'eval': eval_results, 'test': test_results}

@@ -6,10 +6,13 @@ the audio-only and rgb-only siblings train on the same copy and the comparison t
 written. (The full demo's accuracies are in docs/training.md.)
 """
 
+import contextlib
+import io
 import json
 import os
 
 import train_fixtures  # noqa: F401  (sys.path: tests/)
+from mbt import predict
 from mbt import siblings
 from mbt import train
 
@@ -34,6 +37,17 @@ def test_tiny_config_trains_tests_and_compares_siblings_on_synthetic_data(tmp_pa
     assert saved['metrics']['num_examples'] == 6          # every 4th of 24 clips is a test clip
     assert saved['metrics']['num_views'] == 12            # 2 test clips per video, no padding
     assert 0.0 <= saved['metrics']['top1'] <= 1.0
+
+    # The run exported an inference bundle that `mbt.predict` reads with nothing else.
+    clip = next(os.path.join(root, name)
+                for root, _, names in os.walk(os.path.join(workdir, 'synthetic_src'))
+                for name in sorted(names) if name.endswith('.mp4'))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = predict.main(['--workdir', workdir, '--json', '--top_k', '2', clip])
+    assert code == 0
+    record = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert record['file'] == clip and len(record['top_k']) == 2
 
     table = siblings.train_siblings(config, workdir, result, overrides)
     lines = table.strip().splitlines()
