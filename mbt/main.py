@@ -4,11 +4,13 @@
     python -m mbt.main --config=configs/audioset/mbt_b16.py:mini --workdir=/ckpt/as_mini \
         --config.batch_size=32 --config.dataset.data_dir=/data/tfds
     python -m mbt.main --config=... --workdir=/ckpt/as_mini --mode=test
+    python -m mbt.main --config=... --workdir=/ckpt/as_mini --mode=robustness
 
 Config files define `get_config(arg=None)`; `--config.<key>=<value>` overrides any key.
 `--mode=train` trains (resuming from the workdir's checkpoints), evaluates and tests;
 `evaluate` / `test` restore the latest checkpoint and run the single-view eval / multi-view
-test. See docs/training.md.
+test; `robustness` restores it and evaluates under white noise at several SNRs and with a
+modality removed (`mbt.robustness`, docs/models.md). See docs/training.md.
 """
 
 import logging
@@ -19,6 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mbt import config_validation
+from mbt import robustness
 from mbt import sharding
 from mbt import siblings
 from mbt import train
@@ -27,9 +30,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file: path/to/config.py or path/to/config.py:arg.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
-_MODE = flags.DEFINE_enum('mode', 'train', config_validation.MODES,
+_MODE = flags.DEFINE_enum('mode', 'train', config_validation.MODES + ('robustness',),
                           'train: train + evaluate + test; evaluate / test: restore the latest '
-                          'checkpoint of --workdir and run the eval / multi-view test.')
+                          'checkpoint of --workdir and run the eval / multi-view test; '
+                          'robustness: evaluate it under input noise and missing modalities.')
 _LIBRARY_LOGS = flags.DEFINE_bool(
     'library_logs', False, "Show the INFO logs of orbax, TFDS and clu (absl's logger); by "
     "default only mbt's own progress lines and the libraries' warnings are shown.")
@@ -53,6 +57,10 @@ def main(argv):
     _LOG.info('Config file %s, workdir %s, mode %s',
                  config_flags.get_config_filename(flags.FLAGS['config']), _WORKDIR.value,
                  _MODE.value)
+    if _MODE.value == 'robustness':
+        report = robustness.run_robustness(config, _WORKDIR.value)
+        print(robustness.markdown_table(report), flush=True)
+        return
     if _MODE.value != 'train':
         train.evaluate(config, _WORKDIR.value, _MODE.value)
         return
