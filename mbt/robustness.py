@@ -237,7 +237,7 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
     for r in rows:
         if r['dropped']:
             ax.axhline(_value(r, metric), linestyle='--', linewidth=1, color='grey')
-            ax.annotate(r['name'], (min(snrs), _value(r, metric)), fontsize=8,
+            ax.annotate(r['name'], (min(snrs), _value(r, metric)), fontsize=8, ha='right',
                         textcoords='offset points', xytext=(0, 3))
     ax.set_xticks([clean_x] + list(snrs), ['∞'] + [f'{s:g}' for s in snrs])
     ax.invert_xaxis()
