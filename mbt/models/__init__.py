@@ -7,7 +7,7 @@ raises a ValueError naming the offending key and the allowed values.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import ml_collections
@@ -65,6 +65,18 @@ def tokenizer_spec(model_config: ml_collections.ConfigDict, modality: str,
         kernel_init=configured.get("kernel_init"))
     spec.validate(modality)
     return spec
+
+
+def transformer_options(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The regularisation, head and numerics keys every transformer model takes, with defaults."""
+    get = model_config.get
+    return dict(
+        representation_size=get("representation_size"),
+        dropout_rate=get("dropout_rate", 0.0),
+        attention_dropout_rate=get("attention_dropout_rate", 0.0),
+        stochastic_droplayer_rate=get("stochastic_droplayer_rate", 0.0),
+        attention=get("attention", "fused"), remat=get("remat", False),
+        dtype=str(get("dtype", "float32")))
 
 
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
@@ -129,12 +141,7 @@ class _MBTBuilder:
             n_bottlenecks=get("n_bottlenecks", 4), share_encoder=get("share_encoder", False),
             test_with_bottlenecks=get("test_with_bottlenecks", True),
             classifier=get("classifier", "token"),
-            representation_size=get("representation_size"),
-            dropout_rate=get("dropout_rate", 0.0),
-            attention_dropout_rate=get("attention_dropout_rate", 0.0),
-            stochastic_droplayer_rate=get("stochastic_droplayer_rate", 0.0),
-            attention=get("attention", "fused"), remat=get("remat", False),
-            dtype=str(get("dtype", "float32")))
+            **transformer_options(model_config))
 
 
 class _SFTBuilder:
@@ -185,12 +192,7 @@ class _SFTBuilder:
             n_layers_pre_fusion=get("n_layers_pre_fusion", 1),
             n_layers_post_fusion=get("n_layers_post_fusion", 11),
             latent_mixup_alpha=float(get("latent_mixup_alpha", 0.0) or 0.0),
-            representation_size=get("representation_size"),
-            dropout_rate=get("dropout_rate", 0.0),
-            attention_dropout_rate=get("attention_dropout_rate", 0.0),
-            stochastic_droplayer_rate=get("stochastic_droplayer_rate", 0.0),
-            attention=get("attention", "fused"), remat=get("remat", False),
-            dtype=str(get("dtype", "float32")))
+            **transformer_options(model_config))
 
 
 class _CLSTMBuilder:

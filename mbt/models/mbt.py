@@ -38,6 +38,11 @@ def suffix(modality: str) -> str:
     return "" if modality == PRIMARY else f"_{modality}"
 
 
+def cls_name(modality: str, modalities: tuple[str, ...]) -> str:
+    """Scenic's CLS parameter name: 'cls' for rgb or a single modality, else 'cls' + name (sic)."""
+    return "cls" if (modality == PRIMARY or len(modalities) == 1) else f"cls{modality}"
+
+
 class AddPositionEmbs(nn.Module):
     """Adds a learned position embedding `pos_embedding` `[1, tokens, D]`, init N(0, 0.02)."""
 
@@ -156,10 +161,6 @@ class MBT(nn.Module):
     remat: bool = False
     dtype: Any = jnp.float32
 
-    def _cls_name(self, modality: str) -> str:
-        # Scenic: 'cls' for rgb or a single modality, else 'cls' + name with no underscore.
-        return "cls" if (modality == PRIMARY or len(self.modalities) == 1) else f"cls{modality}"
-
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool):
         specs = dict(self.tokenizer_specs)
@@ -173,7 +174,7 @@ class MBT(nn.Module):
             x = tokenizers.embed(jnp.asarray(inputs[m], dtype), specs[m], self.hidden_size,
                                  name=f"embedding{suffix(m)}", dtype=dtype)
             if self.classifier == "token":
-                cls_1x1xD = self.param(self._cls_name(m), nn.initializers.zeros,
+                cls_1x1xD = self.param(cls_name(m, self.modalities), nn.initializers.zeros,
                                        (1, 1, self.hidden_size))
                 cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x.dtype), (x.shape[0], 1, x.shape[2]))
                 x = jnp.concatenate([cls_Bx1xD, x], axis=1)

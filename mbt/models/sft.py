@@ -294,11 +294,6 @@ class SparseFusionTransformer(nn.Module):
     remat: bool = False
     dtype: Any = jnp.float32
 
-    def _cls_name(self, modality: str) -> str:
-        # As MBT/Scenic: 'cls' for rgb or a single modality, else 'cls' + name.
-        return ("cls" if (modality == mbt_lib.PRIMARY or len(self.modalities) == 1)
-                else f"cls{modality}")
-
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
         missing = [m for m in self.modalities if m not in inputs]
@@ -311,7 +306,7 @@ class SparseFusionTransformer(nn.Module):
         for m in self.modalities:
             x_BxNxD = tokenizers.embed(jnp.asarray(inputs[m], dtype), specs[m], self.hidden_size,
                                        name=f"embedding{mbt_lib.suffix(m)}", dtype=dtype)
-            cls_1x1xD = self.param(self._cls_name(m), nn.initializers.zeros,
+            cls_1x1xD = self.param(mbt_lib.cls_name(m, self.modalities), nn.initializers.zeros,
                                    (1, 1, self.hidden_size))
             cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x_BxNxD.dtype),
                                          (x_BxNxD.shape[0], 1, self.hidden_size))

@@ -25,7 +25,7 @@ import collections
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
