@@ -85,6 +85,22 @@ def _split_micro_batches(tree, num: int):
     return jax.tree_util.tree_map(one, tree)
 
 
+def latent_mixup_targets(targets_BxC: jnp.ndarray,
+                         intermediates: Mapping[str, Any]) -> jnp.ndarray:
+    """Targets of a model that mixed its hidden states (SFT latent mixup), `[B, C]`.
+
+    The model sows `latent_mixup_lambda = ({modality: λ_m},)` and mixes example i with
+    example i − 1 (`roll(h, 1, axis=0)`); its single head sees all modalities, so the targets
+    mix with the mean λ: `λ·y + (1 − λ)·roll(y, 1, axis=0)`.
+    """
+    if 'latent_mixup_lambda' not in intermediates:
+        raise ValueError('the model has latent_mixup_alpha > 0 but sowed no '
+                         "intermediates/latent_mixup_lambda (config.model.latent_mixup_alpha)")
+    lambdas = intermediates['latent_mixup_lambda'][0]
+    lam = jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32) for v in lambdas.values()]))
+    return lam * targets_BxC + (1.0 - lam) * jnp.roll(targets_BxC, 1, axis=0)
+
+
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray],
                mixup_lambdas: Mapping[str, jnp.ndarray] | None = None, *, model,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -95,6 +111,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray],
       state: current TrainState.
       batch: `{modality: [B, ...], 'label': [B, C], 'batch_mask': [B] (optional)}`.
       mixup_lambdas: `{modality: scalar}` when `cfg.mixup_alpha > 0`, else ignored.
+    A model with `latent_mixup_alpha > 0` (SFT) mixes its hidden states itself; the
+    targets are then mixed with the λ it sows (`latent_mixup_targets`).
     Returns:
       (new state, metrics): `loss` (training loss with mixup and smoothing, the objective),
       `grad_norm` (global L2 norm of the averaged gradient, before clipping),
@@ -110,9 +128,16 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray],
         inputs, targets = mixup_lib.mixup(inputs, targets, mixup_lambdas,
                                           per_modality_targets=cfg.mixmod)
 
+    latent_mixup = float(getattr(model, 'latent_mixup_alpha', 0.0) or 0.0) > 0
+
     def loss_fn(params, micro_inputs, micro_targets, micro_weights, rng):
-        logits = model.apply({'params': params}, micro_inputs, train=True,
-                             rngs={'dropout': rng})
+        if latent_mixup:
+            logits, variables = model.apply({'params': params}, micro_inputs, train=True,
+                                            rngs={'dropout': rng}, mutable=['intermediates'])
+            micro_targets = latent_mixup_targets(micro_targets, variables['intermediates'])
+        else:
+            logits = model.apply({'params': params}, micro_inputs, train=True,
+                                 rngs={'dropout': rng})
         return losses.classification_loss(
             logits, micro_targets, micro_weights, multi_label=cfg.multi_label,
             class_splits=cfg.class_splits, smoothing=cfg.label_smoothing,

@@ -8,8 +8,9 @@ Model (Ding et al. 2021, see docs/models.md): ViT-B/16 widths, 1 unimodal block 
 the sparse-pool block (max pooling, 16 tokens per block: rgb 32x224² with 2x16x16 tubelets
 3136 -> 196 tokens, spectrogram 800x128 400 -> 25), CLS tokens summed, 11 joint blocks.
 Everything else (SGD 0.9, lr 0.5, warmup 2.5 epochs + cosine, batch 64, clipping 1.0, label
-smoothing 0.3, stochastic depth 0.3, mixmod mixup 0.5) is MBT's recipe. Latent mixup stays off:
-the trainer does not mix the labels with the model's latent-mixup lambda yet.
+smoothing 0.3, stochastic depth 0.3, mixmod mixup 0.5) is MBT's recipe. Latent mixup stays off
+(input mixup is on); the trainer supports it (`--config.model.latent_mixup_alpha=...
+--config.mixup.alpha=0`).
 """
 
 import importlib.util

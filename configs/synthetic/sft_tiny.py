@@ -34,7 +34,7 @@ def get_config(arg=None):
     model.n_layers_post_fusion = 1
     model.pool_type = 'max'
     model.pool_sizes = {'rgb': 4, 'spectrogram': 4}
-    model.latent_mixup_alpha = 0.0   # the trainer does not mix labels with latent mixup yet
+    model.latent_mixup_alpha = 0.0   # off, as in the B/16 configs
     config.model = model
     config.siblings = ()
     return config
