@@ -33,7 +33,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from mbt import checkpointing
 from mbt import evaluate as evaluate_lib
 from mbt import metrics as metrics_lib
 from mbt import train
@@ -128,20 +127,6 @@ class _TransformedData:
             yield self._transform(batch, index)
 
 
-def restore_params(setup: train.Setup, workdir: str) -> tuple[Any, int]:
-    """(params, step) of the latest checkpoint in `<workdir>/checkpoints`, sharded as in training."""
-    ckpt = checkpointing.Checkpointer(workdir, every_steps=0)
-    try:
-        restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f'No checkpoint in {ckpt.directory}; train first '
-                                f'(--mode=train --workdir={workdir}).')
-    state, _ = restored
-    return state.params, int(state.step)
-
-
 def run_robustness(config: ml_collections.ConfigDict, workdir: str, data: Any = None, *,
                    snrs_db: Sequence[float] = SNRS_DB, plot: bool = True) -> dict[str, Any]:
     """Evaluates the latest checkpoint of `workdir` under every condition; writes the reports.
@@ -159,7 +144,7 @@ def run_robustness(config: ml_collections.ConfigDict, workdir: str, data: Any = 
     """
     data = data if data is not None else train.PipelineData(config, workdir)
     setup = train.get_setup(config, data)
-    params, step = restore_params(setup, workdir)
+    params, step = train.restore_params(setup, workdir)
     split = setup.splits['eval']
     meta = setup.meta
     metric = metrics_lib.primary_metric_name(bool(meta.multi_label), meta.class_splits)
@@ -199,7 +184,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     metric, rows = report['metric'], report['conditions']
     clean = next(r for r in rows if r['target'] == 'none')
     snrs = report['snrs_db']
-    header = f"| noise on | clean (∞ dB) | " + ' | '.join(f'{s:g} dB' for s in snrs) + ' |'
+    header = "| noise on | clean (∞ dB) | " + ' | '.join(f'{s:g} dB' for s in snrs) + ' |'
     lines = [f"{report.get('model')} {'+'.join(report['modalities'])}, checkpoint step "
              f"{report['step']}, split `{report['split']}`, metric `{metric}` "
              '(white Gaussian noise on the model inputs):', '',

@@ -515,6 +515,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evalu
         raise ValueError(f"mode={mode!r}; allowed: 'evaluate', 'test'")
     data = data if data is not None else PipelineData(config, workdir)
     setup = get_setup(config, data)
+    params, step = restore_params(setup, workdir)
+    if mode == 'evaluate':
+        split, data_mode = setup.splits['eval'], 'eval'
+    else:
+        split, data_mode = setup.splits['test'], 'test'
+    results = run_evaluation(setup, data, params, split, data_mode)
+    write_results(workdir, split, data_mode, results, step, config)
+    _LOG.info('%s %s at step %d: %s', mode, split, step,
+              _summary(results, setup.meta.multi_label, setup.meta.class_splits))
+    return results
+
+
+def restore_params(setup: Setup, workdir: str) -> tuple[Any, int]:
+    """(params, step) of the latest checkpoint in `<workdir>/checkpoints`, sharded as in training."""
     ckpt = checkpointing.Checkpointer(workdir, every_steps=0)
     try:
         restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
@@ -524,15 +538,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evalu
         raise FileNotFoundError(f'No checkpoint in {ckpt.directory}; train first '
                                 f'(--mode=train --workdir={workdir}).')
     state, _ = restored
-    if mode == 'evaluate':
-        split, data_mode = setup.splits['eval'], 'eval'
-    else:
-        split, data_mode = setup.splits['test'], 'test'
-    results = run_evaluation(setup, data, state.params, split, data_mode)
-    write_results(workdir, split, data_mode, results, int(state.step), config)
-    _LOG.info('%s %s at step %d: %s', mode, split, int(state.step),
-              _summary(results, setup.meta.multi_label, setup.meta.class_splits))
-    return results
+    return state.params, int(state.step)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
