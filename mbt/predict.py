@@ -2,7 +2,7 @@
 
     python -m mbt.predict --workdir=DIR video.mp4 [more files]      # DIR/export of a run
     python -m mbt.predict --export_dir=DIR --json a.mp4 b.wav
-    python -m mbt.predict --scenic_checkpoint=checkpoint_500000 --config=config.py \\
+    python -m mbt.predict --checkpoint=checkpoint_500000 --config=config.py \\
         --class_names=class_labels_indices.csv a.mp4
 
 Each file is decoded with `mbt.data.media` (frames at the training data's fps and short side,
@@ -603,11 +603,12 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("model (one of)")
     source.add_argument("--workdir", help="a training workdir: uses WORKDIR/export")
     source.add_argument("--export_dir", help="an export directory (mbt.export.save_export)")
-    source.add_argument("--scenic_checkpoint", help="a Scenic MBT checkpoint file (msgpack "
-                        "checkpoint_<step>) or a directory of them; needs --config")
-    parser.add_argument("--config", help="with --scenic_checkpoint: a .py file with "
+    source.add_argument("--checkpoint", "--scenic_checkpoint", dest="checkpoint",
+                        help="a Scenic MBT checkpoint file (msgpack checkpoint_<step>) or a "
+                        "directory of them; needs --config")
+    parser.add_argument("--config", help="with --checkpoint: a .py file with "
                         "get_config() or a .json config (config.model hints, config.dataset)")
-    parser.add_argument("--class_names", help="with --scenic_checkpoint: AudioSet's "
+    parser.add_argument("--class_names", help="with --checkpoint: AudioSet's "
                         "class_labels_indices.csv or a file with one class name per line")
     parser.add_argument("--top_k", type=int, default=5, help="classes shown per head")
     parser.add_argument("--json", action="store_true",
@@ -622,20 +623,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
-    chosen = [n for n in ("workdir", "export_dir", "scenic_checkpoint") if getattr(args, n)]
+    chosen = [n for n in ("workdir", "export_dir", "checkpoint") if getattr(args, n)]
     if len(chosen) != 1:
-        raise ValueError("give exactly one of --workdir, --export_dir, --scenic_checkpoint "
+        raise ValueError("give exactly one of --workdir, --export_dir, --checkpoint "
                          f"(got {['--' + n for n in chosen] or 'none'})")
     overrides = dict(num_test_clips=args.num_test_clips, num_spatial_crops=args.num_spatial_crops)
-    if args.scenic_checkpoint:
+    if args.checkpoint:
         if not args.config:
-            raise ValueError("--scenic_checkpoint needs --config (config.model hints such as "
+            raise ValueError("--checkpoint needs --config (config.model hints such as "
                              "fusion_layer, and config.dataset for the inputs)")
-        return predictor_from_scenic(args.scenic_checkpoint, args.config, args.class_names,
+        return predictor_from_scenic(args.checkpoint, args.config, args.class_names,
                                      **overrides)
     for flag in ("config", "class_names"):
         if getattr(args, flag):
-            raise ValueError(f"--{flag} is only read with --scenic_checkpoint (an export "
+            raise ValueError(f"--{flag} is only read with --checkpoint (an export "
                              "carries its config and class names)")
     export_dir = args.export_dir or export.default_export_dir(args.workdir)
     return predictor_from_export(export_dir, **overrides)

@@ -176,7 +176,7 @@ def test_scenic_checkpoint_with_class_names_file_gives_the_exports_scores(run, t
     names = [f"sound {i}" for i in range(6)]
     (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
     clip = run["files"]["clip"]
-    code, out, err = run_main(["--scenic_checkpoint", str(tmp_path / "scenic"),
+    code, out, err = run_main(["--checkpoint", str(tmp_path / "scenic"),
                                "--config", str(tmp_path / "config.py"),
                                "--class_names", str(tmp_path / "names.txt"), "--json",
                                "--top_k", str(TOP_K), clip])
@@ -294,12 +294,12 @@ def test_branch_of_a_concat_model_uses_the_shared_blocks_after_fusion():
 def test_argument_errors(run, tmp_path):
     clip = run["files"]["clip"]
     code, _, err = run_main([clip])
-    assert code == 2 and "exactly one of --workdir, --export_dir, --scenic_checkpoint" in err
+    assert code == 2 and "exactly one of --workdir, --export_dir, --checkpoint" in err
     code, _, err = run_main(["--workdir", str(tmp_path), clip])
     assert code == 2 and f"{tmp_path}/export" in err
     code, _, err = run_main(["--workdir", str(run["workdir"]), "--class_names", "x.csv", clip])
-    assert code == 2 and "--class_names is only read with --scenic_checkpoint" in err
+    assert code == 2 and "--class_names is only read with --checkpoint" in err
     code, _, err = run_main(["--scenic_checkpoint", str(tmp_path), clip])
-    assert code == 2 and "--scenic_checkpoint needs --config" in err
+    assert code == 2 and "--checkpoint needs --config" in err
     code, _, err = run_main(["--workdir", str(run["workdir"]), "--batch_size=-1", clip])
     assert code == 2 and "--batch_size=-1 must be >= 0" in err
