@@ -2,6 +2,8 @@
 
 import setuptools
 
+_TFDS_CLI = ["apache-beam>=2.60", "mlcroissant>=1.0.9"]
+
 setuptools.setup(
     name="mbt",
     version="0.1.0",
@@ -31,6 +33,8 @@ setuptools.setup(
         "absl-py>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "scikit-learn>=1.4", "librosa>=0.10"],
+        # TFDS's `tfds build` command imports these at start-up, even for Beam-less builders.
+        "tfds_cli": _TFDS_CLI,
+        "test": ["pytest>=8.0", "scikit-learn>=1.4", "librosa>=0.10"] + _TFDS_CLI,
     },
 )
