@@ -515,7 +515,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evalu
         raise ValueError(f"mode={mode!r}; allowed: 'evaluate', 'test'")
     data = data if data is not None else PipelineData(config, workdir)
     setup = get_setup(config, data)
-    params, step = restore_params(setup, workdir)
+    params, step = restore_params(setup, workdir, config)
     if mode == 'evaluate':
         split, data_mode = setup.splits['eval'], 'eval'
     else:
@@ -527,18 +527,33 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evalu
     return results
 
 
-def restore_params(setup: Setup, workdir: str) -> tuple[Any, int]:
-    """(params, step) of the latest checkpoint in `<workdir>/checkpoints`, sharded as in training."""
+def restore_params(setup: Setup, workdir: str,
+                   config: ml_collections.ConfigDict | None = None) -> tuple[Any, int]:
+    """(params, step) of the latest checkpoint in `<workdir>/checkpoints`, sharded as in training.
+
+    With no checkpoint in the workdir and `config.init_from` naming a checkpoint whose classifier
+    head is restored (`restore_output_projection=True`, e.g. a Scenic MBT model-zoo checkpoint),
+    that checkpoint's params are evaluated instead, at step 0.
+    """
     ckpt = checkpointing.Checkpointer(workdir, every_steps=0)
     try:
         restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
     finally:
         ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f'No checkpoint in {ckpt.directory}; train first '
-                                f'(--mode=train --workdir={workdir}).')
-    state, _ = restored
-    return state.params, int(state.step)
+    if restored is not None:
+        state, _ = restored
+        return state.params, int(state.step)
+    init_cfg = config.get('init_from') if config is not None else None
+    if init_cfg and init_cfg.get('checkpoint_path') and init_cfg.get('restore_output_projection'):
+        _LOG.info('No checkpoint in %s: evaluating config.init_from.checkpoint_path=%s',
+                  ckpt.directory, init_cfg.checkpoint_path)
+        os.makedirs(workdir, exist_ok=True)
+        return initial_state(setup, config, workdir).params, 0
+    raise FileNotFoundError(f'No checkpoint in {ckpt.directory}; train first '
+                            f'(--mode=train --workdir={workdir}), or set '
+                            'config.init_from.checkpoint_path with '
+                            'config.init_from.restore_output_projection=True to evaluate a '
+                            'pretrained checkpoint.')
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:

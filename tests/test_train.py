@@ -95,6 +95,28 @@ def test_evaluate_mode_restores_the_checkpoint_and_reproduces_the_test(uninterru
     assert again['loss'] == pytest.approx(result['test']['loss'], rel=1e-5)
 
 
+def test_evaluate_mode_tests_a_scenic_checkpoint_when_the_workdir_has_none(uninterrupted,
+                                                                          tmp_path):
+    from mbt import pretrained
+    from test_scenic_checkpoint import write_scenic_checkpoint
+    _, data, result = uninterrupted
+    params = jax.device_get(result['final_state'].params)
+    checkpoint = write_scenic_checkpoint(tmp_path / 'scenic', params, 500, 'params')
+    config = _config()
+    config.init_from = pretrained.default_init_from_config()
+    config.init_from.checkpoint_path = str(checkpoint)
+    empty_workdir = str(tmp_path / 'eval_only')
+    with pytest.raises(FileNotFoundError, match='restore_output_projection=True'):
+        train.evaluate(config, empty_workdir, 'test', data)
+    config.init_from.restore_output_projection = True
+    again = train.evaluate(config, empty_workdir, 'test', data)
+    assert again['top1'] == pytest.approx(result['test']['top1'])
+    assert again['loss'] == pytest.approx(result['test']['loss'], rel=1e-5)
+    with open(os.path.join(empty_workdir, 'results_test.json')) as f:
+        assert json.load(f)['step'] == 0
+    assert os.path.exists(os.path.join(empty_workdir, 'init_report.txt'))
+
+
 def test_sigterm_saves_and_a_resumed_run_matches_the_uninterrupted_one(uninterrupted,
                                                                        tmp_path):
     _, _, reference = uninterrupted
