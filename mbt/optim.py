@@ -9,11 +9,14 @@ Config keys read:
   config.optimizer.momentum       SGD momentum (0.9 in the paper); None or 0 = plain SGD
   config.optimizer.nesterov       SGD Nesterov momentum
   config.optimizer.b1, b2, eps    AdamW moments
-  config.optimizer.weight_decay   decoupled decay, applied to parameters with >= 2 dims
-                                  (kernels, embeddings; not biases, LayerNorm, CLS/bottleneck
-                                  tokens of shape [1, 1, D] count as >= 2 dims and are decayed)
+  config.optimizer.weight_decay   decay of every parameter with >= 2 dims (`_decay_mask`):
+                                  kernels, patch and position embeddings, the CLS [1, 1, D]
+                                  and bottleneck [1, B, D] tokens, and also the query / key /
+                                  value biases [heads, D / heads]; not the 1-D parameters
+                                  (the other biases, LayerNorm scale and bias). AdamW: its
+                                  decoupled decay; SGD: wd * param added to the clipped grad
   config.optimizer.grad_clip_norm global-norm clipping threshold; None or 0 = no clipping
-  config.lr.schedule              'warmup_cosine' | 'constant'
+  config.lr.schedule              'warmup_cosine' | 'constant' (both with the linear warmup)
   config.lr.base_lr               peak learning rate
   config.lr.warmup_steps          linear warmup length in optimiser steps, or
   config.lr.warmup_epochs         ... in epochs (the paper: 2.5); steps win when both are set
@@ -41,9 +44,14 @@ def make_lr_schedule(lr_config: Any, total_steps: int,
                      steps_per_epoch: float = 1.0) -> optax.Schedule:
     """Learning rate per optimiser step (a function of the int step count).
 
-    `warmup_cosine`: linear from 0 to `base_lr` over `warmup_steps`, then cosine decay to
-    `end_lr` at `total_steps`. `constant`: `base_lr` throughout (warmup still applies when
-    `warmup_steps` > 0). `steps_per_epoch` converts `warmup_epochs` to steps.
+    Both schedules start with a linear warmup from 0 to `base_lr` whose length is
+    `warmup_steps(lr_config, steps_per_epoch)`: `lr.warmup_steps` when it is not None (0 =
+    no warmup), else `round(lr.warmup_epochs * steps_per_epoch)`; with the trainer defaults
+    (`warmup_steps=None`, `warmup_epochs=2.5`) that is 2.5 epochs.
+
+    `warmup_cosine`: the warmup (capped at `total_steps - 1`), then cosine decay to `end_lr`
+    at `total_steps`. `constant`: the same warmup (not capped), then `base_lr` to the end;
+    so `constant` is flat from step 0 only when the warmup is 0 (set `lr.warmup_steps=0`).
     """
     base_lr = float(lr_config.base_lr)
     warmup = warmup_steps(lr_config, steps_per_epoch)
@@ -66,7 +74,12 @@ def make_lr_schedule(lr_config: Any, total_steps: int,
 
 
 def _decay_mask(params):
-    """True for the parameters that get weight decay: every array with >= 2 dimensions."""
+    """True for the parameters that get weight decay: every array with >= 2 dimensions.
+
+    That includes the [1, 1, D] / [1, B, D] CLS and bottleneck tokens, the position
+    embeddings and the [heads, D / heads] query / key / value biases; 1-D arrays (the other
+    biases, LayerNorm scale and bias) are not decayed.
+    """
     return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
 
 

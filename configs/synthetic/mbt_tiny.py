@@ -29,7 +29,10 @@ def get_config(arg=None):
     data.name = 'vggsound'
     data.builder_config = 'tiny'          # stores 10 fps, 64 px, 2 s clips as generated
     data.modalities = ('rgb', 'spectrogram')
-    data.synthetic.num_clips = 144        # 108 train / 36 test
+    # 144 regular clips = 108 train / 36 test, plus 4 edge-case rows: the builder skips the
+    # 2 train ones (missing, undecodable file) and keeps the 2 test ones (no audio, clip
+    # shorter than its segment), so the built splits hold 108 train / 38 test videos.
+    data.synthetic.num_clips = 144
     data.synthetic.num_classes = 6
     data.synthetic.edge_cases = True
     data.num_frames = 4
