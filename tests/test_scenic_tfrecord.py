@@ -106,3 +106,97 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     writer.write(example.SerializeToString())
   with pytest.raises(ValueError, match='plain.tfrecord'):
     scenic_tfrecord.inspect_layout(not_sequence)
+
+
+def _numbered_examples(count, rng, first=0):
+  """Examples whose `video_path` names their position; noisy frames (4:2:0 JPEG)."""
+  examples = []
+  for i in range(first, first + count):
+    frames = _gradient_video(12, 24, 40, offset=17 * i)
+    frames = np.clip(frames + rng.integers(-40, 40, frames.shape), 0, 255).astype(np.uint8)
+    examples.append({'rgb': frames, 'audio': rng.uniform(-1, 1, 16000).astype(np.float32),
+                     'label': [i % 5], 'video_path': f'clip_{i}'})
+  return examples
+
+
+def _write_shards(tmp_path, name, sizes, rng):
+  examples = _numbered_examples(sum(sizes), rng)
+  first = 0
+  for shard, size in enumerate(sizes):
+    scenic_tfrecord.write_scenic_tfrecord(
+        str(tmp_path / f'{name}-{shard:05d}-of-{len(sizes):05d}'), examples[first:first + size])
+    first += size
+  return examples
+
+
+def test_source_ranges_skip_serialized_records_and_keep_frames_encoded(tmp_path):
+  from mbt.data import sources
+  rng = np.random.default_rng(1)
+  _write_shards(tmp_path, 'train', (2, 3, 2), rng)
+  # A split whose record 1 is not a SequenceExample at all: reading from 2 on must never
+  # parse it (nor decode anything before the range).
+  with tf.io.TFRecordWriter(str(tmp_path / 'broken-00000-of-00002')) as writer:
+    writer.write(scenic_tfrecord.make_sequence_example(
+        _numbered_examples(1, rng)[0]).SerializeToString())
+    writer.write(b'\xff' * 16)
+  scenic_tfrecord.write_scenic_tfrecord(str(tmp_path / 'broken-00001-of-00002'),
+                                        _numbered_examples(3, rng, first=2))
+  patterns = {'train': str(tmp_path / 'train-*'), 'broken': str(tmp_path / 'broken-*')}
+  source = sources.scenic_source(patterns, ('train', 'broken'), num_classes=5, class_names=(),
+                                 multi_label=False, class_splits=None, fps=25.0)
+  assert source.split_sizes == {'train': 7, 'broken': 5}
+  full = list(scenic_tfrecord.read_scenic_tfrecords(
+      patterns['train'], decode_frames=False).as_numpy_iterator())
+  decoded = list(scenic_tfrecord.read_scenic_tfrecords(patterns['train']).as_numpy_iterator())
+  assert [ex['id'] for ex in full] == [f'clip_{i}'.encode() for i in range(7)]
+  assert source.read('train', 0, 1).element_spec['rgb'].dtype == tf.string  # held undecoded
+  for start, stop in ((0, 7), (1, 6), (2, 7), (3, 5), (4, 4), (6, 7), (7, 7)):
+    got = list(source.read('train', start, stop).as_numpy_iterator())
+    assert [ex['video_index'] for ex in got] == list(range(start, stop))
+    for ex, expected, frames in zip(got, full[start:stop], decoded[start:stop]):
+      assert set(ex) == set(expected) | {'video_index'}
+      for key in expected:
+        np.testing.assert_array_equal(ex[key], expected[key], err_msg=key)
+      np.testing.assert_array_equal(
+          np.stack([tf.io.decode_jpeg(jpeg).numpy() for jpeg in ex['rgb']]), frames['rgb'])
+  # Two hosts: [0, 4) and [4, 7) cover the split once.
+  hosts = [list(source.read('train', a, b).as_numpy_iterator()) for a, b in ((0, 4), (4, 7))]
+  assert [ex['id'] for host in hosts for ex in host] == [ex['id'] for ex in full]
+  got = list(source.read('broken', 2, 5).as_numpy_iterator())
+  assert [(ex['video_index'], ex['id']) for ex in got] == [
+      (i, f'clip_{i}'.encode()) for i in range(2, 5)]
+  with pytest.raises(tf.errors.InvalidArgumentError):  # the broken record, when read
+    list(source.read('broken', 0, 5).as_numpy_iterator())
+
+
+def test_pipeline_batches_equal_decoding_every_frame_up_front(tmp_path):
+  """Frames decoded after the shuffle buffer give the batches of frames decoded on reading."""
+  import ml_collections
+  from mbt.data import pipeline
+  from mbt.data import sources
+  rng = np.random.default_rng(2)
+  _write_shards(tmp_path, 'train', (3, 2), rng)
+  dataset = pipeline.default_dataset_config()
+  dataset.update(dict(name='scenic_tfrecord', tfrecord_pattern=str(tmp_path / '{split}-*'),
+                      num_classes=5, train_split='train', eval_split='train',
+                      test_split='train', video_fps=25.0, num_frames=4, stride=2,
+                      frame_size=16, min_resize=20, num_test_clips=2, num_spatial_crops=3,
+                      shuffle_buffer=4, modalities=('rgb',)))
+  dataset.rgb_augment.color = True
+  config = ml_collections.ConfigDict({'dataset': dataset})
+  # Reference: the frames decoded while reading, as the source did before.
+  decoded = list(scenic_tfrecord.read_scenic_tfrecords(
+      str(tmp_path / 'train-*')).as_numpy_iterator())
+  reference = sources.memory_source(
+      {'train': [{k: ex[k] for k in ('rgb', 'label')} for ex in decoded]},
+      class_names=[f'class_{i}' for i in range(5)], fps=25.0, multi_label=True)
+  for mode, count in (('train', 4), ('test', -1)):
+    got, expected = (
+        list(pipeline.build_tf_dataset(config, 'train', mode, 2, source=src, start_batch=1,
+                                       process_index=1, process_count=2)
+             .take(count).as_numpy_iterator()) for src in (None, reference))
+    assert len(got) == len(expected) > 0
+    for a, b in zip(got, expected):
+      assert set(a) == set(b)
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f'{mode} {key}')

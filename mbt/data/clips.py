@@ -5,7 +5,8 @@ fraction of the free play `duration - window`) plus, for RGB, a square crop. The
 `num_frames` stored frames `stride` apart from the window start; the audio takes
 `audio_seconds` from the same start. Windows running past the end of a short example wrap
 around to its beginning (frames and audio alike). Only the JPEG frames of the clip are
-decoded, and only their crop box.
+decoded, and only their crop box (with `full_frame_decode`: the clip's frames whole, then
+cropped).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class ClipSettings:
     use_precomputed_spectrogram: take a stored `spectrogram` (100 frames/s) over `audio`.
     rgb_augment: training RGB augmentation.
     spec_augment: training SpecAugment, None for none.
+    full_frame_decode: decode JPEG frames whole and crop the pixels (identical to cropping
+      frames decoded up front) instead of `tf.io.decode_and_crop_jpeg` (faster, but with
+      chroma subsampling the crop's edge pixels can differ).
   """
 
   modalities: tuple[str, ...]
@@ -53,6 +57,7 @@ class ClipSettings:
   use_precomputed_spectrogram: bool = True
   rgb_augment: augment.RgbAugment = augment.RgbAugment()
   spec_augment: augment.SpecAugment | None = augment.SpecAugment()
+  full_frame_decode: bool = False
 
   @property
   def audio_samples(self) -> int:
@@ -122,7 +127,10 @@ def sample_rgb(frames: tf.Tensor, start_s: tf.Tensor, settings: ClipSettings,
     wanted = _wrapped_indices(first, n, settings.stride, num_stored)
     distinct, position = tf.unique(wanted)
     chosen = tf.gather(frames, distinct)
-    if frames.dtype == tf.string:
+    if frames.dtype == tf.string and settings.full_frame_decode:
+      chosen = tf.map_fn(lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3), chosen,
+                         fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    if chosen.dtype == tf.string:
       box = box_fn(tf.io.extract_jpeg_shape(chosen[0])[:2])
       cut = tf.map_fn(lambda jpeg: tf.io.decode_and_crop_jpeg(jpeg, box, channels=3), chosen,
                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))

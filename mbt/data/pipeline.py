@@ -257,7 +257,8 @@ def clip_settings(values: dict, source: sources.ExampleSource) -> clips.ClipSett
           num_freq_masks=int(spec_aug['num_freq_masks']),
           max_freq_width=int(spec_aug['max_freq_width']),
           num_time_masks=int(spec_aug['num_time_masks']),
-          max_time_width=int(spec_aug['max_time_width'])) if spec_aug['enabled'] else None)
+          max_time_width=int(spec_aug['max_time_width'])) if spec_aug['enabled'] else None,
+      full_frame_decode=source.full_frame_decode)
   clips.validate(settings)
   if (source.stored_spectrogram_bins is not None and settings.use_precomputed_spectrogram
       and 'spectrogram' in settings.modalities):

@@ -116,14 +116,21 @@ def _decode_frames(encoded: tf.Tensor) -> tf.Tensor:
       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 
-def _to_example(serialized: tf.Tensor, layout: RecordLayout, fps: float) -> dict:
+def parse_record(serialized: tf.Tensor, layout: RecordLayout, fps: float = 25.0, *,
+                 decode_frames: bool = True) -> dict:
+  """One serialized SequenceExample → the example dict of `read_scenic_tfrecords`.
+
+  With `decode_frames=False`, `rgb` stays the record's JPEG strings `[T]` (as the TFDS
+  builders store them), so nothing is decoded until the frames are used.
+  """
   context_spec, sequence_spec = _parse_spec(layout)
   context, sequence = tf.io.parse_single_sequence_example(
       serialized, context_features=context_spec, sequence_features=sequence_spec)
   example = {'label': tf.sparse.to_dense(context[LABEL_INDEX_KEY])}
   duration_s = None
   if layout.has_rgb:
-    example['rgb'] = _decode_frames(sequence[IMAGE_KEY])
+    frames = sequence[IMAGE_KEY]
+    example['rgb'] = _decode_frames(frames) if decode_frames else frames
     duration_s = tf.cast(tf.shape(example['rgb'])[0], tf.float32) / fps
   if layout.has_melspec:
     # One [100 * 128] float block per second -> [seconds * 100, 128].
@@ -150,7 +157,8 @@ def _to_example(serialized: tf.Tensor, layout: RecordLayout, fps: float) -> dict
 
 def read_scenic_tfrecords(pattern: str, *, fps: float = 25.0,
                           num_parallel_reads: int | None = None,
-                          layout: RecordLayout | None = None) -> tf.data.Dataset:
+                          layout: RecordLayout | None = None,
+                          decode_frames: bool = True) -> tf.data.Dataset:
   """Dataset of builder-style example dicts from Scenic/DMVR SequenceExample files.
 
   Args:
@@ -162,13 +170,15 @@ def read_scenic_tfrecords(pattern: str, *, fps: float = 25.0,
       keeping the order deterministic).
     layout: which optional keys the records carry; by default the first record is
       inspected and every record is assumed to look the same.
+    decode_frames: decode the JPEG frames (False: `rgb` holds the JPEG strings `[T]`).
 
   Returns:
     A `tf.data.Dataset` of dicts with
       `id`, `video_path`: tf.string (the record's `video/filename`, '' if absent);
       `segment_start`, `segment_end`: float32 seconds (from the µs timestamps; else 0
         and the stored duration);
-      `rgb`: uint8 [T, H, W, 3] when `image/encoded` is present;
+      `rgb`: uint8 [T, H, W, 3] when `image/encoded` is present (tf.string [T] JPEGs
+        with `decode_frames=False`);
       `audio`: float32 [samples] 16 kHz waveform when `WAVEFORM/feature/floats` is present;
       `spectrogram`: float32 [seconds * 100, 128] precomputed log-mel when
         `melspec/feature/floats` is present;
@@ -180,7 +190,7 @@ def read_scenic_tfrecords(pattern: str, *, fps: float = 25.0,
   if not files:
     raise FileNotFoundError(f'No TFRecord file matches {pattern!r}.')
   records = tf.data.TFRecordDataset(files, num_parallel_reads=num_parallel_reads)
-  return records.map(lambda s: _to_example(s, layout, fps),
+  return records.map(lambda s: parse_record(s, layout, fps, decode_frames=decode_frames),
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 

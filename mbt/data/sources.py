@@ -41,6 +41,9 @@ class ExampleSource:
     read: `read(split, start, stop)` → dataset of the examples [start, stop) of `split`.
     stored_spectrogram_bins: mel bins of a precomputed `spectrogram` the examples carry
       (at 100 frames per second), None when they carry none.
+    full_frame_decode: JPEG frames are decoded whole and then cropped (the same pixels as
+      decoding every frame up front) rather than with `tf.io.decode_and_crop_jpeg`, whose
+      chroma upsampling can change the pixels at the crop's edge.
   """
 
   name: str
@@ -53,6 +56,7 @@ class ExampleSource:
   split_sizes: Mapping[str, int]
   read: Callable[[str, int, int], tf.data.Dataset]
   stored_spectrogram_bins: int | None = None
+  full_frame_decode: bool = False
 
   @property
   def num_classes(self) -> int:
@@ -180,7 +184,15 @@ def tfds_source(name: str, builder_config: str | None, data_dir: str | None,
 # ---------------------------------------------------------------------------------------------
 # Scenic / DMVR SequenceExample TFRecords (mbt.data.scenic_tfrecord)
 
-_RECORD_COUNTS: dict[tuple[str, ...], int] = {}
+# Records per TFRecord file, counted once per process.
+_RECORD_COUNTS: dict[str, int] = {}
+
+
+def _record_count(path: str) -> int:
+  if path not in _RECORD_COUNTS:
+    _RECORD_COUNTS[path] = int(tf.data.TFRecordDataset(path).reduce(
+        np.int64(0), lambda count, _: count + 1).numpy())
+  return _RECORD_COUNTS[path]
 
 
 def _split_pattern(patterns, split: str) -> str:
@@ -212,26 +224,37 @@ def scenic_source(patterns, splits: Sequence[str], num_classes: int,
   if len(names) != num_classes:
     raise ValueError(f'config.dataset.class_names has {len(names)} names but '
                      f'config.dataset.num_classes={num_classes}')
-  layouts, split_sizes = {}, {}
+  layouts, split_files, split_sizes = {}, {}, {}
   for split in splits:
     pattern = _split_pattern(patterns, split)
     layouts[split] = scenic_tfrecord.inspect_layout(pattern)
-    files = tuple(sorted(tf.io.gfile.glob(pattern)))
-    if files not in _RECORD_COUNTS:
-      _RECORD_COUNTS[files] = int(tf.data.TFRecordDataset(files).reduce(
-          np.int64(0), lambda count, _: count + 1).numpy())
-    split_sizes[split] = _RECORD_COUNTS[files]
+    files = sorted(tf.io.gfile.glob(pattern))
+    split_files[split] = [(path, _record_count(path)) for path in files]
+    split_sizes[split] = sum(count for _, count in split_files[split])
   offered = set()
   for layout in layouts.values():
     offered |= ({'rgb'} if layout.has_rgb else set())
     offered |= ({'spectrogram'} if layout.has_waveform or layout.has_melspec else set())
 
   def read(split: str, start: int, stop: int) -> tf.data.Dataset:
-    ds = scenic_tfrecord.read_scenic_tfrecords(
-        _split_pattern(patterns, split), fps=fps, layout=layouts[split])
-    ds = ds.enumerate().skip(start).take(stop - start)
-    return ds.map(lambda i, ex: {**ex, 'video_index': i},
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Skip on the serialized records: files before `start` are not opened, records before it
+    # in the first file are read but not parsed. Frames stay JPEG strings (decoded when a
+    # view is cut, after the shuffle buffer).
+    files, first = [], 0
+    for path, count in split_files[split]:
+      if first + count > start and first < stop:
+        if not files:
+          skip = start - first
+        files.append(path)
+      first += count
+    if not files:
+      files, skip = [path for path, _ in split_files[split][:1]], 0
+    records = tf.data.TFRecordDataset(files).skip(skip).take(max(stop - start, 0))
+    layout = layouts[split]
+    return records.enumerate(start=start).map(
+        lambda i, serialized: {**scenic_tfrecord.parse_record(
+            serialized, layout, fps, decode_frames=False), 'video_index': i},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   return ExampleSource(
       name='scenic_tfrecord', class_names=names,
@@ -239,7 +262,8 @@ def scenic_source(patterns, splits: Sequence[str], num_classes: int,
       label_keys=('label',), modalities=tuple(m for m in ('rgb', 'spectrogram') if m in offered),
       fps=float(fps), split_sizes=split_sizes, read=read,
       stored_spectrogram_bins=(scenic_tfrecord.MEL_BINS if any(
-          layout.has_melspec for layout in layouts.values()) else None))
+          layout.has_melspec for layout in layouts.values()) else None),
+      full_frame_decode=True)
 
 
 # ---------------------------------------------------------------------------------------------
