@@ -18,6 +18,7 @@ threads), so it does not depend on how many cores were free.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -71,7 +72,8 @@ def main() -> None:
 
   workdir = args.workdir or tempfile.mkdtemp(prefix='mbt_bench_')
   cores = len(os.sched_getaffinity(0))
-  print(f'workdir {workdir}; {cores} CPU cores available; TF {tf.__version__}')
+  print(f'workdir {workdir}; {cores} CPU cores available; TF {tf.__version__}; load average '
+        f'{" ".join(f"{x:.2f}" for x in os.getloadavg())}')
   source_dir = os.path.join(workdir, 'synthetic_src')
 
   summary_path = os.path.join(source_dir, synthetic.SUMMARY_FILE)
@@ -122,7 +124,12 @@ def main() -> None:
     assert np.isfinite(batch['spectrogram']).all()
     what = 'flip, scale jitter, SpecAugment' + (', colour' if color else '')
     _report(f'train: read + JPEG + log-mel + {what}', args.batches * args.batch_size, timer)
+    # Stop this stream's prefetching threads before timing the next one (they would share
+    # the cores and count in its CPU seconds).
+    del stream
+    gc.collect()
   print(f'batch shapes: {({k: v.shape for k, v in first.items()})}')
+  print(f'load average {" ".join(f"{x:.2f}" for x in os.getloadavg())}')
 
 
 if __name__ == '__main__':
