@@ -35,14 +35,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from mbt import branches
 from mbt import evaluate
 from mbt import export
-from mbt import models
 from mbt.data import clips
 from mbt.data import media
 from mbt.data import pipeline
 from mbt.data import sources
-from mbt.pretrained import formats
 from mbt.pretrained import scenic_checkpoint
 
 # Label layout of the datasets when a Scenic checkpoint comes without an mbt export.
@@ -95,8 +94,9 @@ class Predictor:
             if modalities == tuple(self.meta.modalities):
                 model, params = self.model, self.params
             else:
-                model, params = branch_model(self.model_config, self.meta, self.params,
-                                             modalities)
+                model, params = branches.branch_model(
+                    self.model_config, self.meta.num_classes, self.meta.input_shapes,
+                    self.params, modalities)
             apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
             self._branches[modalities] = (apply, params)
         return self._branches[modalities]
@@ -280,43 +280,6 @@ def predictor_from_scenic(checkpoint_path: str, config_path: str,
         raise ValueError(f"{e}\n(the inputs come from config.dataset: num_frames, frame_size, "
                          "audio_seconds, num_mel_bins)") from None
     return _make_predictor(restored.model, restored.params, config, meta)
-
-
-def branch_model(model_config: ml_collections.ConfigDict, meta: export.ExportMeta,
-                 params: Mapping[str, Any], modalities: tuple[str, ...]):
-    """MBT on a subset of its modalities, sharing the full model's parameters.
-
-    The branch is `build_model` of the same config with `modalities` replaced; its parameter
-    names are the full model's, except that a lone non-rgb modality's CLS token is named
-    `cls` (the full model's `cls<modality>`) and, for concat fusion, the layers from Lf on
-    use the shared `encoderblock_<i>` (the full model has no per-modality block there).
-    Returns (model, params).
-    """
-    if model_config.get("name", "mbt") != "mbt":
-        raise ValueError(f"config.model.name={model_config.get('name')!r}: only MBT runs a "
-                         "subset of its modalities")
-    sub_config = ml_collections.ConfigDict(model_config.to_dict())
-    sub_config.modalities = tuple(modalities)
-    model = models.build_model(sub_config, meta.num_classes)
-    expected = export.expected_param_shapes(model, {m: meta.input_shapes[m] for m in modalities})
-    full = formats.flatten(params)
-    branch = {}
-    for path in expected:
-        candidates = [path]
-        if path == "cls" and len(modalities) == 1:
-            candidates.insert(0, f"cls{modalities[0]}")  # rgb's own is `cls` in both
-        block = path.split("/")[1] if path.startswith("Transformer/encoderblock_") else None
-        if block is not None and len(modalities) == 1:
-            shared = "encoderblock_" + block.split("_")[1]
-            candidates.append(path.replace(f"/{block}/", f"/{shared}/", 1))
-        source = next((c for c in candidates if c in full), None)
-        if source is None:
-            raise ValueError(f"branch {modalities}: parameter {path} has no counterpart "
-                             f"among {candidates} in the full model")
-        branch[path] = full[source]
-    sub_params = formats.unflatten(branch)
-    export.check_param_shapes(sub_params, expected, f"branch {modalities}")
-    return model, sub_params
 
 
 # --- decoding and views --------------------------------------------------------------------

@@ -7,7 +7,13 @@ evaluation of the eval split once per condition:
 
 - clean inputs (SNR = infinity);
 - white Gaussian noise at SNR 20, 10, 5, 0, -5 dB added to the audio, the video or both;
-- one modality removed (its input replaced by zeros).
+- one modality removed, in two ways where the model allows it:
+  `zeros` -- its input replaced by zeros (every model);
+  `tokens` -- the model run without that modality's tokens (`mbt.branches.branch_model`; MBT:
+  the same model on the other modality sharing the trained parameters; SFT: the same model
+  on the remaining modality, whose CLS alone forms the fused CLS). The C-LSTM has no such
+  mode (its fused layers take a fixed number of input channels and its late-fusion head a
+  fixed feature width), so only `zeros` runs for it.
 
 The noise is added to the *model inputs*, not to waveforms or pixels: to the normalised
 log-mel spectrogram (`spectrogram`) and to the rgb frames scaled to [-1, 1] (`rgb`, and any
@@ -19,11 +25,14 @@ gets no noise. Zeros for a removed modality are the pipeline's mean value for bo
 spectrogram is normalised, rgb 0 is mid-grey).
 
 Writes `<workdir>/robustness.json` (every condition's metrics), `robustness.md` (tables of
-the headline metric) and `robustness.png` (headline metric vs SNR, one line per noised target).
+the headline metric) and `robustness.png` (headline metric vs SNR, one line per noised target,
+one horizontal line per removal condition).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import os
@@ -33,9 +42,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from mbt import branches
 from mbt import evaluate as evaluate_lib
 from mbt import metrics as metrics_lib
+from mbt import sharding
 from mbt import train
+from mbt import train_step as step_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -44,6 +56,8 @@ VIDEO_LIKE = ('rgb', 'flow')
 AUDIO_LIKE = ('spectrogram',)
 # Noise target name -> the input modalities it covers.
 TARGETS = {'audio': AUDIO_LIKE, 'video': VIDEO_LIKE, 'both': AUDIO_LIKE + VIDEO_LIKE}
+# How a removed modality is removed: its input set to zeros, or its tokens left out.
+REMOVALS = ('zeros', 'tokens')
 
 Batch = Mapping[str, np.ndarray]
 
@@ -74,28 +88,48 @@ def measured_snr_db(clean_BxDims: np.ndarray, noisy_BxDims: np.ndarray) -> np.nd
 
 
 class Condition:
-    """One evaluation: noise on `noised` modalities at `snr_db`, or zeros for `dropped`."""
+    """One evaluation: noise on `noised` modalities at `snr_db`, or `dropped` modalities removed.
+
+    `removal` says how `dropped` are removed: 'zeros' (inputs set to zeros) or 'tokens' (the
+    batch loses them and a model without them runs, see `mbt.branches`); None when nothing is.
+    """
 
     def __init__(self, name: str, target: str, snr_db: float = math.inf,
-                 noised: Sequence[str] = (), dropped: Sequence[str] = ()):
+                 noised: Sequence[str] = (), dropped: Sequence[str] = (),
+                 removal: str | None = None):
         self.name, self.target, self.snr_db = name, target, float(snr_db)
         self.noised, self.dropped = tuple(noised), tuple(dropped)
+        if self.dropped and removal is None:
+            removal = 'zeros'
+        if removal is not None and removal not in REMOVALS:
+            raise ValueError(f'removal={removal!r}; allowed: {REMOVALS}')
+        self.removal = removal if self.dropped else None
 
     def apply(self, batch: Batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
         out = dict(batch)
         for m in self.noised:
             out[m] = add_white_noise(batch[m], self.snr_db, rng)
         for m in self.dropped:
-            out[m] = np.zeros_like(batch[m])
+            if self.removal == 'tokens':
+                out.pop(m, None)
+            else:
+                out[m] = np.zeros_like(batch[m])
         return out
 
 
-def make_conditions(modalities: Sequence[str],
-                    snrs_db: Sequence[float] = SNRS_DB) -> list[Condition]:
+def supports_token_drop(model_name: str | None) -> bool:
+    """Whether `config.model.name` can run without a modality's tokens (`mbt.branches`)."""
+    return (model_name or 'mbt') in branches.BRANCH_MODELS
+
+
+def make_conditions(modalities: Sequence[str], snrs_db: Sequence[float] = SNRS_DB,
+                    model_name: str | None = None) -> list[Condition]:
     """Clean, then noise per target and SNR, then each modality removed (multimodal only).
 
     Targets whose modalities the model does not read are left out; with one modality only
-    the target covering it remains (and 'both' is dropped as identical).
+    the target covering it remains (and 'both' is dropped as identical). Each removal runs
+    with zeros ('no audio (zeros)'), and, for a `model_name` in `branches.BRANCH_MODELS`, also with
+    the tokens dropped ('no audio (dropped tokens)'). `model_name` None: zeros only.
     """
     conditions = [Condition('clean', 'none')]
     seen = set()
@@ -109,9 +143,30 @@ def make_conditions(modalities: Sequence[str],
     if len(modalities) > 1:
         for target in ('audio', 'video'):
             dropped = tuple(m for m in modalities if m in TARGETS[target])
-            if dropped and len(dropped) < len(modalities):
-                conditions.append(Condition(f'no {target}', f'no {target}', dropped=dropped))
+            if not dropped or len(dropped) == len(modalities):
+                continue
+            conditions.append(Condition(f'no {target} (zeros)', f'no {target}',
+                                        dropped=dropped, removal='zeros'))
+            if model_name is not None and supports_token_drop(model_name):
+                conditions.append(Condition(f'no {target} (dropped tokens)', f'no {target}',
+                                            dropped=dropped, removal='tokens'))
     return conditions
+
+
+def _branch_setup(setup: train.Setup, params: Any, modalities: tuple[str, ...]):
+    """(setup, params) for `train.run_evaluation` of the model on `modalities` only.
+
+    A shallow copy of `setup` whose `modalities`, `model` and jitted `eval_step` are the
+    branch's; the branch params are the restored (sharded) arrays, not copies.
+    """
+    model, sub_params = branches.branch_model(setup.config.model, setup.meta.num_classes,
+                                              setup.meta.input_shapes, params, modalities)
+    branch = copy.copy(setup)
+    branch.model, branch.modalities = model, modalities
+    branch.step_cfg = dataclasses.replace(setup.step_cfg, modalities=modalities)
+    branch.eval_step = jax.jit(step_lib.make_eval_step(model, branch.step_cfg),
+                               out_shardings=sharding.replicated(setup.mesh))
+    return branch, sub_params
 
 
 class _TransformedData:
@@ -140,7 +195,8 @@ def run_robustness(config: ml_collections.ConfigDict, workdir: str, data: Any = 
     Returns:
       `{'metric', 'split', 'step', 'model', 'modalities', 'snrs_db', 'conditions': [...]}`,
       each condition `{'name', 'target', 'snr_db' (None when clean), 'noised', 'dropped',
-      'metrics'}`; robustness.json holds this plus `metrics` (the clean condition's).
+      'removal' ('zeros' | 'tokens' | None), 'metrics'}`, and `removals` (the removal kinds
+      this model ran); robustness.json holds this plus `metrics` (the clean condition's).
     """
     data = data if data is not None else train.PipelineData(config, workdir)
     setup = train.get_setup(config, data)
@@ -149,21 +205,28 @@ def run_robustness(config: ml_collections.ConfigDict, workdir: str, data: Any = 
     meta = setup.meta
     metric = metrics_lib.primary_metric_name(bool(meta.multi_label), meta.class_splits)
     seed = int(config.seed)
+    model_name = config.model.get('name', 'mbt')
+    conditions = make_conditions(setup.modalities, snrs_db, model_name)
     rows = []
-    for index, condition in enumerate(make_conditions(setup.modalities, snrs_db)):
+    for index, condition in enumerate(conditions):
         def transform(batch, batch_index, condition=condition, index=index):
             rng = np.random.default_rng([seed, index, batch_index])
             return condition.apply(batch, rng)
-        results = train.run_evaluation(setup, _TransformedData(data, transform), params,
+        run_setup, run_params = setup, params
+        if condition.removal == 'tokens':
+            kept = tuple(m for m in setup.modalities if m not in condition.dropped)
+            run_setup, run_params = _branch_setup(setup, params, kept)
+        results = train.run_evaluation(run_setup, _TransformedData(data, transform), run_params,
                                        split, 'eval')
         _LOG.info('robustness %s: %s %.4f', condition.name, metric, results[metric])
         rows.append({'name': condition.name, 'target': condition.target,
                      'snr_db': condition.snr_db if math.isfinite(condition.snr_db) else None,
                      'noised': list(condition.noised), 'dropped': list(condition.dropped),
-                     'metrics': results})
+                     'removal': condition.removal, 'metrics': results})
+    removals = [r for r in REMOVALS if any(c.removal == r for c in conditions)]
     report = {'metric': metric, 'split': split, 'step': step,
-              'model': config.model.get('name'), 'modalities': list(setup.modalities),
-              'snrs_db': [float(s) for s in snrs_db], 'conditions': rows}
+              'model': model_name, 'modalities': list(setup.modalities),
+              'snrs_db': [float(s) for s in snrs_db], 'removals': removals, 'conditions': rows}
     if jax.process_index() == 0:
         # 'metrics' holds the clean condition's, as in results_<split>.json.
         evaluate_lib.write_results_json(os.path.join(workdir, 'robustness.json'),
@@ -180,7 +243,11 @@ def _value(row: Mapping[str, Any], metric: str) -> float:
 
 
 def markdown_table(report: Mapping[str, Any]) -> str:
-    """Noise table (rows: noised target, columns: SNR) and the missing-modality table."""
+    """Noise table (rows: noised target, columns: SNR) and the missing-modality table.
+
+    The second table has one row per removed target and one column per removal kind
+    ('input zeros', 'dropped tokens'); a model without token dropping gets '–' there.
+    """
     metric, rows = report['metric'], report['conditions']
     clean = next(r for r in rows if r['target'] == 'none')
     snrs = report['snrs_db']
@@ -197,15 +264,27 @@ def markdown_table(report: Mapping[str, Any]) -> str:
         lines.append(f"| {target} | {_value(clean, metric):.4f} | " + ' | '.join(cells) + ' |')
     missing = [r for r in rows if r['dropped']]
     if missing:
-        lines += ['', '| input | ' + metric + ' |', '|---|---|',
-                  f'| both modalities | {_value(clean, metric):.4f} |']
-        lines += [f"| {r['name']} ({'+'.join(r['dropped'])} zeros) | {_value(r, metric):.4f} |"
-                  for r in missing]
+        by_target: dict[str, dict[str, Any]] = {}
+        for r in missing:
+            by_target.setdefault(r['target'], {})[r.get('removal') or 'zeros'] = r
+        has_tokens = any('tokens' in kinds for kinds in by_target.values())
+        clean_cell = f'{_value(clean, metric):.4f}'
+        lines += ['', f'| removed | {metric}, input zeros | {metric}, dropped tokens |',
+                  '|---|---|---|',
+                  f"| nothing (clean) | {clean_cell} | {clean_cell if has_tokens else '–'} |"]
+        for target, kinds in by_target.items():
+            dropped = '+'.join(next(iter(kinds.values()))['dropped'])
+            cells = [f'{_value(kinds[k], metric):.4f}' if k in kinds else '–' for k in REMOVALS]
+            lines.append(f"| {target[3:]} ({dropped}) | " + ' | '.join(cells) + ' |')
+        if not has_tokens:
+            lines += ['', f"(model {report.get('model')!r} cannot run without a modality's "
+                      'tokens: removal by zeros only)']
     return '\n'.join(lines)
 
 
 def plot_report(report: Mapping[str, Any], path: str) -> None:
-    """Headline metric vs SNR per noised target; clean at the left, removed modalities dashed."""
+    """Headline metric vs SNR per noised target; clean at the left; removed modalities as
+    horizontal lines, dashed for zeros, dotted for dropped tokens."""
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
     from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -221,7 +300,8 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
                     marker='o', label=f'noise on {target}')
     for r in rows:
         if r['dropped']:
-            ax.axhline(_value(r, metric), linestyle='--', linewidth=1, color='grey')
+            style = ':' if r.get('removal') == 'tokens' else '--'
+            ax.axhline(_value(r, metric), linestyle=style, linewidth=1, color='grey')
             ax.annotate(r['name'], (min(snrs), _value(r, metric)), fontsize=8, ha='right',
                         textcoords='offset points', xytext=(0, 3))
     ax.set_xticks([clean_x] + list(snrs), ['∞'] + [f'{s:g}' for s in snrs])

@@ -13,7 +13,7 @@ patches → 400 tokens), 527 classes:
   shared head are averaged).
 
 Columns (per example, batch 1, inference forward pass, nothing is run):
-- analytic GMACs: `mbt.tools.flops` (matrix products only; MBT has it, SFT does not);
+- analytic GMACs: `mbt.tools.flops` (matrix products only; MBT and SFT);
 - XLA GMACs: `cost_analysis()['flops'] / 2` of the compiled forward pass (1 multiply-add =
   2 FLOPs; includes elementwise ops). The ratios use this column, the same method for all;
 - peak activation memory: `compiled.memory_analysis().temp_size_in_bytes` on this host's

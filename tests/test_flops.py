@@ -5,9 +5,16 @@ import subprocess
 import sys
 import textwrap
 
+import importlib.util
+import math
+
+import jax
+import numpy as np
 import pytest
 
 from mbt import models
+from mbt.models import clstm
+from mbt.models import sft
 from mbt.tools import flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +39,34 @@ def paper_mbt(**overrides):
     config.tokenizers.rgb = {"kind": "temporal_sampling", "patches": (16, 16), "n_sampled_frames": 8}
     config.update(overrides)
     return config
+
+
+def tiny_sft(**overrides):
+    """Width-64 SFT: 1 unimodal + sparse-pool + 2 joint blocks; 32 + 32 tokens pooled by 4 / 3."""
+    config = sft.default_config()
+    config.variant = None
+    config.hidden_size, config.num_heads, config.mlp_dim = 64, 2, 128
+    config.n_layers_post_fusion = 2
+    config.tokenizers.rgb.patches = (2, 8, 8)
+    config.tokenizers.spectrogram.patches = (8, 8)
+    config.pool_sizes = {"rgb": 4, "spectrogram": 3}
+    config.update(overrides)
+    return config
+
+
+def tiny_clstm(**overrides):
+    config = clstm.default_config()
+    config.num_layers, config.features, config.spatial_strides = 2, (8, 16), (2, 2)
+    config.update(overrides)
+    return config
+
+
+def load_config(relative_path):
+    spec = importlib.util.spec_from_file_location("config_under_test",
+                                                  os.path.join(REPO, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def test_vit_b16_on_one_image_is_17_56_gflops():
@@ -150,3 +185,98 @@ def test_fusion_flops_script_writes_table_and_plot(tmp_path):
     assert [int(r.split("|")[1]) for r in rows] == list(range(13))
     assert "| 0 | 217.9 | 478.7 | 239.9 | 2.20 |" in table  # Lf = 0: bottleneck, cross, concat
     assert (tmp_path / "fusion_flops.png").stat().st_size > 10_000
+
+
+def test_sft_analytic_count_by_stage():
+    count = flops.sft_macs(tiny_sft(), TINY_SHAPES, 10)
+    # 32 tokens each (+ CLS); pooled 32 // 4 = 8 and 32 // 3 = 10; joint = fused CLS + 18.
+    assert count.tokens == {"rgb": 33, "rgb pooled": 8, "spectrogram": 33,
+                            "spectrogram pooled": 10, "joint": 19}
+    block33, block19 = (sum(flops.encoder_block_macs(n, 64, 128).values()) for n in (33, 19))
+    assert count.stages == {"patch_embedding": 32 * (2 * 8 * 8 * 3) * 64 + 32 * (8 * 8) * 64,
+                            "pre_fusion_blocks": 2 * block33, "sparse_pool_blocks": 2 * block33,
+                            "pooling": 0, "post_fusion_blocks": 2 * block19, "head": 64 * 10}
+    assert sum(count.stages.values()) == count.total
+    topk = flops.sft_macs(tiny_sft(pool_type="topk"), TINY_SHAPES, 10)
+    # The CLS-attention scores: CLS query, 33 keys, 33 logits, per modality.
+    assert topk.total - count.total == 2 * (64 * 64 + 33 * 64 * 64 + 33 * 64)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pool_type": "topk"},
+                                       {"pool_type": "avg", "representation_size": 32},
+                                       {"n_layers_pre_fusion": 0}])
+def test_sft_analytic_agrees_with_xla(overrides):
+    report = flops.analyse(tiny_sft(**overrides), TINY_SHAPES, 10, xla="lowered")
+    # As for MBT at width 64: ≈ 3.5 % of elementwise ops on top of the matrix products.
+    assert 1.0 <= report.ratio < 1.06, report.lines()
+
+
+def test_sft_b16_analytic_agrees_with_xla_lowering():
+    report = flops.analyse(sft.default_config(), PAPER_SHAPES, 527, xla="lowered")
+    assert report.analytic_gflops == pytest.approx(26.11, abs=0.01)  # 784 + 400 → 49 + 25 tokens
+    assert 1.0 <= report.ratio < 1.01, report.lines()
+
+
+def test_conv_taps_skip_the_padding():
+    assert flops.conv_taps(8, 3) == 22 and flops.conv_taps(8, 1) == 8
+    assert flops.conv_taps(2, 5) == 4 and flops.conv_taps(5, 4) == 5 * 4 - 3 - 1
+
+
+ONE_FRAME = {"rgb": (1, 32, 32, 3), "spectrogram": (16, 32, 1)}
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"fusion_layer": 1}, {"fusion_layer": 2},
+    {"downsample": "conv", "kernel_size": (3, 5)},
+    {"audio_map_size": (12, 20), "fusion_layer": 1},
+    {"modalities": ("spectrogram",), "audio_slices": 1}])
+def test_clstm_analytic_agrees_with_xla_on_one_frame(overrides):
+    """With T = 1 the scan runs once, so XLA's count (one loop body) is the whole pass."""
+    config = tiny_clstm(**overrides)
+    shapes = {m: ONE_FRAME[m] for m in config.modalities}
+    report = flops.analyse(config, shapes, 10, xla="lowered")
+    assert 1.0 <= report.ratio < 1.05, report.lines()
+
+
+def test_clstm_count_grows_with_time_steps_and_xla_is_flagged_as_a_lower_bound():
+    four = {"rgb": (4, 32, 32, 3), "spectrogram": (64, 32, 1)}
+    one = flops.clstm_macs(tiny_clstm(), ONE_FRAME, 10)
+    count = flops.clstm_macs(tiny_clstm(), four, 10)
+    for name in ("convlstm_input_conv", "convlstm_hidden_conv", "resize"):
+        assert count.macs[name] == 4 * one.macs[name]
+    # Layer 0 on 16×16 maps (rgb 3 + audio 1 channels → 8; 46 real taps per row of 16 outputs),
+    # layer 1 on 8×8 (8 → 16; 22 taps), one step; gates are 4·F wide.
+    assert one.stages["layer_0"] == (46 * 46) * (4 * 32 + 8 * 32)
+    assert one.stages["layer_1"] == (22 * 22) * (8 * 64 + 16 * 64)
+    assert one.macs["head"] == 16 * 10
+    report = flops.analyse(tiny_clstm(), four, 10, xla="lowered")
+    assert report.xla.has_while_loop and report.ratio < 0.5
+    assert any("lower bound" in line for line in report.lines())
+    assert not flops.analyse(tiny_sft(), TINY_SHAPES, 10, xla="lowered").xla.has_while_loop
+
+
+@pytest.mark.parametrize("config_file", ["configs/synthetic/sft_tiny.py",
+                                         "configs/synthetic/clstm_tiny.py"])
+def test_flops_tool_on_the_synthetic_sft_and_clstm_configs(config_file):
+    """What `python -m mbt.tools.flops --config=<file>` runs; the parameter count is real."""
+    config = load_config(config_file)
+    shapes = flops.input_shapes_from_config(config)
+    num_classes = flops.num_classes_from_config(config)
+    report = flops.analyse(config.model, shapes, num_classes, xla="lowered")
+    model = models.build_model(config.model, num_classes)
+    inputs = {m: np.zeros((1,) + s, np.float32) for m, s in shapes.items()}
+    # Really initialised (jitted: eager init of these models takes several times longer).
+    params = jax.jit(lambda x: model.init(
+        {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x,
+        train=False))(inputs)["params"]
+    real = sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params))
+    assert report.num_params == real
+    text = "\n".join(report.lines())
+    assert f"parameters: {real:,}" in text
+    assert report.analytic is not None and report.analytic.total > 0
+    assert "analytic GFLOPs/example (1 multiply-add = 1 FLOP)" in text
+    if config.model.name == "sft":
+        assert 1.0 <= report.ratio < 1.07, text  # width 32: elementwise ops weigh ≈ 5.7 %
+    else:
+        assert "lower bound" in text  # 4 frames: XLA counts the scan body once
+

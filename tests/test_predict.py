@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from mbt import branches
 from mbt import evaluate
 from mbt import export
 from mbt import models
@@ -279,7 +280,8 @@ def test_branch_of_a_concat_model_uses_the_shared_blocks_after_fusion():
     model = models.build_model(config, 6)
     params = fx.random_params(model)
     meta = export.export_meta(fx.tiny_config(fusion="concat"), fx.dataset_meta())
-    _, branch = predict.branch_model(config, meta, params, ("spectrogram",))
+    _, branch = branches.branch_model(config, meta.num_classes, meta.input_shapes, params,
+                                      ("spectrogram",))
     flat, full = formats.flatten(branch), formats.flatten(params)
     # Layer 0 (before Lf = 1) is the spectrogram's own block, layer 1 the joint block.
     q = "MultiHeadDotProductAttention_0/query/kernel"

@@ -8,10 +8,18 @@ Conventions (see docs/compute.md):
   embedding, Q/K/V/out projections, attention logits q·kᵀ, the attention-weighted sum of
   values, the two MLP layers and the classifier head. Layer norms, softmax, GELU, biases,
   residual adds, position embeddings and the bottleneck average are left out (O(tokens·D)).
+  SFT (`sft_macs`) adds its sparse-pool blocks, the top-k score recomputation and the joint
+  blocks over the pooled sequence (max / avg pooling has no multiply-adds). The C-LSTM
+  (`clstm_macs`) counts its convolutions (gate convolutions input→4F and hidden→4F per time
+  step, strided downsampling convolutions) over the real, non-padding input taps, as XLA
+  does, plus the bilinear resizes (`jax.image.resize` contracts with dense interpolation
+  matrices) and the head; the gate nonlinearities are elementwise and left out.
 - XLA's count (`cost_analysis()['flops']` of the jitted forward pass) counts a multiply-add as
   2 FLOPs and includes the elementwise ops, so `xla / (2 · analytic)` is a little above 1.
   The XLA check always runs the model with `attention='einsum'` (where the config has the key)
-  because a fused attention kernel may be a custom call whose FLOPs XLA cannot see.
+  because a fused attention kernel may be a custom call whose FLOPs XLA cannot see. XLA counts
+  the body of a while loop once, whatever its trip count, so for a model that scans over time
+  (the C-LSTM) its figure is a lower bound; the report says so (`XlaReport.has_while_loop`).
 
 A model contributes its analytic count by registering a function with `@register_analytic(name)`
 in this module, or by giving its builder in `mbt.models.MODELS` a static method
@@ -32,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mbt import models
+from mbt.models import clstm as clstm_lib
 from mbt.models import tokenizers
 
 SPECTROGRAM_FRAMES_PER_SECOND = 100  # 10 ms hop
@@ -46,18 +55,26 @@ class AnalyticCount:
 
     `macs`: component name → multiply-adds for one example (one forward pass, inference).
     `tokens`: a description of each sequence the encoder processed → its length, for reports.
+    `stages`: optional second breakdown of the same total by model stage (SFT, C-LSTM).
+    `notes`: extra report lines (e.g. the C-LSTM's map sizes).
     """
 
     macs: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+    stages: dict[str, int] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(int))
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def total(self) -> int:
         return int(sum(self.macs.values()))
 
-    def add(self, other: Mapping[str, int]) -> None:
+    def add(self, other: Mapping[str, int], stage: str | None = None) -> None:
+        """Adds `{component: macs}`; with `stage`, also books their sum under that stage."""
         for name, value in other.items():
             self.macs[name] += int(value)
+        if stage is not None:
+            self.stages[stage] += int(sum(other.values()))
 
 
 AnalyticFn = Callable[[ml_collections.ConfigDict, Mapping[str, tuple[int, ...]], int], AnalyticCount]
@@ -173,6 +190,173 @@ def mbt_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str,
     return count
 
 
+def _sft_sizes(model_config: ml_collections.ConfigDict):
+    """ViT widths of an SFT config (its depth is n_pre + 1 + n_post, not `num_layers`)."""
+    resolved = ml_collections.ConfigDict(model_config.to_dict())
+    resolved.num_layers = (resolved.get("n_layers_pre_fusion", 1) + 1 +
+                           resolved.get("n_layers_post_fusion", 11))
+    return models.resolve_sizes(resolved)
+
+
+@register_analytic("sft")
+def sft_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[int, ...]],
+             num_classes: int) -> AnalyticCount:
+    """Inference multiply-adds of `mbt.models.sft.SparseFusionTransformer` for one example.
+
+    Per modality m with N_m patch tokens (L_m = 1 + N_m with its CLS): the patch embedding,
+    `n_layers_pre_fusion` blocks and the sparse-pool block on L_m tokens; with `pool_type='topk'`
+    also the CLS-attention scores (query of the CLS, keys of all L_m tokens, q·kᵀ). Max / avg
+    pooling to N_m // s_m tokens and the CLS sum have no multiply-adds. Then
+    `n_layers_post_fusion` joint blocks on 1 + Σ_m N_m // s_m tokens and the head on the fused
+    CLS. `stages` splits the total into these stages.
+    """
+    sizes = _sft_sizes(model_config)
+    width, mlp_dim = sizes.hidden_size, sizes.mlp_dim
+    modalities = tuple(model_config.modalities)
+    pool_type = model_config.get("pool_type", "max")
+    n_pre = int(model_config.get("n_layers_pre_fusion", 1))
+    n_post = int(model_config.get("n_layers_post_fusion", 11))
+    count = AnalyticCount()
+    joint = 1  # the fused CLS
+    for m in modalities:
+        if m not in input_shapes:
+            raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
+                             f"have {sorted(input_shapes)}")
+        spec = models.tokenizer_spec(model_config, m, sizes.patch)
+        n, macs = patch_embedding_macs(spec, input_shapes[m], width)
+        count.add({"patch_embedding": macs}, "patch_embedding")
+        length = n + 1
+        count.tokens[m] = length
+        for _ in range(n_pre):
+            count.add(encoder_block_macs(length, width, mlp_dim), "pre_fusion_blocks")
+        count.add(encoder_block_macs(length, width, mlp_dim), "sparse_pool_blocks")
+        pool_size = int(model_config.pool_sizes[m])
+        if pool_size > n:
+            raise ValueError(f"config.model.pool_sizes.{m}={pool_size} exceeds the {n} tokens "
+                             f"of modality {m!r}")
+        if pool_type == "topk":
+            # cls_attention_scores: CLS query and all keys projected again, then q·kᵀ.
+            count.add({"topk_scores": width * width + length * width * width + length * width},
+                      "pooling")
+        else:
+            count.add({}, "pooling")
+        count.tokens[f"{m} pooled"] = n // pool_size
+        joint += n // pool_size
+    count.tokens["joint"] = joint
+    for _ in range(n_post):
+        count.add(encoder_block_macs(joint, width, mlp_dim), "post_fusion_blocks")
+    count.add({"head": head_macs(model_config, width, num_classes, 1)}, "head")
+    return count
+
+
+def conv_taps(size: int, kernel: int) -> int:
+    """Kernel taps on real inputs summed over the `size` outputs of a stride-1 'SAME' conv.
+
+    Taps that fall on the zero padding are not counted (XLA's convention): size 8, kernel 3
+    gives 22, not 24.
+    """
+    low = (kernel - 1) // 2
+    return sum(min(size, o - low + kernel) - max(0, o - low) for o in range(size))
+
+
+def resize_macs(shape: tuple[int, ...], target_hw: tuple[int, int]) -> int:
+    """Multiply-adds of `jax.image.resize` (bilinear) of maps `[..., h, w, C]` to `target_hw`.
+
+    It contracts every changed spatial axis with a dense `[in, out]` interpolation matrix, in
+    the cheaper order when both change; unchanged axes cost nothing.
+    """
+    *lead, h, w, channels = shape
+    rest = math.prod(lead) * channels
+    th, tw = target_hw
+    if (h, w) == (th, tw):
+        return 0
+    if h == th:
+        return rest * h * w * tw
+    if w == tw:
+        return rest * h * th * w
+    return rest * min(th * h * w + th * tw * w, h * tw * w + th * tw * h)
+
+
+@register_analytic("clstm")
+def clstm_macs(model_config: ml_collections.ConfigDict,
+               input_shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> AnalyticCount:
+    """Inference multiply-adds of `mbt.models.clstm.ConvLSTMClassifier` for one example.
+
+    Streams: video-like inputs `[T, H, W, C]`, audio `[time, mel, C]` cut into T slices
+    `[time // T, mel, C]` (resized to `audio_map_size` if set). Layer i, on maps `[T, H, W, C]`:
+    downsampling by s_i (max pooling: no multiply-adds; `downsample='conv'`: T·H'·W'·s²·C·F),
+    then per time step the gate convolutions input→4F (kh·kw·C·4F per output position) and
+    hidden→4F (kh·kw·F·4F), over the real (non-padding) taps of the 'SAME' kernel. At the
+    fusion layer every stream is resized to the reference grid (bilinear) and concatenated on
+    channels. Head: `output_projection` on the pooled features.
+    """
+    get = model_config.get
+    modalities = tuple(model_config.modalities)
+    num_layers = int(get("num_layers", 3))
+    features = clstm_lib.per_layer(get("features", 64), num_layers, "features")
+    strides = clstm_lib.per_layer(get("spatial_strides", 1), num_layers, "spatial_strides")
+    kh, kw = tuple(get("kernel_size", (3, 3)))
+    downsample = get("downsample", "pool")
+    map_size = get("audio_map_size")
+    fusion_layer = int(get("fusion_layer", 0)) if len(modalities) > 1 else 0
+    count = AnalyticCount()
+
+    for m in modalities:
+        if m not in input_shapes:
+            raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
+                             f"have {sorted(input_shapes)}")
+    video = [m for m in modalities if len(input_shapes[m]) == 4]
+    num_frames = input_shapes[video[0]][0] if video else get("audio_slices")
+    if num_frames is None:
+        raise ValueError("config.model.audio_slices must be set when no modality is video")
+    streams = {}  # modality (or 'fused') -> per-example maps [T, H, W, C]
+    for m in modalities:
+        shape = tuple(input_shapes[m])
+        if len(shape) == 4:
+            streams[m] = shape
+            continue
+        time_bins, mel, channels = shape
+        streams[m] = (num_frames, time_bins // num_frames, mel, channels)
+        if map_size is not None:
+            count.add({"resize": resize_macs(streams[m], tuple(map_size))}, "resize")
+            streams[m] = (num_frames,) + tuple(map_size) + (channels,)
+
+    def run_layer(i: int, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+        frames, height, width, channels = shape
+        stride, out = strides[i], features[i]
+        macs = {}
+        if stride > 1:
+            height, width = height // stride, width // stride
+            if downsample == "conv":
+                macs["downsample_conv"] = frames * height * width * stride * stride * channels * out
+                channels = out
+        taps = frames * conv_taps(height, kh) * conv_taps(width, kw)
+        macs["convlstm_input_conv"] = taps * channels * 4 * out
+        macs["convlstm_hidden_conv"] = taps * out * 4 * out
+        count.add(macs, f"layer_{i}")
+        count.notes.append(f"layer {i} ({name}): {height}×{width} maps, {channels} → {out} "
+                           f"channels, {frames} steps")
+        return (frames, height, width, out)
+
+    for i in range(fusion_layer):
+        streams = {m: run_layer(i, s, m) for m, s in streams.items()}
+    if fusion_layer == num_layers:
+        width_in = sum(streams[m][-1] for m in modalities)
+    else:
+        reference = video[0] if video else modalities[0]
+        grid = streams[reference][1:3]
+        for m in modalities:
+            count.add({"resize": resize_macs(streams[m], grid)}, "resize")
+        fused = streams[reference][:1] + tuple(grid) + (sum(streams[m][-1] for m in modalities),)
+        for i in range(fusion_layer, num_layers):
+            fused = run_layer(i, fused, "+".join(modalities))
+        width_in = fused[-1]
+    count.add({"head": width_in * num_classes}, "head")
+    count.notes.insert(0, f"time steps T = {num_frames}; fusion at layer {fusion_layer} of "
+                          f"{num_layers}")
+    return count
+
+
 # --- XLA ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -182,7 +366,9 @@ class XlaReport:
     `flops`: cost_analysis()['flops'] (a multiply-add = 2, elementwise ops included), for the
     whole batch. Memory fields (bytes) come from the compiled executable only, else None:
     `temp_bytes` is XLA's scratch/activation buffer, the peak-activation estimate;
-    `argument_bytes` holds parameters and inputs.
+    `argument_bytes` holds parameters and inputs. `has_while_loop`: the lowered graph has a
+    while loop (e.g. `nn.RNN`'s scan); XLA counts a loop body once, so `flops` is then a lower
+    bound.
     """
 
     flops: float
@@ -192,6 +378,7 @@ class XlaReport:
     temp_bytes: int | None = None
     argument_bytes: int | None = None
     output_bytes: int | None = None
+    has_while_loop: bool = False
 
 
 def input_structs(input_shapes: Mapping[str, tuple[int, ...]], batch_size: int = 1,
@@ -232,9 +419,11 @@ def xla_report(model, params, input_shapes: Mapping[str, tuple[int, ...]], *,
     start = time.perf_counter()
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     lowered = forward.lower(params, input_structs(input_shapes, batch_size))
+    has_loop = "stablehlo.while" in lowered.as_text()
     if not compile:
         flops = float(_first(lowered.cost_analysis())["flops"])
-        return XlaReport(flops, batch_size, time.perf_counter() - start, compiled=False)
+        return XlaReport(flops, batch_size, time.perf_counter() - start, compiled=False,
+                         has_while_loop=has_loop)
     compiled = lowered.compile()
     flops = float(_first(compiled.cost_analysis())["flops"])
     memory = compiled.memory_analysis()
@@ -242,7 +431,7 @@ def xla_report(model, params, input_shapes: Mapping[str, tuple[int, ...]], *,
     return XlaReport(flops, batch_size, time.perf_counter() - start, compiled=True,
                      temp_bytes=get("temp_size_in_bytes"),
                      argument_bytes=get("argument_size_in_bytes"),
-                     output_bytes=get("output_size_in_bytes"))
+                     output_bytes=get("output_size_in_bytes"), has_while_loop=has_loop)
 
 
 # --- input shapes from a config -------------------------------------------------------------
@@ -333,19 +522,33 @@ class FlopsReport:
         if self.analytic is not None:
             out.append("analytic GFLOPs/example (1 multiply-add = 1 FLOP): "
                        f"{_number(self.analytic_gflops)}")
+            total = max(self.analytic.total, 1)
             for name, macs in self.analytic.macs.items():
                 out.append(f"  {name:<24} {_number(macs / 1e9):>10} G  "
-                           f"({100 * macs / self.analytic.total:5.1f} %)")
-            out.append("  sequence lengths: " + ", ".join(f"{k} {v}" for k, v in self.analytic.tokens.items()))
+                           f"({100 * macs / total:5.1f} %)")
+            if self.analytic.stages:
+                out.append("  by stage:")
+                for name, macs in self.analytic.stages.items():
+                    out.append(f"    {name:<22} {_number(macs / 1e9):>10} G  "
+                               f"({100 * macs / total:5.1f} %)")
+            if self.analytic.tokens:
+                out.append("  sequence lengths: " + ", ".join(
+                    f"{k} {v}" for k, v in self.analytic.tokens.items()))
+            out += [f"  {note}" for note in self.analytic.notes]
         else:
             out.append(f"analytic GFLOPs: not available for model {self.model_name!r} "
-                       "(register one in mbt/tools/flops.py)")
+                       "(register one in mbt/tools/flops.py); XLA's count only")
         if self.xla is not None:
             how = "compiled" if self.xla.compiled else "lowered, unoptimised HLO"
             out.append(f"XLA GFLOPs/example (1 multiply-add = 2 FLOPs, elementwise included; {how}, "
                        f"{self.xla.seconds:.1f} s): {_number(self.xla_gflops)}")
+            if self.xla.has_while_loop:
+                out.append("  (a lower bound: the graph has a while loop, e.g. a scan over time, "
+                           "and XLA counts its body once)")
             if self.ratio is not None:
-                out.append(f"XLA / (2 x analytic): {self.ratio:.4f}")
+                suffix = " (not a check: XLA counts each loop body once)" \
+                    if self.xla.has_while_loop else ""
+                out.append(f"XLA / (2 x analytic): {self.ratio:.4f}{suffix}")
             if self.xla.temp_bytes is not None:
                 out.append(f"peak activation memory estimate (XLA temp buffers, batch "
                            f"{self.xla.batch_size}): {_mib(self.xla.temp_bytes)}; "
