@@ -200,3 +200,42 @@ def test_pipeline_batches_equal_decoding_every_frame_up_front(tmp_path):
       assert set(a) == set(b)
       for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=f'{mode} {key}')
+
+
+def test_reads_a_sequence_example_built_from_the_dmvr_keys_by_hand(tmp_path):
+  """A record assembled with tf.train protos only (not this package's writer)."""
+  frames = _gradient_video(3, 16, 20, offset=10)
+  waveform = np.linspace(-0.5, 0.5, 16000, dtype=np.float32)
+  melspec = np.arange(2 * 100 * 128, dtype=np.float32).reshape(2, 100 * 128) / 1000.0
+  jpegs = [tf.io.encode_jpeg(frame, quality=95).numpy() for frame in frames]
+  feature = tf.train.Feature
+  context = tf.train.Features(feature={
+      'clip/label/index': feature(int64_list=tf.train.Int64List(value=[4, 9])),
+      'clip/label/text': feature(bytes_list=tf.train.BytesList(value=[b'Cat', b'Meow'])),
+      'video/filename': feature(bytes_list=tf.train.BytesList(value=[b'v/xyz.mp4'])),
+      'clip/start/timestamp': feature(int64_list=tf.train.Int64List(value=[2_000_000])),
+      'clip/end/timestamp': feature(int64_list=tf.train.Int64List(value=[3_000_000])),
+  })
+  lists = tf.train.FeatureLists(feature_list={
+      'image/encoded': tf.train.FeatureList(
+          feature=[feature(bytes_list=tf.train.BytesList(value=[j])) for j in jpegs]),
+      'WAVEFORM/feature/floats': tf.train.FeatureList(
+          feature=[feature(float_list=tf.train.FloatList(value=waveform))]),
+      'melspec/feature/floats': tf.train.FeatureList(
+          feature=[feature(float_list=tf.train.FloatList(value=row)) for row in melspec]),
+  })
+  record = tf.train.SequenceExample(context=context, feature_lists=lists)
+  path = str(tmp_path / 'dmvr.tfrecord')
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(record.SerializeToString())
+  (read,) = list(scenic_tfrecord.read_scenic_tfrecords(path).as_numpy_iterator())
+  assert read['rgb'].shape == (3, 16, 20, 3) and read['rgb'].dtype == np.uint8
+  assert np.abs(read['rgb'].astype(int) - frames.astype(int)).mean() < 3
+  np.testing.assert_array_equal(read['audio'], waveform)
+  # One 100x128 block per second, stacked in time order.
+  np.testing.assert_array_equal(read['spectrogram'], melspec.reshape(200, 128))
+  np.testing.assert_array_equal(read['label'], [4, 9])
+  assert read['video_path'] == b'v/xyz.mp4'
+  assert read['segment_start'] == pytest.approx(2.0)
+  assert read['segment_end'] == pytest.approx(3.0)
+  assert read['has_audio']
