@@ -135,6 +135,21 @@ def head_macs(model_config: ml_collections.ConfigDict, width: int, num_classes: 
     return num_heads_applied * per_head
 
 
+def add_patch_embeddings(count: AnalyticCount, model_config: ml_collections.ConfigDict,
+                         input_shapes: Mapping[str, tuple[int, ...]], patch: int, width: int,
+                         stage: str | None = None) -> dict[str, int]:
+    """Adds every modality's patch-embedding MACs to `count`; returns `{modality: patch tokens}`."""
+    tokens = {}
+    for m in model_config.modalities:
+        if m not in input_shapes:
+            raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
+                             f"have {sorted(input_shapes)}")
+        spec = models.tokenizer_spec(model_config, m, patch)
+        tokens[m], macs = patch_embedding_macs(spec, input_shapes[m], width)
+        count.add({"patch_embedding": macs}, stage)
+    return tokens
+
+
 @register_analytic("mbt")
 def mbt_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[int, ...]],
              num_classes: int) -> AnalyticCount:
@@ -154,16 +169,9 @@ def mbt_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str,
     fusion_layer = model_config.get("fusion_layer", 0)
     count = AnalyticCount()
 
-    lengths = {}
-    for m in modalities:
-        if m not in input_shapes:
-            raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
-                             f"have {sorted(input_shapes)}")
-        spec = models.tokenizer_spec(model_config, m, sizes.patch)
-        n, macs = patch_embedding_macs(spec, input_shapes[m], width)
-        count.add({"patch_embedding": macs})
-        lengths[m] = n + (1 if classifier == "token" else 0)
-        count.tokens[m] = lengths[m]
+    patches = add_patch_embeddings(count, model_config, input_shapes, sizes.patch, width)
+    lengths = {m: n + (1 if classifier == "token" else 0) for m, n in patches.items()}
+    count.tokens.update(lengths)
 
     multimodal = len(modalities) > 1
     # Inference: test_with_bottlenecks=False turns bottleneck fusion into late fusion.
@@ -218,13 +226,10 @@ def sft_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str,
     n_post = int(model_config.get("n_layers_post_fusion", 11))
     count = AnalyticCount()
     joint = 1  # the fused CLS
+    patches = add_patch_embeddings(count, model_config, input_shapes, sizes.patch, width,
+                                   stage="patch_embedding")
     for m in modalities:
-        if m not in input_shapes:
-            raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
-                             f"have {sorted(input_shapes)}")
-        spec = models.tokenizer_spec(model_config, m, sizes.patch)
-        n, macs = patch_embedding_macs(spec, input_shapes[m], width)
-        count.add({"patch_embedding": macs}, "patch_embedding")
+        n = patches[m]
         length = n + 1
         count.tokens[m] = length
         for _ in range(n_pre):
