@@ -14,7 +14,6 @@ from mbt import branches
 from mbt import models
 from mbt import robustness
 from mbt import train
-from mbt.models import sft
 
 
 @pytest.mark.parametrize('snr_db', [20.0, 10.0, 5.0, 0.0, -5.0])
@@ -85,13 +84,7 @@ def test_token_dropping_conditions_only_for_models_that_support_it(model_name, t
 
 def test_sft_branch_is_the_trained_model_on_one_modality():
     """SFT without rgb tokens: the spectrogram's own stages, the joint blocks and the head."""
-    config = sft.default_config()
-    config.variant = None
-    config.hidden_size, config.num_heads, config.mlp_dim = 16, 2, 32
-    config.n_layers_post_fusion = 1
-    config.tokenizers.rgb.patches = (2, 8, 8)
-    config.tokenizers.spectrogram.patches = (8, 8)
-    config.pool_sizes = {'rgb': 2, 'spectrogram': 2}
+    config = train_fixtures.tiny_sft_model_config()
     meta = train_fixtures.InMemoryData().meta
     model = models.build_model(config, meta.num_classes)
     rng = np.random.default_rng(0)

@@ -10,17 +10,10 @@ import train_fixtures
 from mbt import robustness
 from mbt import train
 from mbt.models import clstm
-from mbt.models import sft
 
 
 def _sft_model_config():
-    config = sft.default_config()
-    config.variant = None
-    config.hidden_size, config.num_heads, config.mlp_dim = 16, 2, 32
-    config.n_layers_pre_fusion, config.n_layers_post_fusion = 1, 1
-    config.tokenizers.rgb.patches = (2, 8, 8)         # 8 rgb tokens -> 4 after pooling
-    config.tokenizers.spectrogram.patches = (8, 8)    # 8 spectrogram tokens -> 4
-    config.pool_sizes = {'rgb': 2, 'spectrogram': 2}
+    config = train_fixtures.tiny_sft_model_config()
     config.stochastic_droplayer_rate = 0.0
     return config
 

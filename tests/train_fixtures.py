@@ -120,6 +120,20 @@ def tiny_model_config(modalities=('rgb', 'spectrogram')):
     return config
 
 
+def tiny_sft_model_config():
+    """Width-16 SFT on these inputs: 1 unimodal + sparse-pool + 1 joint block; 8 + 8 tokens
+    pooled by 2 each."""
+    from mbt.models import sft  # pylint: disable=g-import-not-at-top
+    config = sft.default_config()
+    config.variant = None
+    config.hidden_size, config.num_heads, config.mlp_dim = 16, 2, 32
+    config.n_layers_pre_fusion, config.n_layers_post_fusion = 1, 1
+    config.tokenizers.rgb.patches = (2, 8, 8)
+    config.tokenizers.spectrogram.patches = (8, 8)
+    config.pool_sizes = {'rgb': 2, 'spectrogram': 2}
+    return config
+
+
 def tiny_config(**overrides):
     """Trainer defaults + tiny MBT + an in-memory 'vggsound'-named dataset."""
     config = config_validation.trainer_config()
