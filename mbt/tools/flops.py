@@ -135,15 +135,22 @@ def head_macs(model_config: ml_collections.ConfigDict, width: int, num_classes: 
     return num_heads_applied * per_head
 
 
-def add_patch_embeddings(count: AnalyticCount, model_config: ml_collections.ConfigDict,
-                         input_shapes: Mapping[str, tuple[int, ...]], patch: int, width: int,
-                         stage: str | None = None) -> dict[str, int]:
-    """Adds every modality's patch-embedding MACs to `count`; returns `{modality: patch tokens}`."""
-    tokens = {}
+def require_input_shapes(model_config: ml_collections.ConfigDict,
+                         input_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raises ValueError naming the first configured modality without an input shape."""
     for m in model_config.modalities:
         if m not in input_shapes:
             raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
                              f"have {sorted(input_shapes)}")
+
+
+def add_patch_embeddings(count: AnalyticCount, model_config: ml_collections.ConfigDict,
+                         input_shapes: Mapping[str, tuple[int, ...]], patch: int, width: int,
+                         stage: str | None = None) -> dict[str, int]:
+    """Adds every modality's patch-embedding MACs to `count`; returns `{modality: patch tokens}`."""
+    require_input_shapes(model_config, input_shapes)
+    tokens = {}
+    for m in model_config.modalities:
         spec = models.tokenizer_spec(model_config, m, patch)
         tokens[m], macs = patch_embedding_macs(spec, input_shapes[m], width)
         count.add({"patch_embedding": macs}, stage)
@@ -306,10 +313,7 @@ def clstm_macs(model_config: ml_collections.ConfigDict,
     fusion_layer = int(get("fusion_layer", 0)) if len(modalities) > 1 else 0
     count = AnalyticCount()
 
-    for m in modalities:
-        if m not in input_shapes:
-            raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
-                             f"have {sorted(input_shapes)}")
+    require_input_shapes(model_config, input_shapes)
     video = [m for m in modalities if len(input_shapes[m]) == 4]
     num_frames = input_shapes[video[0]][0] if video else get("audio_slices")
     if num_frames is None:
