@@ -212,6 +212,27 @@ def test_cross_fusion_uses_modality_specific_blocks_on_joint_context():
     assert float(jnp.abs(a - b).max()) > 1e-4
 
 
+def test_cross_fusion_layer_runs_each_block_on_others_then_own_tokens():
+    """One fused layer: modality m's output = its block on [others ; own], own part kept."""
+    encoder = mbt_lib.FusionEncoder(modalities=("rgb", "spectrogram"), num_layers=1,
+                                    num_heads=HEADS, mlp_dim=MLP, fusion="cross", fusion_layer=0)
+    rng = np.random.default_rng(3)
+    tokens = {"rgb": jnp.asarray(rng.normal(size=(2, 5, D)), jnp.float32),
+              "spectrogram": jnp.asarray(rng.normal(size=(2, 3, D)), jnp.float32)}
+    params = encoder.init(jax.random.PRNGKey(0), tokens, None, train=False)["params"]
+    out = encoder.apply({"params": params}, tokens, None, train=False)
+    block = vit.EncoderBlock(mlp_dim=MLP, num_heads=HEADS)
+    embedded = {m: tokens[m] + params[f"posembed_input{'' if m == 'rgb' else '_' + m}"]
+                ["pos_embedding"] for m in tokens}
+    rgb = block.apply({"params": params["encoderblock_0"]},
+                      jnp.concatenate([embedded["spectrogram"], embedded["rgb"]], 1), True)[:, 3:]
+    spec = block.apply({"params": params["encoderblock_0_spectrogram"]},
+                       jnp.concatenate([embedded["rgb"], embedded["spectrogram"]], 1), True)[:, 5:]
+    expected = nn.LayerNorm().apply({"params": params["encoder_norm"]},
+                                    jnp.concatenate([rgb, spec], 1))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_three_modalities_with_their_own_names():
     modalities = ("rgb", "spectrogram", "flow")
     config = tiny_config(modalities=modalities)
