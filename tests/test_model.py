@@ -233,6 +233,34 @@ def test_cross_fusion_layer_runs_each_block_on_others_then_own_tokens():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_bottleneck_layers_share_the_mean_of_the_modalities_bottleneck_outputs():
+    """Two fused layers by hand: [own ; bottleneck] per modality, new bottleneck = their mean."""
+    encoder = mbt_lib.FusionEncoder(modalities=("rgb", "spectrogram"), num_layers=2,
+                                    num_heads=HEADS, mlp_dim=MLP, fusion="bottleneck",
+                                    fusion_layer=0)
+    rng = np.random.default_rng(4)
+    tokens = {"rgb": jnp.asarray(rng.normal(size=(2, 5, D)), jnp.float32),
+              "spectrogram": jnp.asarray(rng.normal(size=(2, 3, D)), jnp.float32)}
+    bottleneck = jnp.asarray(rng.normal(size=(2, 2, D)), jnp.float32)
+    params = encoder.init(jax.random.PRNGKey(0), tokens, bottleneck, train=False)["params"]
+    out = encoder.apply({"params": params}, tokens, bottleneck, train=False)
+    block = vit.EncoderBlock(mlp_dim=MLP, num_heads=HEADS)
+    own = {m: tokens[m] + params[f"posembed_input{'' if m == 'rgb' else '_' + m}"]
+           ["pos_embedding"] for m in tokens}
+    for layer in range(2):
+        shared = []
+        for m in ("rgb", "spectrogram"):
+            name = f"encoderblock_{layer}" + ("" if m == "rgb" else "_spectrogram")
+            n_own = own[m].shape[1]
+            y = block.apply({"params": params[name]}, jnp.concatenate([own[m], bottleneck], 1), True)
+            own[m] = y[:, :n_own]
+            shared.append(y[:, n_own:])
+        bottleneck = (shared[0] + shared[1]) / 2
+    expected = nn.LayerNorm().apply({"params": params["encoder_norm"]},
+                                    jnp.concatenate([own["rgb"], own["spectrogram"]], 1))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_three_modalities_with_their_own_names():
     modalities = ("rgb", "spectrogram", "flow")
     config = tiny_config(modalities=modalities)
