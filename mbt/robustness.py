@@ -200,7 +200,7 @@ def run_robustness(config: ml_collections.ConfigDict, workdir: str, data: Any = 
     """
     data = data if data is not None else train.PipelineData(config, workdir)
     setup = train.get_setup(config, data)
-    params, step = train.restore_params(setup, workdir)
+    params, step = train.restore_params(setup, workdir, config)
     split = setup.splits['eval']
     meta = setup.meta
     metric = metrics_lib.primary_metric_name(bool(meta.multi_label), meta.class_splits)
