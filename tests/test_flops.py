@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import importlib.util
 import math
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from mbt import models
+from mbt import siblings
 from mbt.models import clstm
 from mbt.models import sft
 from mbt.tools import flops
@@ -59,14 +59,6 @@ def tiny_clstm(**overrides):
     config.num_layers, config.features, config.spatial_strides = 2, (8, 16), (2, 2)
     config.update(overrides)
     return config
-
-
-def load_config(relative_path):
-    spec = importlib.util.spec_from_file_location("config_under_test",
-                                                  os.path.join(REPO, relative_path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def test_vit_b16_on_one_image_is_17_56_gflops():
@@ -259,7 +251,7 @@ def test_clstm_count_grows_with_time_steps_and_xla_is_flagged_as_a_lower_bound()
                                          "configs/synthetic/clstm_tiny.py"])
 def test_flops_tool_on_the_synthetic_sft_and_clstm_configs(config_file):
     """What `python -m mbt.tools.flops --config=<file>` runs; the parameter count is real."""
-    config = load_config(config_file)
+    config = siblings.load_config_file(os.path.join(REPO, config_file))
     shapes = flops.input_shapes_from_config(config)
     num_classes = flops.num_classes_from_config(config)
     report = flops.analyse(config.model, shapes, num_classes, xla="lowered")
