@@ -1,4 +1,4 @@
-"""Installs the mbt package: multimodal fusion transformers for audio-visual video classification."""
+"""Installs mbt: multimodal fusion transformers for audio-visual video classification."""
 
 import setuptools
 

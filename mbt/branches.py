@@ -16,7 +16,9 @@ blocks and the head, are the trained ones; the fused CLS is that modality's CLS 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
@@ -29,9 +31,13 @@ from mbt.pretrained import formats
 BRANCH_MODELS = ("mbt", "sft")
 
 
-def branch_model(model_config: ml_collections.ConfigDict, num_classes: int,
-                 input_shapes: Mapping[str, Sequence[int]], params: Mapping[str, Any],
-                 modalities: Sequence[str]):
+def branch_model(
+    model_config: ml_collections.ConfigDict,
+    num_classes: int,
+    input_shapes: Mapping[str, Sequence[int]],
+    params: Mapping[str, Any],
+    modalities: Sequence[str],
+):
     """(model, params) of the model of `model_config` on `modalities` only.
 
     `input_shapes`: per-example input shape of each modality (at least those kept), for the
@@ -41,16 +47,19 @@ def branch_model(model_config: ml_collections.ConfigDict, num_classes: int,
     """
     name = model_config.get("name", "mbt")
     if name not in BRANCH_MODELS:
-        raise ValueError(f"config.model.name={name!r} cannot run a subset of its modalities "
-                         f"(drop a modality's tokens); models that can: {BRANCH_MODELS}")
+        raise ValueError(
+            f"config.model.name={name!r} cannot run a subset of its modalities "
+            f"(drop a modality's tokens); models that can: {BRANCH_MODELS}"
+        )
     modalities = tuple(modalities)
     full_modalities = tuple(model_config.modalities)
     sub_config = ml_collections.ConfigDict(model_config.to_dict())
     sub_config.modalities = modalities
     model = models.build_model(sub_config, int(num_classes))
     expected = export.expected_param_shapes(model, {m: tuple(input_shapes[m]) for m in modalities})
-    rename = {mbt_lib.cls_name(m, modalities): mbt_lib.cls_name(m, full_modalities)
-              for m in modalities}
+    rename = {
+        mbt_lib.cls_name(m, modalities): mbt_lib.cls_name(m, full_modalities) for m in modalities
+    }
     full = formats.flatten(params)
     branch = {}
     for path in expected:
@@ -61,8 +70,10 @@ def branch_model(model_config: ml_collections.ConfigDict, num_classes: int,
             candidates.append(path.replace(f"/{block}/", f"/{shared}/", 1))
         source = next((c for c in candidates if c in full), None)
         if source is None:
-            raise ValueError(f"branch {modalities}: parameter {path} has no counterpart "
-                             f"among {candidates} in the full model")
+            raise ValueError(
+                f"branch {modalities}: parameter {path} has no counterpart "
+                f"among {candidates} in the full model"
+            )
         branch[path] = full[source]
     sub_params = formats.unflatten(branch)
     export.check_param_shapes(sub_params, expected, f"branch {modalities}")

@@ -37,25 +37,26 @@ def _configure_array_writes():
     if jax.process_count() == 1 and not _ARRAY_WRITES_CONFIGURED:
         _ARRAY_WRITES_CONFIGURED = True
         ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
-            override=True)
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+        )
 
 
 class Checkpointer:
     """Saves every `every_steps` (and when forced), keeps the last `keep`, resumes the latest."""
 
-    def __init__(self, workdir: str, *, every_steps: int, keep: int = 3,
-                 use_async: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    def __init__(self, workdir: str, *, every_steps: int, keep: int = 3, use_async: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.every_steps = int(every_steps)
         _configure_array_writes()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=use_async,
             create=True,
-            cleanup_tmp_directories=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=('state', 'meta'))
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
         self._preempted = threading.Event()
         self._previous_handler = None
 
@@ -69,11 +70,13 @@ class Checkpointer:
             return False
         saved = self._manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(dict(meta, step=int(step)))),
-            force=True)
-        _LOG.info('Checkpoint %d %s in %s', step, 'started' if saved else 'skipped',
-                  self.directory)
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave(dict(meta, step=int(step))),
+            ),
+            force=True,
+        )
+        _LOG.info("Checkpoint %d %s in %s", step, "started" if saved else "skipped", self.directory)
         return saved
 
     def wait(self):
@@ -92,8 +95,9 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def restore(self, abstract_state: Any, shardings: Any,
-                step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
+    def restore(
+        self, abstract_state: Any, shardings: Any, step: int | None = None
+    ) -> tuple[Any, dict[str, Any]] | None:
         """(state, meta) of checkpoint `step` (default latest), or None when there is none.
 
         Args:
@@ -105,12 +109,17 @@ class Checkpointer:
             return None
         target = jax.tree_util.tree_map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-            abstract_state, shardings)
+            abstract_state,
+            shardings,
+        )
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                          meta=ocp.args.JsonRestore()))
-        _LOG.info('Restored checkpoint %d from %s', step, self.directory)
-        return restored['state'], dict(restored['meta'])
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            ),
+        )
+        _LOG.info("Restored checkpoint %d from %s", step, self.directory)
+        return restored["state"], dict(restored["meta"])
 
     # --- preemption -----------------------------------------------------------------------
     @property
@@ -128,6 +137,7 @@ class Checkpointer:
         if jax.process_count() == 1:
             return self.preemption_requested
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
         return bool(multihost_utils.reached_preemption_sync_point(step))
 
     def install_sigterm_handler(self):
@@ -137,7 +147,7 @@ class Checkpointer:
 
         def handler(signum, frame):
             del frame
-            _LOG.warning('Signal %d received: saving a checkpoint and stopping.', signum)
+            _LOG.warning("Signal %d received: saving a checkpoint and stopping.", signum)
             self._preempted.set()
 
         self._previous_handler = signal.signal(signal.SIGTERM, handler)

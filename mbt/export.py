@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -70,16 +71,20 @@ class ExportMeta:
 
     def __post_init__(self):
         if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for num_classes="
-                             f"{self.num_classes}")
+            raise ValueError(
+                f"{len(self.class_names)} class names for num_classes={self.num_classes}"
+            )
         if self.class_splits and sum(self.class_splits) != self.num_classes:
-            raise ValueError(f"class_splits={self.class_splits} sum to "
-                             f"{sum(self.class_splits)}, not num_classes={self.num_classes}")
+            raise ValueError(
+                f"class_splits={self.class_splits} sum to "
+                f"{sum(self.class_splits)}, not num_classes={self.num_classes}"
+            )
         if self.class_splits and self.multi_label:
             raise ValueError(f"class_splits={self.class_splits} need multi_label=False")
         if self.head_names and len(self.head_names) != len(self.class_splits or ()):
-            raise ValueError(f"head_names={self.head_names} do not match class_splits="
-                             f"{self.class_splits}")
+            raise ValueError(
+                f"head_names={self.head_names} do not match class_splits={self.class_splits}"
+            )
 
     def to_json_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -87,14 +92,16 @@ class ExportMeta:
         return {"export_version": EXPORT_VERSION, **values}
 
     @classmethod
-    def from_json_dict(cls, values: Mapping[str, Any], source: str = "meta") -> "ExportMeta":
+    def from_json_dict(cls, values: Mapping[str, Any], source: str = "meta") -> ExportMeta:
         version = values.get("export_version")
         if version != EXPORT_VERSION:
-            raise ValueError(f"{source}: export_version={version!r}, this mbt reads version "
-                             f"{EXPORT_VERSION}")
+            raise ValueError(
+                f"{source}: export_version={version!r}, this mbt reads version {EXPORT_VERSION}"
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(f for f in fields if f not in values
-                         and f not in ("sample_rate", "head_names", "step"))
+        missing = sorted(
+            f for f in fields if f not in values and f not in ("sample_rate", "head_names", "step")
+        )
         if missing:
             raise ValueError(f"{source}: missing keys {missing}")
         splits = values.get("class_splits")
@@ -110,7 +117,8 @@ class ExportMeta:
             short_side=None if short_side is None else int(short_side),
             sample_rate=int(values.get("sample_rate", STORED_SAMPLE_RATE)),
             head_names=tuple(values.get("head_names") or ()),
-            step=None if values.get("step") is None else int(values["step"]))
+            step=None if values.get("step") is None else int(values["step"]),
+        )
 
 
 def default_export_dir(workdir: str) -> str:
@@ -136,25 +144,33 @@ def decode_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     records' frame size is not known here).
     """
     from mbt.data import pipeline  # TensorFlow: only when an export or a prediction is made
+
     values = pipeline.dataset_values(config)
     name = values["name"]
     fps, short_side = None, int(values["min_resize"])
     if name != "scenic_tfrecord":
         from mbt.data import builders
-        builder_cls = {"audioset": builders.Audioset, "vggsound": builders.Vggsound,
-                       "epic_kitchens": builders.EpicKitchens}[name]
+
+        builder_cls = {
+            "audioset": builders.Audioset,
+            "vggsound": builders.Vggsound,
+            "epic_kitchens": builders.EpicKitchens,
+        }[name]
         wanted = values["builder_config"] or builder_cls.DEFAULT_CONFIG_NAME
         by_name = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
         if wanted not in by_name:
-            raise ValueError(f"config.dataset.builder_config={wanted!r} is not a config of "
-                             f"{name}; allowed: {sorted(by_name)}")
+            raise ValueError(
+                f"config.dataset.builder_config={wanted!r} is not a config of "
+                f"{name}; allowed: {sorted(by_name)}"
+            )
         fps, short_side = by_name[wanted].fps, by_name[wanted].short_side
     fps = float(values["video_fps"] or fps or 25.0)
     return {"video_fps": fps, "short_side": None if short_side is None else int(short_side)}
 
 
-def export_meta(config: ml_collections.ConfigDict, meta: Any,
-                step: int | None = None) -> ExportMeta:
+def export_meta(
+    config: ml_collections.ConfigDict, meta: Any, step: int | None = None
+) -> ExportMeta:
     """`ExportMeta` from a `DatasetMeta` (or a mapping / object with its fields) and the config."""
     get = (lambda k: meta[k]) if isinstance(meta, Mapping) else (lambda k: getattr(meta, k))
     splits = get("class_splits")
@@ -163,15 +179,20 @@ def export_meta(config: ml_collections.ConfigDict, meta: Any,
     shapes = get("input_shapes")
     missing = [m for m in modalities if m not in shapes]
     if missing:
-        raise ValueError(f"meta.input_shapes has no shape for {missing} (config.model."
-                         f"modalities={modalities})")
+        raise ValueError(
+            f"meta.input_shapes has no shape for {missing} (config.model.modalities={modalities})"
+        )
     return ExportMeta(
-        num_classes=int(get("num_classes")), class_names=tuple(str(n) for n in get("class_names")),
-        class_splits=splits, multi_label=bool(get("multi_label")), modalities=modalities,
+        num_classes=int(get("num_classes")),
+        class_names=tuple(str(n) for n in get("class_names")),
+        class_splits=splits,
+        multi_label=bool(get("multi_label")),
+        modalities=modalities,
         input_shapes={m: tuple(int(d) for d in shapes[m]) for m in modalities},
         **decode_settings(config),
         head_names=default_head_names(config.dataset.get("name"), splits),
-        step=None if step is None else int(step))
+        step=None if step is None else int(step),
+    )
 
 
 def _to_numpy(params: Any) -> dict[str, Any]:
@@ -193,8 +214,14 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_export(export_dir: str, params: Any, config: ml_collections.ConfigDict, meta: Any, *,
-                step: int | None = None) -> str:
+def save_export(
+    export_dir: str,
+    params: Any,
+    config: ml_collections.ConfigDict,
+    meta: Any,
+    *,
+    step: int | None = None,
+) -> str:
     """Writes the inference bundle to `export_dir` (created; existing files replaced).
 
     Args:
@@ -214,12 +241,17 @@ def save_export(export_dir: str, params: Any, config: ml_collections.ConfigDict,
     if jax.process_index() != 0:
         return export_dir
     os.makedirs(export_dir, exist_ok=True)
-    _write_atomic(os.path.join(export_dir, PARAMS_FILE),
-                  serialization.msgpack_serialize(numpy_params))
-    _write_atomic(os.path.join(export_dir, CONFIG_FILE),
-                  config.to_json_best_effort(indent=2, sort_keys=True).encode())
-    _write_atomic(os.path.join(export_dir, META_FILE),
-                  json.dumps(bundle_meta.to_json_dict(), indent=2).encode())
+    _write_atomic(
+        os.path.join(export_dir, PARAMS_FILE), serialization.msgpack_serialize(numpy_params)
+    )
+    _write_atomic(
+        os.path.join(export_dir, CONFIG_FILE),
+        config.to_json_best_effort(indent=2, sort_keys=True).encode(),
+    )
+    _write_atomic(
+        os.path.join(export_dir, META_FILE),
+        json.dumps(bundle_meta.to_json_dict(), indent=2).encode(),
+    )
     return export_dir
 
 
@@ -235,16 +267,21 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def expected_param_shapes(model, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple]:
     """`{path: shape}` of the params `model` creates for per-example `input_shapes` (abstract)."""
-    inputs = {m: jax.ShapeDtypeStruct((1,) + tuple(s), jnp.float32)
-              for m, s in input_shapes.items()}
+    inputs = {
+        m: jax.ShapeDtypeStruct((1,) + tuple(s), jnp.float32) for m, s in input_shapes.items()
+    }
     variables = jax.eval_shape(
-        lambda x: model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-                             x, train=False), inputs)
+        lambda x: model.init(
+            {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, train=False
+        ),
+        inputs,
+    )
     return {k: tuple(v.shape) for k, v in _flatten(variables["params"]).items()}
 
 
-def check_param_shapes(params: Mapping[str, Any], expected: Mapping[str, tuple],
-                       source: str) -> None:
+def check_param_shapes(
+    params: Mapping[str, Any], expected: Mapping[str, tuple], source: str
+) -> None:
     """Raises ValueError naming every parameter missing, extra or of another shape."""
     have = {k: tuple(np.shape(v)) for k, v in _flatten(params).items()}
     problems = []
@@ -257,15 +294,19 @@ def check_param_shapes(params: Mapping[str, Any], expected: Mapping[str, tuple],
             problems.append(f"{path}: shape {have[path]} but the model wants {expected[path]}")
     if problems:
         more = [f"... and {len(problems) - 10} more"] if len(problems) > 10 else []
-        raise ValueError(f"{source} does not fit the model of its config.model:\n  "
-                         + "\n  ".join(problems[:10] + more))
+        raise ValueError(
+            f"{source} does not fit the model of its config.model:\n  "
+            + "\n  ".join(problems[:10] + more)
+        )
 
 
 def _read(export_dir: str, name: str) -> bytes:
     path = os.path.join(export_dir, name)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: not an mbt export directory (written by "
-                                "mbt.export.save_export at the end of training)")
+        raise FileNotFoundError(
+            f"{path} not found: not an mbt export directory (written by "
+            "mbt.export.save_export at the end of training)"
+        )
     with open(path, "rb") as f:
         return f.read()
 
@@ -306,8 +347,9 @@ def load_export(export_dir: str):
     except FileNotFoundError:
         raise
     except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise ValueError(f"{params_path} is not a flax msgpack file ({type(e).__name__}: "
-                         f"{e})") from e
+        raise ValueError(
+            f"{params_path} is not a flax msgpack file ({type(e).__name__}: {e})"
+        ) from e
     if not isinstance(params, dict):
         raise ValueError(f"{params_path} holds a {type(params).__name__}, not a parameter tree")
     model = models.build_model(config.model, meta.num_classes)

@@ -13,12 +13,13 @@ softmax over its own columns. `head_reduction='sum'` (the default) adds the head
 `'mean'` averages them; either way each head's gradient is independent of the others.
 """
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-HEAD_REDUCTIONS = ('sum', 'mean')
+HEAD_REDUCTIONS = ("sum", "mean")
 
 
 def smooth_labels(targets: jnp.ndarray, smoothing: float) -> jnp.ndarray:
@@ -43,9 +44,13 @@ def softmax_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndar
     return -jnp.sum(targets * log_probs, axis=-1)
 
 
-def split_softmax_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
-                                class_splits: Sequence[int], smoothing: float = 0.0,
-                                head_reduction: str = 'sum') -> jnp.ndarray:
+def split_softmax_cross_entropy(
+    logits: jnp.ndarray,
+    targets: jnp.ndarray,
+    class_splits: Sequence[int],
+    smoothing: float = 0.0,
+    head_reduction: str = "sum",
+) -> jnp.ndarray:
     """Softmax CE per class split (e.g. verb 97 ; noun 300), summed or averaged over heads.
 
     Args:
@@ -58,39 +63,52 @@ def split_softmax_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
       `[batch]` loss.
     """
     if sum(class_splits) != logits.shape[-1]:
-        raise ValueError(f'class_splits {tuple(class_splits)} sum to {sum(class_splits)} but '
-                         f'logits have {logits.shape[-1]} classes')
+        raise ValueError(
+            f"class_splits {tuple(class_splits)} sum to {sum(class_splits)} but "
+            f"logits have {logits.shape[-1]} classes"
+        )
     if head_reduction not in HEAD_REDUCTIONS:
-        raise ValueError(f'config.loss.head_reduction={head_reduction!r} is not one of '
-                         f'{HEAD_REDUCTIONS}')
+        raise ValueError(
+            f"config.loss.head_reduction={head_reduction!r} is not one of {HEAD_REDUCTIONS}"
+        )
     per_head = []
     start = 0
     for size in class_splits:
-        head_targets = smooth_labels(targets[:, start:start + size], smoothing)
-        per_head.append(softmax_cross_entropy(logits[:, start:start + size], head_targets))
+        head_targets = smooth_labels(targets[:, start : start + size], smoothing)
+        per_head.append(softmax_cross_entropy(logits[:, start : start + size], head_targets))
         start += size
     total = sum(per_head)
-    return total / len(per_head) if head_reduction == 'mean' else total
+    return total / len(per_head) if head_reduction == "mean" else total
 
 
-def per_example_loss(logits: jnp.ndarray, targets: jnp.ndarray, *, multi_label: bool,
-                     class_splits: Sequence[int] | None = None, smoothing: float = 0.0,
-                     head_reduction: str = 'sum') -> jnp.ndarray:
+def per_example_loss(
+    logits: jnp.ndarray,
+    targets: jnp.ndarray,
+    *,
+    multi_label: bool,
+    class_splits: Sequence[int] | None = None,
+    smoothing: float = 0.0,
+    head_reduction: str = "sum",
+) -> jnp.ndarray:
     """The dataset's loss for one head: `[batch, C]` logits and targets -> `[batch]`."""
     if class_splits:
-        return split_softmax_cross_entropy(logits, targets, class_splits, smoothing,
-                                           head_reduction)
+        return split_softmax_cross_entropy(logits, targets, class_splits, smoothing, head_reduction)
     targets = smooth_labels(targets, smoothing)
     if multi_label:
         return sigmoid_cross_entropy(logits, targets)
     return softmax_cross_entropy(logits, targets)
 
 
-def classification_loss(logits: jnp.ndarray | Mapping[str, jnp.ndarray],
-                        targets: jnp.ndarray | Mapping[str, jnp.ndarray],
-                        weights: jnp.ndarray | None = None, *, multi_label: bool,
-                        class_splits: Sequence[int] | None = None, smoothing: float = 0.0,
-                        head_reduction: str = 'sum') -> jnp.ndarray:
+def classification_loss(
+    logits: jnp.ndarray | Mapping[str, jnp.ndarray],
+    targets: jnp.ndarray | Mapping[str, jnp.ndarray],
+    weights: jnp.ndarray | None = None,
+    *,
+    multi_label: bool,
+    class_splits: Sequence[int] | None = None,
+    smoothing: float = 0.0,
+    head_reduction: str = "sum",
+) -> jnp.ndarray:
     """Scalar loss: weighted mean over the batch, averaged over per-modality heads.
 
     Args:
@@ -108,14 +126,26 @@ def classification_loss(logits: jnp.ndarray | Mapping[str, jnp.ndarray],
         head_losses = []
         for name in heads:
             head_targets = targets[name] if isinstance(targets, Mapping) else targets
-            head_losses.append(per_example_loss(
-                logits[name], head_targets, multi_label=multi_label, class_splits=class_splits,
-                smoothing=smoothing, head_reduction=head_reduction))
+            head_losses.append(
+                per_example_loss(
+                    logits[name],
+                    head_targets,
+                    multi_label=multi_label,
+                    class_splits=class_splits,
+                    smoothing=smoothing,
+                    head_reduction=head_reduction,
+                )
+            )
         loss = sum(head_losses) / len(head_losses)
     else:
-        loss = per_example_loss(logits, targets, multi_label=multi_label,
-                                class_splits=class_splits, smoothing=smoothing,
-                                head_reduction=head_reduction)
+        loss = per_example_loss(
+            logits,
+            targets,
+            multi_label=multi_label,
+            class_splits=class_splits,
+            smoothing=smoothing,
+            head_reduction=head_reduction,
+        )
     if weights is None:
         return jnp.mean(loss)
     weights = weights.astype(jnp.float32)

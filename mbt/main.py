@@ -27,49 +27,60 @@ from mbt import siblings
 from mbt import train
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file: path/to/config.py or path/to/config.py:arg.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
-_MODE = flags.DEFINE_enum('mode', 'train', config_validation.MODES + ('robustness',),
-                          'train: train + evaluate + test; evaluate / test: restore the latest '
-                          'checkpoint of --workdir and run the eval / multi-view test; '
-                          'robustness: evaluate it under input noise and missing modalities.')
+    "config", None, "Config file: path/to/config.py or path/to/config.py:arg.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    config_validation.MODES + ("robustness",),
+    "train: train + evaluate + test; evaluate / test: restore the latest "
+    "checkpoint of --workdir and run the eval / multi-view test; "
+    "robustness: evaluate it under input noise and missing modalities.",
+)
 _LIBRARY_LOGS = flags.DEFINE_bool(
-    'library_logs', False, "Show the INFO logs of orbax, TFDS and clu (absl's logger); by "
-    "default only mbt's own progress lines and the libraries' warnings are shown.")
-flags.mark_flags_as_required(['config', 'workdir'])
+    "library_logs",
+    False,
+    "Show the INFO logs of orbax, TFDS and clu (absl's logger); by "
+    "default only mbt's own progress lines and the libraries' warnings are shown.",
+)
+flags.mark_flags_as_required(["config", "workdir"])
 
-_LOG = logging.getLogger('mbt.main')
+_LOG = logging.getLogger("mbt.main")
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    logging.getLogger('mbt').setLevel(logging.INFO)
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.getLogger("mbt").setLevel(logging.INFO)
     if not _LIBRARY_LOGS.value:
-        logging.getLogger('absl').setLevel(logging.WARNING)
+        logging.getLogger("absl").setLevel(logging.WARNING)
     sharding.maybe_initialize_distributed()
     config = _CONFIG.value
     # Fail before any data is read or anything compiled.
-    mesh_shape = sharding.resolve_mesh_shape(config.get('mesh_shape'), jax.device_count())
-    config_validation.validate_config(config, mesh_shape=mesh_shape,
-                                      process_count=jax.process_count())
-    _LOG.info('Config file %s, workdir %s, mode %s',
-                 config_flags.get_config_filename(flags.FLAGS['config']), _WORKDIR.value,
-                 _MODE.value)
-    if _MODE.value == 'robustness':
+    mesh_shape = sharding.resolve_mesh_shape(config.get("mesh_shape"), jax.device_count())
+    config_validation.validate_config(
+        config, mesh_shape=mesh_shape, process_count=jax.process_count()
+    )
+    _LOG.info(
+        "Config file %s, workdir %s, mode %s",
+        config_flags.get_config_filename(flags.FLAGS["config"]),
+        _WORKDIR.value,
+        _MODE.value,
+    )
+    if _MODE.value == "robustness":
         report = robustness.run_robustness(config, _WORKDIR.value)
         print(robustness.markdown_table(report), flush=True)
         return
-    if _MODE.value != 'train':
+    if _MODE.value != "train":
         train.evaluate(config, _WORKDIR.value, _MODE.value)
         return
     result = train.train_and_evaluate(config, _WORKDIR.value)
-    if config.get('siblings') and not result['stopped_early']:
-        overrides = config_flags.get_override_values(flags.FLAGS['config'])
+    if config.get("siblings") and not result["stopped_early"]:
+        overrides = config_flags.get_override_values(flags.FLAGS["config"])
         table = siblings.train_siblings(config, _WORKDIR.value, result, overrides)
         print(table, flush=True)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     app.run(main)

@@ -16,14 +16,16 @@ step, so a resumed run draws the same ones) and enter the jitted step as scalars
 Beta/Gamma samplers are rejection loops that cost seconds of compile time per program.
 """
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 
-def sample_lambdas(seed: int, step: int, alpha: float, names: Sequence[str],
-                   mixmod: bool) -> dict[str, np.ndarray]:
+def sample_lambdas(
+    seed: int, step: int, alpha: float, names: Sequence[str], mixmod: bool
+) -> dict[str, np.ndarray]:
     """`{modality: float32 scalar}` for train step `step` (deterministic in seed and step).
 
     Plain mixup: the same Beta(alpha, alpha) draw for every name; mixmod: one draw per name
@@ -43,8 +45,13 @@ def _mix(x: jnp.ndarray, lam) -> jnp.ndarray:
     return lam * x + (1 - lam) * jnp.roll(x, 1, axis=0)
 
 
-def mixup(inputs: Mapping[str, jnp.ndarray], targets: jnp.ndarray,
-          lambdas: Mapping[str, jnp.ndarray], *, per_modality_targets: bool):
+def mixup(
+    inputs: Mapping[str, jnp.ndarray],
+    targets: jnp.ndarray,
+    lambdas: Mapping[str, jnp.ndarray],
+    *,
+    per_modality_targets: bool,
+):
     """Mixes the inputs named in `lambdas`, each with its lambda; other inputs pass through.
 
     Args:

@@ -29,19 +29,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ('sgd', 'adamw')
-SCHEDULES = ('warmup_cosine', 'constant')
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("warmup_cosine", "constant")
 
 
 def warmup_steps(lr_config: Any, steps_per_epoch: float) -> int:
     """Warmup length in optimiser steps from `warmup_steps` or `warmup_epochs`."""
-    if lr_config.get('warmup_steps', None) is not None:
+    if lr_config.get("warmup_steps", None) is not None:
         return int(lr_config.warmup_steps)
-    return int(round(float(lr_config.get('warmup_epochs', 0.0) or 0.0) * steps_per_epoch))
+    return int(round(float(lr_config.get("warmup_epochs", 0.0) or 0.0) * steps_per_epoch))
 
 
-def make_lr_schedule(lr_config: Any, total_steps: int,
-                     steps_per_epoch: float = 1.0) -> optax.Schedule:
+def make_lr_schedule(
+    lr_config: Any, total_steps: int, steps_per_epoch: float = 1.0
+) -> optax.Schedule:
     """Learning rate per optimiser step (a function of the int step count).
 
     Both schedules start with a linear warmup from 0 to `base_lr` whose length is
@@ -55,22 +56,23 @@ def make_lr_schedule(lr_config: Any, total_steps: int,
     """
     base_lr = float(lr_config.base_lr)
     warmup = warmup_steps(lr_config, steps_per_epoch)
-    if lr_config.schedule == 'constant':
+    if lr_config.schedule == "constant":
         if warmup <= 0:
             return optax.constant_schedule(base_lr)
         return optax.join_schedules(
             [optax.linear_schedule(0.0, base_lr, warmup), optax.constant_schedule(base_lr)],
-            [warmup])
-    if lr_config.schedule == 'warmup_cosine':
+            [warmup],
+        )
+    if lr_config.schedule == "warmup_cosine":
         warmup = min(warmup, max(total_steps - 1, 0))
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=base_lr,
             warmup_steps=warmup,
             decay_steps=max(total_steps, warmup + 1),
-            end_value=float(lr_config.get('end_lr', 0.0) or 0.0))
-    raise ValueError(
-        f'config.lr.schedule={lr_config.schedule!r} is not one of {SCHEDULES}')
+            end_value=float(lr_config.get("end_lr", 0.0) or 0.0),
+        )
+    raise ValueError(f"config.lr.schedule={lr_config.schedule!r} is not one of {SCHEDULES}")
 
 
 def _decay_mask(params):
@@ -86,26 +88,34 @@ def _decay_mask(params):
 def make_optimizer(opt_config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
     """Optax chain: [clip global norm] -> [weight decay] -> SGD momentum / AdamW."""
     name = opt_config.name
-    clip = opt_config.get('grad_clip_norm', None)
-    weight_decay = float(opt_config.get('weight_decay', 0.0) or 0.0)
+    clip = opt_config.get("grad_clip_norm", None)
+    weight_decay = float(opt_config.get("weight_decay", 0.0) or 0.0)
     parts = []
     if clip:
         parts.append(optax.clip_by_global_norm(float(clip)))
-    if name == 'sgd':
+    if name == "sgd":
         if weight_decay:
             # Classic SGD weight decay: wd * param added to the (clipped) gradient.
             parts.append(optax.add_decayed_weights(weight_decay, mask=_decay_mask))
-        momentum = opt_config.get('momentum', 0.9)
-        parts.append(optax.sgd(schedule, momentum=momentum or None,
-                               nesterov=bool(opt_config.get('nesterov', False))))
-    elif name == 'adamw':
-        parts.append(optax.adamw(
-            schedule,
-            b1=float(opt_config.get('b1', 0.9)),
-            b2=float(opt_config.get('b2', 0.999)),
-            eps=float(opt_config.get('eps', 1e-8)),
-            weight_decay=weight_decay,
-            mask=_decay_mask))
+        momentum = opt_config.get("momentum", 0.9)
+        parts.append(
+            optax.sgd(
+                schedule,
+                momentum=momentum or None,
+                nesterov=bool(opt_config.get("nesterov", False)),
+            )
+        )
+    elif name == "adamw":
+        parts.append(
+            optax.adamw(
+                schedule,
+                b1=float(opt_config.get("b1", 0.9)),
+                b2=float(opt_config.get("b2", 0.999)),
+                eps=float(opt_config.get("eps", 1e-8)),
+                weight_decay=weight_decay,
+                mask=_decay_mask,
+            )
+        )
     else:
-        raise ValueError(f'config.optimizer.name={name!r} is not one of {OPTIMIZERS}')
+        raise ValueError(f"config.optimizer.name={name!r} is not one of {OPTIMIZERS}")
     return optax.chain(*parts)

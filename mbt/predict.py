@@ -29,7 +29,9 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -95,8 +97,12 @@ class Predictor:
                 model, params = self.model, self.params
             else:
                 model, params = branches.branch_model(
-                    self.model_config, self.meta.num_classes, self.meta.input_shapes,
-                    self.params, modalities)
+                    self.model_config,
+                    self.meta.num_classes,
+                    self.meta.input_shapes,
+                    self.params,
+                    modalities,
+                )
             apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
             self._branches[modalities] = (apply, params)
         return self._branches[modalities]
@@ -104,19 +110,30 @@ class Predictor:
 
 # --- building a predictor ------------------------------------------------------------------
 
-def clip_settings(config: ml_collections.ConfigDict, meta: export.ExportMeta
-                  ) -> tuple[clips.ClipSettings, dict]:
+
+def clip_settings(
+    config: ml_collections.ConfigDict, meta: export.ExportMeta
+) -> tuple[clips.ClipSettings, dict]:
     """The test split's clip settings of `config.dataset` for frames stored as `meta` says,
     checked against the model's input shapes; also returns the merged dataset values."""
     values = pipeline.dataset_values(config)
     missing = [m for m in meta.modalities if m not in values["modalities"]]
     if missing:
-        raise ValueError(f"config.dataset.modalities={values['modalities']} lacks the model's "
-                         f"modalities {missing}")
+        raise ValueError(
+            f"config.dataset.modalities={values['modalities']} lacks the model's "
+            f"modalities {missing}"
+        )
     stored = sources.ExampleSource(
-        name=f"{values['name']} (prediction)", class_names=meta.class_names,
-        class_splits=meta.class_splits, multi_label=meta.multi_label, label_keys=("label",),
-        modalities=pipeline.MODALITIES, fps=meta.video_fps, split_sizes={}, read=None)
+        name=f"{values['name']} (prediction)",
+        class_names=meta.class_names,
+        class_splits=meta.class_splits,
+        multi_label=meta.multi_label,
+        label_keys=("label",),
+        modalities=pipeline.MODALITIES,
+        fps=meta.video_fps,
+        split_sizes={},
+        read=None,
+    )
     settings = pipeline.clip_settings(values, stored)
     given = settings.input_shapes()
     for m in meta.modalities:
@@ -124,12 +141,14 @@ def clip_settings(config: ml_collections.ConfigDict, meta: export.ExportMeta
             raise ValueError(
                 f"config.dataset gives {m} inputs of shape {tuple(given[m])} but the model "
                 f"takes {tuple(meta.input_shapes[m])} (check config.dataset num_frames, "
-                "frame_size, audio_seconds, num_mel_bins, spec_channels)")
+                "frame_size, audio_seconds, num_mel_bins, spec_channels)"
+            )
     return settings, values
 
 
-def _apply_overrides(config: ml_collections.ConfigDict, num_test_clips: int | None,
-                     num_spatial_crops: int | None) -> None:
+def _apply_overrides(
+    config: ml_collections.ConfigDict, num_test_clips: int | None, num_spatial_crops: int | None
+) -> None:
     if num_test_clips is not None:
         config.dataset.num_test_clips = int(num_test_clips)
     if num_spatial_crops is not None:
@@ -141,13 +160,21 @@ def _make_predictor(model, params, config, meta) -> Predictor:
     combine = config.get("test_combine", "mean_logits") or "mean_logits"
     if combine not in evaluate.COMBINE_MODES:
         raise ValueError(f"config.test_combine={combine!r}; allowed: {evaluate.COMBINE_MODES}")
-    return Predictor(model=model, params=params, model_config=config.model, meta=meta,
-                     settings=settings, num_test_clips=int(values["num_test_clips"]),
-                     num_spatial_crops=int(values["num_spatial_crops"]), combine=combine)
+    return Predictor(
+        model=model,
+        params=params,
+        model_config=config.model,
+        meta=meta,
+        settings=settings,
+        num_test_clips=int(values["num_test_clips"]),
+        num_spatial_crops=int(values["num_spatial_crops"]),
+        combine=combine,
+    )
 
 
-def predictor_from_export(export_dir: str, *, num_test_clips: int | None = None,
-                          num_spatial_crops: int | None = None) -> Predictor:
+def predictor_from_export(
+    export_dir: str, *, num_test_clips: int | None = None, num_spatial_crops: int | None = None
+) -> Predictor:
     """A predictor from an export bundle (`mbt.export.save_export`)."""
     model, params, config, meta = export.load_export(export_dir)
     _apply_overrides(config, num_test_clips, num_spatial_crops)
@@ -213,15 +240,21 @@ def _label_layout(config, num_classes: int) -> tuple[bool, tuple[int, ...] | Non
         splits = None
     multi_label = _MULTI_LABEL.get(name, bool(values["multi_label"]))
     if splits and sum(splits) != num_classes:
-        raise ValueError(f"config.dataset.name={name!r} has label heads {splits} but the "
-                         f"checkpoint has {num_classes} classes")
+        raise ValueError(
+            f"config.dataset.name={name!r} has label heads {splits} but the "
+            f"checkpoint has {num_classes} classes"
+        )
     return (multi_label and not splits), splits
 
 
-def predictor_from_scenic(checkpoint_path: str, config_path: str,
-                          class_names_path: str | None = None, *,
-                          num_test_clips: int | None = None,
-                          num_spatial_crops: int | None = None) -> Predictor:
+def predictor_from_scenic(
+    checkpoint_path: str,
+    config_path: str,
+    class_names_path: str | None = None,
+    *,
+    num_test_clips: int | None = None,
+    num_spatial_crops: int | None = None,
+) -> Predictor:
     """A predictor from a Scenic MBT checkpoint and a config file.
 
     `config.model` (any keys; at least what the shapes cannot tell, e.g. `fusion_layer`) is
@@ -253,36 +286,57 @@ def predictor_from_scenic(checkpoint_path: str, config_path: str,
     if not names:
         names = tuple(f"class_{i}" for i in range(num_classes))
     if len(names) != num_classes:
-        raise ValueError(f"{source} has {len(names)} names but the checkpoint "
-                         f"{checkpoint_path} has {num_classes} classes")
+        raise ValueError(
+            f"{source} has {len(names)} names but the checkpoint "
+            f"{checkpoint_path} has {num_classes} classes"
+        )
     multi_label, splits = _label_layout(config, num_classes)
     values = pipeline.dataset_values(config)
     stored = sources.ExampleSource(
-        name="scenic", class_names=names, class_splits=splits, multi_label=multi_label,
-        label_keys=("label",), modalities=pipeline.MODALITIES, fps=25.0, split_sizes={},
-        read=None)
+        name="scenic",
+        class_names=names,
+        class_splits=splits,
+        multi_label=multi_label,
+        label_keys=("label",),
+        modalities=pipeline.MODALITIES,
+        fps=25.0,
+        split_sizes={},
+        read=None,
+    )
     input_shapes = pipeline.clip_settings(values, stored).input_shapes()
     meta = export.ExportMeta(
-        num_classes=num_classes, class_names=names, class_splits=splits,
-        multi_label=multi_label, modalities=modalities,
+        num_classes=num_classes,
+        class_names=names,
+        class_splits=splits,
+        multi_label=multi_label,
+        modalities=modalities,
         input_shapes={m: tuple(input_shapes[m]) for m in modalities if m in input_shapes},
         **export.decode_settings(config),
-        head_names=export.default_head_names(values["name"], splits), step=restored.step)
+        head_names=export.default_head_names(values["name"], splits),
+        step=restored.step,
+    )
     missing = [m for m in modalities if m not in meta.input_shapes]
     if missing:
-        raise ValueError(f"the checkpoint's model reads {missing}, which the mbt input "
-                         f"pipeline does not produce (modalities {pipeline.MODALITIES})")
+        raise ValueError(
+            f"the checkpoint's model reads {missing}, which the mbt input "
+            f"pipeline does not produce (modalities {pipeline.MODALITIES})"
+        )
     try:
-        export.check_param_shapes(restored.params,
-                                   export.expected_param_shapes(restored.model, meta.input_shapes),
-                                   checkpoint_path)
+        export.check_param_shapes(
+            restored.params,
+            export.expected_param_shapes(restored.model, meta.input_shapes),
+            checkpoint_path,
+        )
     except ValueError as e:
-        raise ValueError(f"{e}\n(the inputs come from config.dataset: num_frames, frame_size, "
-                         "audio_seconds, num_mel_bins)") from None
+        raise ValueError(
+            f"{e}\n(the inputs come from config.dataset: num_frames, frame_size, "
+            "audio_seconds, num_mel_bins)"
+        ) from None
     return _make_predictor(restored.model, restored.params, config, meta)
 
 
 # --- decoding and views --------------------------------------------------------------------
+
 
 def _view_positions(num_clips: int, num_crops: int) -> list[tuple[float, float]]:
     """(time_fraction, crop_position) per view, clip-major, as `clips.test_view_position`."""
@@ -315,14 +369,14 @@ def _last_frame_before(path: str, index: int, fps: float, short_side: int | None
         span *= 4
 
 
-def _read_frames(path: str, indices: np.ndarray, fps: float, short_side: int | None
-                 ) -> dict[int, np.ndarray]:
+def _read_frames(
+    path: str, indices: np.ndarray, fps: float, short_side: int | None
+) -> dict[int, np.ndarray]:
     """Stored frames (index i = time i / fps) by index, decoded run by run. Indices past the
     last decodable frame get the last frame, as the builders store them."""
     frames: dict[int, np.ndarray] = {}
     for first, last in _runs(indices, max(1, int(round(_MERGE_GAP_S * fps)))):
-        got = media.read_frames(path, first / fps, (last + 1) / fps, fps=fps,
-                                short_side=short_side)
+        got = media.read_frames(path, first / fps, (last + 1) / fps, fps=fps, short_side=short_side)
         if len(got) == 0:  # the run starts after the video's last frame
             got = _last_frame_before(path, first, fps, short_side)[None]
         for i in range(first, last + 1):
@@ -330,8 +384,9 @@ def _read_frames(path: str, indices: np.ndarray, fps: float, short_side: int | N
     return frames
 
 
-def _read_audio(path: str, ranges: list[tuple[int, int]], sample_rate: int
-                ) -> dict[tuple[int, int], np.ndarray]:
+def _read_audio(
+    path: str, ranges: list[tuple[int, int]], sample_rate: int
+) -> dict[tuple[int, int], np.ndarray]:
     """Waveform of each half-open sample range [a, b).
 
     Up to `_WHOLE_AUDIO_S` the audio is decoded from the start of the file, as the builders
@@ -348,12 +403,14 @@ def _read_audio(path: str, ranges: list[tuple[int, int]], sample_rate: int
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    pieces = {(a, b): media.read_audio(path, a / sample_rate, b / sample_rate, sample_rate)
-              for a, b in merged}
+    pieces = {
+        (a, b): media.read_audio(path, a / sample_rate, b / sample_rate, sample_rate)
+        for a, b in merged
+    }
     out = {}
     for a, b in ranges:
         ma, mb = next((ma, mb) for ma, mb in pieces if ma <= a and b <= mb)
-        out[(a, b)] = pieces[(ma, mb)][a - ma:b - ma]
+        out[(a, b)] = pieces[(ma, mb)][a - ma : b - ma]
     return out
 
 
@@ -385,8 +442,11 @@ def file_views(path: str, predictor: Predictor) -> FileViews:
     fps, rate = meta.video_fps, meta.sample_rate
     needs_rgb = "rgb" in settings.modalities
     needs_audio = "spectrogram" in settings.modalities
-    provided = tuple(m for m, has in (("rgb", info.has_video), ("spectrogram", info.has_audio))
-                     if has and m in settings.modalities)
+    provided = tuple(
+        m
+        for m, has in (("rgb", info.has_video), ("spectrogram", info.has_audio))
+        if has and m in settings.modalities
+    )
     if info.duration_s <= 0:
         raise PredictError(f"{path}: duration is 0 s")
     num_frames_stored = int(round(info.duration_s * fps))
@@ -407,7 +467,8 @@ def file_views(path: str, predictor: Predictor) -> FileViews:
         if needs_rgb:
             first = int(np.round(f32(start_s) * f32(fps)))
             frame_ids[t] = (first + np.arange(settings.num_frames) * settings.stride) % max(
-                num_frames_stored, 1)
+                num_frames_stored, 1
+            )
         if needs_audio:
             first = int(np.round(f32(start_s) * f32(rate)))
             total = max(num_samples_stored, 1)
@@ -424,8 +485,9 @@ def file_views(path: str, predictor: Predictor) -> FileViews:
     try:
         frames = {}
         if needs_rgb and info.has_video:
-            frames = _read_frames(path, np.concatenate(list(frame_ids.values())), fps,
-                                  meta.short_side)
+            frames = _read_frames(
+                path, np.concatenate(list(frame_ids.values())), fps, meta.short_side
+            )
         audio = {}
         if needs_audio and info.has_audio:
             audio = _read_audio(path, [r for rs in sample_ranges.values() for r in rs], rate)
@@ -438,14 +500,25 @@ def file_views(path: str, predictor: Predictor) -> FileViews:
     for t, crop in positions:
         example = {}
         if needs_rgb:
-            example["rgb"] = (np.stack([frames[int(i)] for i in frame_ids[t]]) if frames
-                              else np.zeros((0, side, side, 3), np.uint8))
+            example["rgb"] = (
+                np.stack([frames[int(i)] for i in frame_ids[t]])
+                if frames
+                else np.zeros((0, side, side, 3), np.uint8)
+            )
         if needs_audio:
-            example["audio"] = (np.concatenate([audio[r] for r in sample_ranges[t]]) if audio
-                                else np.zeros(settings.audio_samples, np.float32))
+            example["audio"] = (
+                np.concatenate([audio[r] for r in sample_ranges[t]])
+                if audio
+                else np.zeros(settings.audio_samples, np.float32)
+            )
         # One window per example: make_view starts at 0 and takes frames 0..num_frames-1.
-        view = clips.make_view(example, window_settings, time_fraction=tf.constant(0.0),
-                               crop_position=tf.constant(crop, tf.float32), seed=None)
+        view = clips.make_view(
+            example,
+            window_settings,
+            time_fraction=tf.constant(0.0),
+            crop_position=tf.constant(crop, tf.float32),
+            seed=None,
+        )
         views.append({m: v.numpy() for m, v in view.items()})
     inputs = {m: np.stack([v[m] for v in views]) for m in settings.modalities}
     return FileViews(inputs=inputs, provided=provided, duration_s=float(info.duration_s))
@@ -453,24 +526,27 @@ def file_views(path: str, predictor: Predictor) -> FileViews:
 
 # --- prediction ----------------------------------------------------------------------------
 
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
 
 
-def run_views(apply, params, inputs: Mapping[str, np.ndarray],
-              views_per_call: int | None) -> np.ndarray:
+def run_views(
+    apply, params, inputs: Mapping[str, np.ndarray], views_per_call: int | None
+) -> np.ndarray:
     """Logits `[V, C]` (float64) of `inputs` `{modality: [V, ...]}`, `views_per_call` views at
     a time; the last call is padded to the same size so that one compile serves all."""
     total = len(next(iter(inputs.values())))
     size = min(views_per_call or total, total)
     chunks = []
     for lo in range(0, total, size):
-        chunk = {m: x[lo:lo + size] for m, x in inputs.items()}
+        chunk = {m: x[lo : lo + size] for m, x in inputs.items()}
         short = size - len(next(iter(chunk.values())))
         if short:
-            chunk = {m: np.concatenate([x, np.repeat(x[:1], short, axis=0)])
-                     for m, x in chunk.items()}
-        chunks.append(np.asarray(apply(params, chunk), np.float64)[:size - short])
+            chunk = {
+                m: np.concatenate([x, np.repeat(x[:1], short, axis=0)]) for m, x in chunk.items()
+            }
+        chunks.append(np.asarray(apply(params, chunk), np.float64)[: size - short])
     return np.concatenate(chunks)
 
 
@@ -478,12 +554,16 @@ def combine_views(logits: np.ndarray, predictor: Predictor) -> np.ndarray:
     """Class scores `[C]` (probabilities) from per-view logits `[V, C]`: mean logits then
     sigmoid / softmax per head, or the mean of per-view probabilities (`config.test_combine`)."""
     meta = predictor.meta
-    aggregator = evaluate.ViewAggregator(meta.num_classes, combine=predictor.combine,
-                                         multi_label=meta.multi_label,
-                                         class_splits=meta.class_splits)
+    aggregator = evaluate.ViewAggregator(
+        meta.num_classes,
+        combine=predictor.combine,
+        multi_label=meta.multi_label,
+        class_splits=meta.class_splits,
+    )
     views = logits.shape[0]
-    aggregator.add(logits, np.zeros_like(logits), np.zeros(views, np.int64),
-                   np.ones(views, np.float32))
+    aggregator.add(
+        logits, np.zeros_like(logits), np.zeros(views, np.int64), np.ones(views, np.float32)
+    )
     scores = aggregator.result()[0][0]
     if aggregator.scores_are_probs:
         return scores
@@ -495,15 +575,20 @@ def combine_views(logits: np.ndarray, predictor: Predictor) -> np.ndarray:
 def top_k(scores: np.ndarray, meta: export.ExportMeta, k: int) -> list[dict[str, Any]]:
     """The `k` best classes per head: `{'rank', 'index', 'class', 'score'}` (+ `'head'`)."""
     splits = meta.class_splits or (meta.num_classes,)
-    heads = meta.head_names or ((None,) if len(splits) == 1 else
-                                tuple(f"head_{i}" for i in range(len(splits))))
+    heads = meta.head_names or (
+        (None,) if len(splits) == 1 else tuple(f"head_{i}" for i in range(len(splits)))
+    )
     out, offset = [], 0
     for head, size in zip(heads, splits):
-        block = scores[offset:offset + size]
-        order = np.argsort(-block, kind="stable")[:max(1, k)]
+        block = scores[offset : offset + size]
+        order = np.argsort(-block, kind="stable")[: max(1, k)]
         for rank, i in enumerate(order, 1):
-            row = {"rank": rank, "index": int(offset + i), "class": meta.class_names[offset + i],
-                   "score": float(block[i])}
+            row = {
+                "rank": rank,
+                "index": int(offset + i),
+                "class": meta.class_names[offset + i],
+                "score": float(block[i]),
+            }
             if head is not None:
                 row = {"head": head, **row}
             out.append(row)
@@ -519,8 +604,10 @@ def predict_file(path: str, predictor: Predictor, k: int = 5) -> dict[str, Any]:
     used = tuple(m for m in wanted if m in views.provided)
     warnings = []
     if not used:
-        raise PredictError(f"{path} has no {' or '.join(wanted)} (streams: "
-                           f"{', '.join(views.provided) or 'none usable'}) for this model")
+        raise PredictError(
+            f"{path} has no {' or '.join(wanted)} (streams: "
+            f"{', '.join(views.provided) or 'none usable'}) for this model"
+        )
     missing = [m for m in wanted if m not in used]
     what = {"spectrogram": "audio track", "rgb": "video stream"}
     if missing:
@@ -528,26 +615,34 @@ def predict_file(path: str, predictor: Predictor, k: int = 5) -> dict[str, Any]:
         if predictor.model_config.get("name", "mbt") == "mbt":
             warnings.append(f"{path}: {lack}; running the {'+'.join(used)} branch only")
         else:
-            warnings.append(f"{path}: {lack}; feeding "
-                            f"{'silence' if 'spectrogram' in missing else 'blank frames'} "
-                            "as the training data did")
+            warnings.append(
+                f"{path}: {lack}; feeding "
+                f"{'silence' if 'spectrogram' in missing else 'blank frames'} "
+                "as the training data did"
+            )
             used = wanted
     apply, params = predictor.apply_fn(used)
-    logits = run_views(apply, params, {m: views.inputs[m] for m in used},
-                       predictor.views_per_call)
+    logits = run_views(apply, params, {m: views.inputs[m] for m in used}, predictor.views_per_call)
     if not np.all(np.isfinite(logits)):
         raise PredictError(f"{path}: the model produced non-finite logits")
     scores = combine_views(logits, predictor)
-    return {"file": path, "modalities": list(used), "num_views": int(logits.shape[0]),
-            "score": "sigmoid" if predictor.meta.multi_label else "softmax",
-            "top_k": top_k(scores, predictor.meta, k), "warnings": warnings,
-            "scores": scores}
+    return {
+        "file": path,
+        "modalities": list(used),
+        "num_views": int(logits.shape[0]),
+        "score": "sigmoid" if predictor.meta.multi_label else "softmax",
+        "top_k": top_k(scores, predictor.meta, k),
+        "warnings": warnings,
+        "scores": scores,
+    }
 
 
 def format_text(result: Mapping[str, Any]) -> str:
     """Human-readable lines for one `predict_file` result."""
-    lines = [f"{result['file']}  ({'+'.join(result['modalities'])}, {result['num_views']} "
-             f"views, {result['score']})"]
+    lines = [
+        f"{result['file']}  ({'+'.join(result['modalities'])}, {result['num_views']} "
+        f"views, {result['score']})"
+    ]
     head = None
     for row in result["top_k"]:
         if row.get("head") != head:
@@ -560,47 +655,74 @@ def format_text(result: Mapping[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mbt.predict", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m mbt.predict",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("files", nargs="+", help="video (.mp4, ...) or audio (.wav, ...) files")
     source = parser.add_argument_group("model (one of)")
     source.add_argument("--workdir", help="a training workdir: uses WORKDIR/export")
     source.add_argument("--export_dir", help="an export directory (mbt.export.save_export)")
-    source.add_argument("--checkpoint", "--scenic_checkpoint", dest="checkpoint",
-                        help="a Scenic MBT checkpoint file (msgpack checkpoint_<step>) or a "
-                        "directory of them; needs --config")
-    parser.add_argument("--config", help="with --checkpoint: a .py file with "
-                        "get_config() or a .json config (config.model hints, config.dataset)")
-    parser.add_argument("--class_names", help="with --checkpoint: AudioSet's "
-                        "class_labels_indices.csv or a file with one class name per line")
+    source.add_argument(
+        "--checkpoint",
+        "--scenic_checkpoint",
+        dest="checkpoint",
+        help="a Scenic MBT checkpoint file (msgpack checkpoint_<step>) or a "
+        "directory of them; needs --config",
+    )
+    parser.add_argument(
+        "--config",
+        help="with --checkpoint: a .py file with "
+        "get_config() or a .json config (config.model hints, config.dataset)",
+    )
+    parser.add_argument(
+        "--class_names",
+        help="with --checkpoint: AudioSet's "
+        "class_labels_indices.csv or a file with one class name per line",
+    )
     parser.add_argument("--top_k", type=int, default=5, help="classes shown per head")
-    parser.add_argument("--json", action="store_true",
-                        help="one JSON object per file and line on stdout")
-    parser.add_argument("--num_test_clips", type=int, help="override config.dataset."
-                        "num_test_clips (temporal views)")
-    parser.add_argument("--num_spatial_crops", type=int, choices=(1, 3),
-                        help="override config.dataset.num_spatial_crops")
-    parser.add_argument("--batch_size", type=int, default=0, help="views per model call "
-                        "(0: all views of a file at once); lower it to bound memory")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per file and line on stdout"
+    )
+    parser.add_argument(
+        "--num_test_clips", type=int, help="override config.dataset.num_test_clips (temporal views)"
+    )
+    parser.add_argument(
+        "--num_spatial_crops",
+        type=int,
+        choices=(1, 3),
+        help="override config.dataset.num_spatial_crops",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=0,
+        help="views per model call (0: all views of a file at once); lower it to bound memory",
+    )
     return parser
 
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
     chosen = [n for n in ("workdir", "export_dir", "checkpoint") if getattr(args, n)]
     if len(chosen) != 1:
-        raise ValueError("give exactly one of --workdir, --export_dir, --checkpoint "
-                         f"(got {['--' + n for n in chosen] or 'none'})")
+        raise ValueError(
+            "give exactly one of --workdir, --export_dir, --checkpoint "
+            f"(got {['--' + n for n in chosen] or 'none'})"
+        )
     overrides = dict(num_test_clips=args.num_test_clips, num_spatial_crops=args.num_spatial_crops)
     if args.checkpoint:
         if not args.config:
-            raise ValueError("--checkpoint needs --config (config.model hints such as "
-                             "fusion_layer, and config.dataset for the inputs)")
-        return predictor_from_scenic(args.checkpoint, args.config, args.class_names,
-                                     **overrides)
+            raise ValueError(
+                "--checkpoint needs --config (config.model hints such as "
+                "fusion_layer, and config.dataset for the inputs)"
+            )
+        return predictor_from_scenic(args.checkpoint, args.config, args.class_names, **overrides)
     for flag in ("config", "class_names"):
         if getattr(args, flag):
-            raise ValueError(f"--{flag} is only read with --checkpoint (an export "
-                             "carries its config and class names)")
+            raise ValueError(
+                f"--{flag} is only read with --checkpoint (an export "
+                "carries its config and class names)"
+            )
     export_dir = args.export_dir or export.default_export_dir(args.workdir)
     return predictor_from_export(export_dir, **overrides)
 

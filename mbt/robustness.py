@@ -36,7 +36,11 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -51,13 +55,13 @@ from mbt import train_step as step_lib
 
 _LOG = logging.getLogger(__name__)
 
-SNRS_DB = (20.0, 10.0, 5.0, 0.0, -5.0)   # the noisy conditions; clean (infinity) runs once
-VIDEO_LIKE = ('rgb', 'flow')
-AUDIO_LIKE = ('spectrogram',)
+SNRS_DB = (20.0, 10.0, 5.0, 0.0, -5.0)  # the noisy conditions; clean (infinity) runs once
+VIDEO_LIKE = ("rgb", "flow")
+AUDIO_LIKE = ("spectrogram",)
 # Noise target name -> the input modalities it covers.
-TARGETS = {'audio': AUDIO_LIKE, 'video': VIDEO_LIKE, 'both': AUDIO_LIKE + VIDEO_LIKE}
+TARGETS = {"audio": AUDIO_LIKE, "video": VIDEO_LIKE, "both": AUDIO_LIKE + VIDEO_LIKE}
 # How a removed modality is removed: its input set to zeros, or its tokens left out.
-REMOVALS = ('zeros', 'tokens')
+REMOVALS = ("zeros", "tokens")
 
 Batch = Mapping[str, np.ndarray]
 
@@ -84,7 +88,7 @@ def measured_snr_db(clean_BxDims: np.ndarray, noisy_BxDims: np.ndarray) -> np.nd
     clean = np.asarray(clean_BxDims, np.float64)
     noise = np.asarray(noisy_BxDims, np.float64) - clean
     axes = tuple(range(1, clean.ndim))
-    return 10.0 * np.log10(np.mean(clean ** 2, axis=axes) / np.mean(noise ** 2, axis=axes))
+    return 10.0 * np.log10(np.mean(clean**2, axis=axes) / np.mean(noise**2, axis=axes))
 
 
 class Condition:
@@ -94,15 +98,21 @@ class Condition:
     batch loses them and a model without them runs, see `mbt.branches`); None when nothing is.
     """
 
-    def __init__(self, name: str, target: str, snr_db: float = math.inf,
-                 noised: Sequence[str] = (), dropped: Sequence[str] = (),
-                 removal: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        snr_db: float = math.inf,
+        noised: Sequence[str] = (),
+        dropped: Sequence[str] = (),
+        removal: str | None = None,
+    ):
         self.name, self.target, self.snr_db = name, target, float(snr_db)
         self.noised, self.dropped = tuple(noised), tuple(dropped)
         if self.dropped and removal is None:
-            removal = 'zeros'
+            removal = "zeros"
         if removal is not None and removal not in REMOVALS:
-            raise ValueError(f'removal={removal!r}; allowed: {REMOVALS}')
+            raise ValueError(f"removal={removal!r}; allowed: {REMOVALS}")
         self.removal = removal if self.dropped else None
 
     def apply(self, batch: Batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -110,7 +120,7 @@ class Condition:
         for m in self.noised:
             out[m] = add_white_noise(batch[m], self.snr_db, rng)
         for m in self.dropped:
-            if self.removal == 'tokens':
+            if self.removal == "tokens":
                 out.pop(m, None)
             else:
                 out[m] = np.zeros_like(batch[m])
@@ -119,11 +129,12 @@ class Condition:
 
 def supports_token_drop(model_name: str | None) -> bool:
     """Whether `config.model.name` can run without a modality's tokens (`mbt.branches`)."""
-    return (model_name or 'mbt') in branches.BRANCH_MODELS
+    return (model_name or "mbt") in branches.BRANCH_MODELS
 
 
-def make_conditions(modalities: Sequence[str], snrs_db: Sequence[float] = SNRS_DB,
-                    model_name: str | None = None) -> list[Condition]:
+def make_conditions(
+    modalities: Sequence[str], snrs_db: Sequence[float] = SNRS_DB, model_name: str | None = None
+) -> list[Condition]:
     """Clean, then noise per target and SNR, then each modality removed (multimodal only).
 
     Targets whose modalities the model does not read are left out; with one modality only
@@ -131,25 +142,33 @@ def make_conditions(modalities: Sequence[str], snrs_db: Sequence[float] = SNRS_D
     with zeros ('no audio (zeros)'), and, for a `model_name` in `branches.BRANCH_MODELS`, also with
     the tokens dropped ('no audio (dropped tokens)'). `model_name` None: zeros only.
     """
-    conditions = [Condition('clean', 'none')]
+    conditions = [Condition("clean", "none")]
     seen = set()
     for target, covers in TARGETS.items():
         noised = tuple(m for m in modalities if m in covers)
         if not noised or noised in seen:
             continue
         seen.add(noised)
-        conditions += [Condition(f'{target} noise {snr:g} dB', target, snr, noised=noised)
-                       for snr in snrs_db]
+        conditions += [
+            Condition(f"{target} noise {snr:g} dB", target, snr, noised=noised) for snr in snrs_db
+        ]
     if len(modalities) > 1:
-        for target in ('audio', 'video'):
+        for target in ("audio", "video"):
             dropped = tuple(m for m in modalities if m in TARGETS[target])
             if not dropped or len(dropped) == len(modalities):
                 continue
-            conditions.append(Condition(f'no {target} (zeros)', f'no {target}',
-                                        dropped=dropped, removal='zeros'))
+            conditions.append(
+                Condition(f"no {target} (zeros)", f"no {target}", dropped=dropped, removal="zeros")
+            )
             if model_name is not None and supports_token_drop(model_name):
-                conditions.append(Condition(f'no {target} (dropped tokens)', f'no {target}',
-                                            dropped=dropped, removal='tokens'))
+                conditions.append(
+                    Condition(
+                        f"no {target} (dropped tokens)",
+                        f"no {target}",
+                        dropped=dropped,
+                        removal="tokens",
+                    )
+                )
     return conditions
 
 
@@ -159,13 +178,16 @@ def _branch_setup(setup: train.Setup, params: Any, modalities: tuple[str, ...]):
     A shallow copy of `setup` whose `modalities`, `model` and jitted `eval_step` are the
     branch's; the branch params are the restored (sharded) arrays, not copies.
     """
-    model, sub_params = branches.branch_model(setup.config.model, setup.meta.num_classes,
-                                              setup.meta.input_shapes, params, modalities)
+    model, sub_params = branches.branch_model(
+        setup.config.model, setup.meta.num_classes, setup.meta.input_shapes, params, modalities
+    )
     branch = copy.copy(setup)
     branch.model, branch.modalities = model, modalities
     branch.step_cfg = dataclasses.replace(setup.step_cfg, modalities=modalities)
-    branch.eval_step = jax.jit(step_lib.make_eval_step(model, branch.step_cfg),
-                               out_shardings=sharding.replicated(setup.mesh))
+    branch.eval_step = jax.jit(
+        step_lib.make_eval_step(model, branch.step_cfg),
+        out_shardings=sharding.replicated(setup.mesh),
+    )
     return branch, sub_params
 
 
@@ -177,13 +199,20 @@ class _TransformedData:
         self._data, self._transform = data, transform
 
     def batches(self, split, mode, batch_size, *, seed, start_batch=0) -> Iterator[dict]:
-        for index, batch in enumerate(self._data.batches(split, mode, batch_size, seed=seed,
-                                                         start_batch=start_batch)):
+        for index, batch in enumerate(
+            self._data.batches(split, mode, batch_size, seed=seed, start_batch=start_batch)
+        ):
             yield self._transform(batch, index)
 
 
-def run_robustness(config: ml_collections.ConfigDict, workdir: str, data: Any = None, *,
-                   snrs_db: Sequence[float] = SNRS_DB, plot: bool = True) -> dict[str, Any]:
+def run_robustness(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    data: Any = None,
+    *,
+    snrs_db: Sequence[float] = SNRS_DB,
+    plot: bool = True,
+) -> dict[str, Any]:
     """Evaluates the latest checkpoint of `workdir` under every condition; writes the reports.
 
     Args:
@@ -201,45 +230,63 @@ def run_robustness(config: ml_collections.ConfigDict, workdir: str, data: Any = 
     data = data if data is not None else train.PipelineData(config, workdir)
     setup = train.get_setup(config, data)
     params, step = train.restore_params(setup, workdir, config)
-    split = setup.splits['eval']
+    split = setup.splits["eval"]
     meta = setup.meta
     metric = metrics_lib.primary_metric_name(bool(meta.multi_label), meta.class_splits)
     seed = int(config.seed)
-    model_name = config.model.get('name', 'mbt')
+    model_name = config.model.get("name", "mbt")
     conditions = make_conditions(setup.modalities, snrs_db, model_name)
     rows = []
     for index, condition in enumerate(conditions):
+
         def transform(batch, batch_index, condition=condition, index=index):
             rng = np.random.default_rng([seed, index, batch_index])
             return condition.apply(batch, rng)
+
         run_setup, run_params = setup, params
-        if condition.removal == 'tokens':
+        if condition.removal == "tokens":
             kept = tuple(m for m in setup.modalities if m not in condition.dropped)
             run_setup, run_params = _branch_setup(setup, params, kept)
-        results = train.run_evaluation(run_setup, _TransformedData(data, transform), run_params,
-                                       split, 'eval')
-        _LOG.info('robustness %s: %s %.4f', condition.name, metric, results[metric])
-        rows.append({'name': condition.name, 'target': condition.target,
-                     'snr_db': condition.snr_db if math.isfinite(condition.snr_db) else None,
-                     'noised': list(condition.noised), 'dropped': list(condition.dropped),
-                     'removal': condition.removal, 'metrics': results})
+        results = train.run_evaluation(
+            run_setup, _TransformedData(data, transform), run_params, split, "eval"
+        )
+        _LOG.info("robustness %s: %s %.4f", condition.name, metric, results[metric])
+        rows.append(
+            {
+                "name": condition.name,
+                "target": condition.target,
+                "snr_db": condition.snr_db if math.isfinite(condition.snr_db) else None,
+                "noised": list(condition.noised),
+                "dropped": list(condition.dropped),
+                "removal": condition.removal,
+                "metrics": results,
+            }
+        )
     removals = [r for r in REMOVALS if any(c.removal == r for c in conditions)]
-    report = {'metric': metric, 'split': split, 'step': step,
-              'model': model_name, 'modalities': list(setup.modalities),
-              'snrs_db': [float(s) for s in snrs_db], 'removals': removals, 'conditions': rows}
+    report = {
+        "metric": metric,
+        "split": split,
+        "step": step,
+        "model": model_name,
+        "modalities": list(setup.modalities),
+        "snrs_db": [float(s) for s in snrs_db],
+        "removals": removals,
+        "conditions": rows,
+    }
     if jax.process_index() == 0:
         # 'metrics' holds the clean condition's, as in results_<split>.json.
-        evaluate_lib.write_results_json(os.path.join(workdir, 'robustness.json'),
-                                        rows[0]['metrics'], extra=report)
-        with open(os.path.join(workdir, 'robustness.md'), 'w', encoding='utf-8') as f:
-            f.write(markdown_table(report) + '\n')
+        evaluate_lib.write_results_json(
+            os.path.join(workdir, "robustness.json"), rows[0]["metrics"], extra=report
+        )
+        with open(os.path.join(workdir, "robustness.md"), "w", encoding="utf-8") as f:
+            f.write(markdown_table(report) + "\n")
         if plot:
-            plot_report(report, os.path.join(workdir, 'robustness.png'))
+            plot_report(report, os.path.join(workdir, "robustness.png"))
     return report
 
 
 def _value(row: Mapping[str, Any], metric: str) -> float:
-    return float(row['metrics'][metric])
+    return float(row["metrics"][metric])
 
 
 def markdown_table(report: Mapping[str, Any]) -> str:
@@ -248,65 +295,86 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     The second table has one row per removed target and one column per removal kind
     ('input zeros', 'dropped tokens'); a model without token dropping gets '–' there.
     """
-    metric, rows = report['metric'], report['conditions']
-    clean = next(r for r in rows if r['target'] == 'none')
-    snrs = report['snrs_db']
-    header = "| noise on | clean (∞ dB) | " + ' | '.join(f'{s:g} dB' for s in snrs) + ' |'
-    lines = [f"{report.get('model')} {'+'.join(report['modalities'])}, checkpoint step "
-             f"{report['step']}, split `{report['split']}`, metric `{metric}` "
-             '(white Gaussian noise on the model inputs):', '',
-             header, '|' + '---|' * (len(snrs) + 2)]
+    metric, rows = report["metric"], report["conditions"]
+    clean = next(r for r in rows if r["target"] == "none")
+    snrs = report["snrs_db"]
+    header = "| noise on | clean (∞ dB) | " + " | ".join(f"{s:g} dB" for s in snrs) + " |"
+    lines = [
+        f"{report.get('model')} {'+'.join(report['modalities'])}, checkpoint step "
+        f"{report['step']}, split `{report['split']}`, metric `{metric}` "
+        "(white Gaussian noise on the model inputs):",
+        "",
+        header,
+        "|" + "---|" * (len(snrs) + 2),
+    ]
     for target in TARGETS:
-        by_snr = {r['snr_db']: r for r in rows if r['target'] == target}
+        by_snr = {r["snr_db"]: r for r in rows if r["target"] == target}
         if not by_snr:
             continue
-        cells = [f'{_value(by_snr[s], metric):.4f}' for s in snrs]
-        lines.append(f"| {target} | {_value(clean, metric):.4f} | " + ' | '.join(cells) + ' |')
-    missing = [r for r in rows if r['dropped']]
+        cells = [f"{_value(by_snr[s], metric):.4f}" for s in snrs]
+        lines.append(f"| {target} | {_value(clean, metric):.4f} | " + " | ".join(cells) + " |")
+    missing = [r for r in rows if r["dropped"]]
     if missing:
         by_target: dict[str, dict[str, Any]] = {}
         for r in missing:
-            by_target.setdefault(r['target'], {})[r.get('removal') or 'zeros'] = r
-        has_tokens = any('tokens' in kinds for kinds in by_target.values())
-        clean_cell = f'{_value(clean, metric):.4f}'
-        lines += ['', f'| removed | {metric}, input zeros | {metric}, dropped tokens |',
-                  '|---|---|---|',
-                  f"| nothing (clean) | {clean_cell} | {clean_cell if has_tokens else '–'} |"]
+            by_target.setdefault(r["target"], {})[r.get("removal") or "zeros"] = r
+        has_tokens = any("tokens" in kinds for kinds in by_target.values())
+        clean_cell = f"{_value(clean, metric):.4f}"
+        lines += [
+            "",
+            f"| removed | {metric}, input zeros | {metric}, dropped tokens |",
+            "|---|---|---|",
+            f"| nothing (clean) | {clean_cell} | {clean_cell if has_tokens else '–'} |",
+        ]
         for target, kinds in by_target.items():
-            dropped = '+'.join(next(iter(kinds.values()))['dropped'])
-            cells = [f'{_value(kinds[k], metric):.4f}' if k in kinds else '–' for k in REMOVALS]
-            lines.append(f"| {target[3:]} ({dropped}) | " + ' | '.join(cells) + ' |')
+            dropped = "+".join(next(iter(kinds.values()))["dropped"])
+            cells = [f"{_value(kinds[k], metric):.4f}" if k in kinds else "–" for k in REMOVALS]
+            lines.append(f"| {target[3:]} ({dropped}) | " + " | ".join(cells) + " |")
         if not has_tokens:
-            lines += ['', f"(model {report.get('model')!r} cannot run without a modality's "
-                      'tokens: removal by zeros only)']
-    return '\n'.join(lines)
+            lines += [
+                "",
+                f"(model {report.get('model')!r} cannot run without a modality's "
+                "tokens: removal by zeros only)",
+            ]
+    return "\n".join(lines)
 
 
 def plot_report(report: Mapping[str, Any], path: str) -> None:
     """Headline metric vs SNR per noised target; clean at the left; removed modalities as
     horizontal lines, dashed for zeros, dotted for dropped tokens."""
     import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
+
+    matplotlib.use("Agg")
     from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-    metric, rows, snrs = report['metric'], report['conditions'], report['snrs_db']
-    clean = _value(next(r for r in rows if r['target'] == 'none'), metric)
-    clean_x = max(snrs) + 10.0   # where "∞" is drawn
+    metric, rows, snrs = report["metric"], report["conditions"], report["snrs_db"]
+    clean = _value(next(r for r in rows if r["target"] == "none"), metric)
+    clean_x = max(snrs) + 10.0  # where "∞" is drawn
     fig, ax = plt.subplots(figsize=(6, 4))
     for target in TARGETS:
-        by_snr = {r['snr_db']: r for r in rows if r['target'] == target}
+        by_snr = {r["snr_db"]: r for r in rows if r["target"] == target}
         if by_snr:
-            ax.plot([clean_x] + list(snrs), [clean] + [_value(by_snr[s], metric) for s in snrs],
-                    marker='o', label=f'noise on {target}')
+            ax.plot(
+                [clean_x] + list(snrs),
+                [clean] + [_value(by_snr[s], metric) for s in snrs],
+                marker="o",
+                label=f"noise on {target}",
+            )
     for r in rows:
-        if r['dropped']:
-            style = ':' if r.get('removal') == 'tokens' else '--'
-            ax.axhline(_value(r, metric), linestyle=style, linewidth=1, color='grey')
-            ax.annotate(r['name'], (min(snrs), _value(r, metric)), fontsize=8, ha='right',
-                        textcoords='offset points', xytext=(0, 3))
-    ax.set_xticks([clean_x] + list(snrs), ['∞'] + [f'{s:g}' for s in snrs])
+        if r["dropped"]:
+            style = ":" if r.get("removal") == "tokens" else "--"
+            ax.axhline(_value(r, metric), linestyle=style, linewidth=1, color="grey")
+            ax.annotate(
+                r["name"],
+                (min(snrs), _value(r, metric)),
+                fontsize=8,
+                ha="right",
+                textcoords="offset points",
+                xytext=(0, 3),
+            )
+    ax.set_xticks([clean_x] + list(snrs), ["∞"] + [f"{s:g}" for s in snrs])
     ax.invert_xaxis()
-    ax.set_xlabel('SNR (dB)')
+    ax.set_xlabel("SNR (dB)")
     ax.set_ylabel(metric)
     ax.set_title(f"{report.get('model')}: robustness to white noise")
     ax.grid(alpha=0.3)

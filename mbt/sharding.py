@@ -19,30 +19,33 @@ Rules are applied to the abstract state from `jax.eval_shape`, before anything i
 import logging
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 _LOG = logging.getLogger(__name__)
 
-DATA_AXIS = 'data'
-MODEL_AXIS = 'model'
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
 AXES = (DATA_AXIS, MODEL_AXIS)
 
 # (regex on the parameter path, spec per dimension). Shapes: q/k/v kernel [D, heads, D/heads],
 # q/k/v bias [heads, D/heads], out kernel [heads, D/heads, D], MLP [D, mlp] and [mlp, D].
-_ATTN = r'MultiHeadDotProductAttention_\d+/'
-_MLP = r'MlpBlock_\d+/'
+_ATTN = r"MultiHeadDotProductAttention_\d+/"
+_MLP = r"MlpBlock_\d+/"
 MODEL_PARALLEL_RULES = (
-    (_ATTN + r'(query|key|value)/kernel$', (None, MODEL_AXIS, None)),
-    (_ATTN + r'(query|key|value)/bias$', (MODEL_AXIS, None)),
-    (_ATTN + r'out/kernel$', (MODEL_AXIS, None, None)),
-    (_MLP + r'Dense_0/kernel$', (None, MODEL_AXIS)),
-    (_MLP + r'Dense_0/bias$', (MODEL_AXIS,)),
-    (_MLP + r'Dense_1/kernel$', (MODEL_AXIS, None)),
+    (_ATTN + r"(query|key|value)/kernel$", (None, MODEL_AXIS, None)),
+    (_ATTN + r"(query|key|value)/bias$", (MODEL_AXIS, None)),
+    (_ATTN + r"out/kernel$", (MODEL_AXIS, None, None)),
+    (_MLP + r"Dense_0/kernel$", (None, MODEL_AXIS)),
+    (_MLP + r"Dense_0/bias$", (MODEL_AXIS,)),
+    (_MLP + r"Dense_1/kernel$", (MODEL_AXIS, None)),
 )
 
 
@@ -55,19 +58,23 @@ def maybe_initialize_distributed() -> bool:
     forces it, `MBT_DISTRIBUTED=0` disables it. Must run before any other JAX call.
     Returns True when it initialised.
     """
-    forced = os.environ.get('MBT_DISTRIBUTED')
+    forced = os.environ.get("MBT_DISTRIBUTED")
     if forced is not None:
-        wanted = forced.strip() not in ('', '0', 'false', 'False')
+        wanted = forced.strip() not in ("", "0", "false", "False")
     else:
         wanted = (
-            'JAX_COORDINATOR_ADDRESS' in os.environ
-            or int(os.environ.get('SLURM_NTASKS', '1')) > 1
-            or int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
-            or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''))
+            "JAX_COORDINATOR_ADDRESS" in os.environ
+            or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+            or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+            or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+        )
     if wanted:
         jax.distributed.initialize()
-        _LOG.info('jax.distributed initialised: process %d of %d', jax.process_index(),
-                  jax.process_count())
+        _LOG.info(
+            "jax.distributed initialised: process %d of %d",
+            jax.process_index(),
+            jax.process_count(),
+        )
     return wanted
 
 
@@ -75,23 +82,27 @@ def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tu
     """`(data, model)` with a -1 entry filled in; ValueError when it does not fit the devices."""
     shape = tuple(int(s) for s in (mesh_shape if mesh_shape is not None else (-1, 1)))
     if len(shape) != 2:
-        raise ValueError(f'config.mesh_shape={shape} must have 2 entries (data, model)')
+        raise ValueError(f"config.mesh_shape={shape} must have 2 entries (data, model)")
     if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f'config.mesh_shape={shape}: entries must be positive, at most one -1')
+        raise ValueError(f"config.mesh_shape={shape}: entries must be positive, at most one -1")
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1]))
         if num_devices % known:
-            raise ValueError(f'config.mesh_shape={shape}: {num_devices} devices are not divisible '
-                             f'by {known}')
+            raise ValueError(
+                f"config.mesh_shape={shape}: {num_devices} devices are not divisible by {known}"
+            )
         shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if shape[0] * shape[1] > num_devices:
-        raise ValueError(f'config.mesh_shape={shape} needs {shape[0] * shape[1]} devices but '
-                         f'{num_devices} are available; use -1 for one axis')
+        raise ValueError(
+            f"config.mesh_shape={shape} needs {shape[0] * shape[1]} devices but "
+            f"{num_devices} are available; use -1 for one axis"
+        )
     return shape
 
 
-def make_mesh(mesh_shape: Sequence[int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    mesh_shape: Sequence[int] | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A `Mesh` with axes ('data', 'model') over `devices` (default: all devices).
 
     A shape with fewer devices than available (no -1) uses the first ones and logs a
@@ -102,10 +113,11 @@ def make_mesh(mesh_shape: Sequence[int] | None = None,
     used = shape[0] * shape[1]
     if used < len(devices):
         if jax.process_count() > 1:
-            raise ValueError(f'config.mesh_shape={shape} uses {used} of {len(devices)} devices; '
-                             'with several processes the mesh must cover all devices')
-        _LOG.warning('config.mesh_shape=%s uses %d of the %d devices.', shape, used,
-                     len(devices))
+            raise ValueError(
+                f"config.mesh_shape={shape} uses {used} of {len(devices)} devices; "
+                "with several processes the mesh must cover all devices"
+            )
+        _LOG.warning("config.mesh_shape=%s uses %d of the %d devices.", shape, used, len(devices))
         devices = devices[:used]
     try:
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
@@ -118,18 +130,24 @@ def path_to_str(path) -> str:
     """Tree path -> 'a/b/0/c' (dict keys, attribute names and sequence indices)."""
     parts = []
     for entry in path:
-        for attr in ('key', 'name', 'idx'):
+        for attr in ("key", "name", "idx"):
             if hasattr(entry, attr):
                 parts.append(str(getattr(entry, attr)))
                 break
         else:
             parts.append(str(entry))
-    return '/'.join(parts)
+    return "/".join(parts)
 
 
-def spec_for(path: str, shape: Sequence[int], mesh: Mesh, *, fsdp: bool = False,
-             fsdp_min_size: int = 2 ** 14,
-             rules: Sequence[tuple[str, tuple]] = MODEL_PARALLEL_RULES) -> P:
+def spec_for(
+    path: str,
+    shape: Sequence[int],
+    mesh: Mesh,
+    *,
+    fsdp: bool = False,
+    fsdp_min_size: int = 2**14,
+    rules: Sequence[tuple[str, tuple]] = MODEL_PARALLEL_RULES,
+) -> P:
     """PartitionSpec of one array from its path and shape (see the module docstring)."""
     spec = [None] * len(shape)
     model_size = mesh.shape[MODEL_AXIS]
@@ -150,12 +168,19 @@ def spec_for(path: str, shape: Sequence[int], mesh: Mesh, *, fsdp: bool = False,
     return P(*spec)
 
 
-def tree_shardings(abstract_tree: Any, mesh: Mesh, *, fsdp: bool = False,
-                   fsdp_min_size: int = 2 ** 14) -> Any:
+def tree_shardings(
+    abstract_tree: Any, mesh: Mesh, *, fsdp: bool = False, fsdp_min_size: int = 2**14
+) -> Any:
     """`NamedSharding` for every leaf of an abstract tree (e.g. `jax.eval_shape` output)."""
+
     def one(path, leaf):
-        return NamedSharding(mesh, spec_for(path_to_str(path), np.shape(leaf), mesh, fsdp=fsdp,
-                                            fsdp_min_size=fsdp_min_size))
+        return NamedSharding(
+            mesh,
+            spec_for(
+                path_to_str(path), np.shape(leaf), mesh, fsdp=fsdp, fsdp_min_size=fsdp_min_size
+            ),
+        )
+
     return jax.tree_util.tree_map_with_path(one, abstract_tree)
 
 
@@ -164,7 +189,7 @@ def describe_shardings(shardings: Any) -> list[str]:
     lines = []
     for path, sharding in jax.tree_util.tree_leaves_with_path(shardings):
         if any(axis is not None for axis in sharding.spec):
-            lines.append(f'{path_to_str(path)}: {tuple(sharding.spec)}')
+            lines.append(f"{path_to_str(path)}: {tuple(sharding.spec)}")
     return lines
 
 
@@ -184,5 +209,7 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     the slice of the global batch that lives on its devices.
     """
     sharding = batch_sharding(mesh)
-    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for name, value in local_batch.items()}
+    return {
+        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for name, value in local_batch.items()
+    }

@@ -18,7 +18,11 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import Any
+from typing import Protocol
 
 import jax
 import ml_collections
@@ -37,8 +41,8 @@ from mbt import train_step as step_lib
 _LOG = logging.getLogger(__name__)
 
 # Batch keys the jitted steps read; anything else a pipeline yields stays on the host.
-_TRAIN_KEYS = ('label', 'batch_mask')
-_EVAL_KEYS = ('label', 'batch_mask', 'video_index')
+_TRAIN_KEYS = ("label", "batch_mask")
+_EVAL_KEYS = ("label", "batch_mask", "video_index")
 
 
 class DataSource(Protocol):
@@ -46,8 +50,9 @@ class DataSource(Protocol):
 
     meta: Any  # mbt.data.pipeline.DatasetMeta (num_classes, class_splits, multi_label, ...)
 
-    def batches(self, split: str, mode: str, batch_size: int, *, seed: int,
-                start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    def batches(
+        self, split: str, mode: str, batch_size: int, *, seed: int, start_batch: int = 0
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Per-process numpy batches; 'train' is infinite, 'eval' / 'test' one padded pass."""
 
 
@@ -56,27 +61,40 @@ class PipelineData:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
         from mbt.data import pipeline  # pylint: disable=g-import-not-at-top
+
         self._pipeline = pipeline
         self._config = config
-        if workdir is not None and config.dataset.get('synthetic') is not None \
-                and int(config.dataset.synthetic.get('num_clips', 0) or 0) > 0:
+        if (
+            workdir is not None
+            and config.dataset.get("synthetic") is not None
+            and int(config.dataset.synthetic.get("num_clips", 0) or 0) > 0
+        ):
             pipeline.prepare_dataset(config, workdir)
         self.meta = pipeline.get_dataset_meta(config)
 
     def split_names(self) -> dict[str, str]:
         """Configured split per role, with the pipeline's per-dataset defaults."""
         values = self._pipeline.dataset_values(self._config)
-        defaults = self._pipeline.DEFAULT_SPLITS[values['name']]
-        return {role: values[f'{role}_split'] or default
-                for role, default in zip(ROLES, defaults)}
+        defaults = self._pipeline.DEFAULT_SPLITS[values["name"]]
+        return {role: values[f"{role}_split"] or default for role, default in zip(ROLES, defaults)}
 
     def batches(self, split, mode, batch_size, *, seed, start_batch=0):
-        return iter(self._pipeline.make_dataset(
-            self._config, split, mode, batch_size, seed=seed, start_batch=start_batch,
-            process_index=jax.process_index(), process_count=jax.process_count()))
+        return iter(
+            self._pipeline.make_dataset(
+                self._config,
+                split,
+                mode,
+                batch_size,
+                seed=seed,
+                start_batch=start_batch,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+        )
 
 
 # --- setup ----------------------------------------------------------------------------------
+
 
 class Setup:
     """Model, optimiser, mesh, shardings and jitted steps of one config (built once)."""
@@ -85,41 +103,53 @@ class Setup:
         self.config = config
         self.meta = meta
         self.splits = dict(splits)  # role ('train' / 'eval' / 'test') -> split name
-        self.mesh = sharding.make_mesh(config.get('mesh_shape'))
-        config_validation.validate_config(config, meta, mesh_shape=tuple(self.mesh.shape.values()),
-                                          process_count=jax.process_count())
+        self.mesh = sharding.make_mesh(config.get("mesh_shape"))
+        config_validation.validate_config(
+            config,
+            meta,
+            mesh_shape=tuple(self.mesh.shape.values()),
+            process_count=jax.process_count(),
+        )
         self.model = models.build_model(config.model, meta.num_classes)
         self.modalities = tuple(config.model.modalities)
-        if self.splits['train'] not in meta.num_examples:
-            raise ValueError(f"train split {self.splits['train']!r} (config.dataset.train_split) "
-                             f'is not a split of the dataset; allowed: {sorted(meta.num_examples)}')
-        self.steps_per_epoch = max(meta.num_examples[self.splits['train']]
-                                   / config.batch_size, 1e-9)
-        self.total_steps = num_train_steps(config, meta, self.splits['train'])
+        if self.splits["train"] not in meta.num_examples:
+            raise ValueError(
+                f"train split {self.splits['train']!r} (config.dataset.train_split) "
+                f"is not a split of the dataset; allowed: {sorted(meta.num_examples)}"
+            )
+        self.steps_per_epoch = max(
+            meta.num_examples[self.splits["train"]] / config.batch_size, 1e-9
+        )
+        self.total_steps = num_train_steps(config, meta, self.splits["train"])
         self.schedule = optim.make_lr_schedule(config.lr, self.total_steps, self.steps_per_epoch)
         self.optimizer = optim.make_optimizer(config.optimizer, self.schedule)
-        mixup = config.get('mixup') or {}
+        mixup = config.get("mixup") or {}
         class_splits = tuple(meta.class_splits) if meta.class_splits else None
         self.step_cfg = step_lib.StepConfig(
             modalities=self.modalities,
             multi_label=bool(meta.multi_label),
             class_splits=class_splits,
-            label_smoothing=float(config.get('label_smoothing', 0.0) or 0.0),
-            head_reduction=(config.get('loss') or {}).get('head_reduction', 'sum'),
-            mixup_alpha=float(mixup.get('alpha', 0.0) or 0.0),
-            mixmod=bool(mixup.get('mixmod', False)),
-            grad_accum_steps=int(config.get('grad_accum_steps', 1) or 1))
+            label_smoothing=float(config.get("label_smoothing", 0.0) or 0.0),
+            head_reduction=(config.get("loss") or {}).get("head_reduction", "sum"),
+            mixup_alpha=float(mixup.get("alpha", 0.0) or 0.0),
+            mixmod=bool(mixup.get("mixmod", False)),
+            grad_accum_steps=int(config.get("grad_accum_steps", 1) or 1),
+        )
 
         input_shapes = {m: tuple(meta.input_shapes[m]) for m in self.modalities}
 
         def init_fn():
-            return step_lib.init_state(self.model, self.optimizer, input_shapes,
-                                       int(config.seed), self.modalities)
+            return step_lib.init_state(
+                self.model, self.optimizer, input_shapes, int(config.seed), self.modalities
+            )
 
         self.abstract_state = jax.eval_shape(init_fn)
         self.state_shardings = sharding.tree_shardings(
-            self.abstract_state, self.mesh, fsdp=bool(config.get('fsdp', False)),
-            fsdp_min_size=int(config.get('fsdp_min_size', 2 ** 14)))
+            self.abstract_state,
+            self.mesh,
+            fsdp=bool(config.get("fsdp", False)),
+            fsdp_min_size=int(config.get("fsdp_min_size", 2**14)),
+        )
         self.params_shardings = self.state_shardings.params
         replicated = sharding.replicated(self.mesh)
         batch = sharding.batch_sharding(self.mesh)
@@ -128,11 +158,13 @@ class Setup:
             step_lib.make_train_step(self.model, self.optimizer, self.schedule, self.step_cfg),
             in_shardings=(self.state_shardings, batch, replicated),
             out_shardings=(self.state_shardings, replicated),
-            donate_argnums=(0,))
+            donate_argnums=(0,),
+        )
         self.eval_step = jax.jit(
             step_lib.make_eval_step(self.model, self.step_cfg),
             in_shardings=(self.params_shardings, batch),
-            out_shardings=replicated)
+            out_shardings=replicated,
+        )
 
     def device_batch(self, batch: Mapping[str, np.ndarray], keys) -> dict[str, jax.Array]:
         """The keys the step reads, as global arrays sharded over 'data'."""
@@ -141,13 +173,19 @@ class Setup:
 
     def mixup_lambdas(self, step: int) -> dict[str, np.ndarray]:
         """The mixup lambdas of train step `step` (1-based), drawn on the host."""
-        return mixup_lib.sample_lambdas(int(self.config.seed), step, self.step_cfg.mixup_alpha,
-                                        self.modalities, self.step_cfg.mixmod)
+        return mixup_lib.sample_lambdas(
+            int(self.config.seed),
+            step,
+            self.step_cfg.mixup_alpha,
+            self.modalities,
+            self.step_cfg.mixmod,
+        )
 
     def run_train_step(self, state, batch: Mapping[str, np.ndarray], step: int):
         """One update on a per-process numpy batch; returns (state, device metrics)."""
-        return self.train_step(state, self.device_batch(batch, _TRAIN_KEYS),
-                               self.mixup_lambdas(step))
+        return self.train_step(
+            state, self.device_batch(batch, _TRAIN_KEYS), self.mixup_lambdas(step)
+        )
 
 
 _SETUP_CACHE: dict[str, Setup] = {}
@@ -157,19 +195,28 @@ def get_setup(config: ml_collections.ConfigDict, data: Any) -> Setup:
     """`Setup` for this config and data source, reused for an identical pair (saves compiles)."""
     splits = resolve_splits(config, data)
     # init_from only matters before the first step (`initial_state` reads it from `config`).
-    compiled_keys = {k: v for k, v in config.to_dict().items() if k != 'init_from'}
-    key = json.dumps([ml_collections.ConfigDict(compiled_keys).to_json_best_effort(
-        sort_keys=True), repr(data.meta), splits, [d.id for d in jax.devices()]])
+    compiled_keys = {k: v for k, v in config.to_dict().items() if k != "init_from"}
+    key = json.dumps(
+        [
+            ml_collections.ConfigDict(compiled_keys).to_json_best_effort(sort_keys=True),
+            repr(data.meta),
+            splits,
+            [d.id for d in jax.devices()],
+        ]
+    )
     if key not in _SETUP_CACHE:
         _SETUP_CACHE.clear()  # keep at most one: compiled executables hold memory
         _SETUP_CACHE[key] = Setup(config, data.meta, splits)
     return _SETUP_CACHE[key]
 
 
-ROLES = ('train', 'eval', 'test')
+ROLES = ("train", "eval", "test")
 # Split names tried, in order, for a data source that does not name its splits itself.
-_SPLIT_CANDIDATES = {'train': ('train',), 'eval': ('validation', 'eval', 'test'),
-                     'test': ('test', 'eval', 'validation')}
+_SPLIT_CANDIDATES = {
+    "train": ("train",),
+    "eval": ("validation", "eval", "test"),
+    "test": ("test", "eval", "validation"),
+}
 
 
 def resolve_splits(config: ml_collections.ConfigDict, data: Any) -> dict[str, str]:
@@ -179,25 +226,26 @@ def resolve_splits(config: ml_collections.ConfigDict, data: Any) -> dict[str, st
     defaults); otherwise `config.dataset.<role>_split` when set, else the first split of
     the dataset in `_SPLIT_CANDIDATES`.
     """
-    if hasattr(data, 'split_names'):
+    if hasattr(data, "split_names"):
         return dict(data.split_names())
-    dataset = config.get('dataset') or {}
+    dataset = config.get("dataset") or {}
     available = tuple(data.meta.num_examples)
     names = {}
     for role in ROLES:
-        explicit = dataset.get(f'{role}_split') if hasattr(dataset, 'get') else None
-        found = [explicit] if explicit else [c for c in _SPLIT_CANDIDATES[role]
-                                             if c in available]
+        explicit = dataset.get(f"{role}_split") if hasattr(dataset, "get") else None
+        found = [explicit] if explicit else [c for c in _SPLIT_CANDIDATES[role] if c in available]
         if not found:
-            raise ValueError(f'config.dataset.{role}_split is not set and the dataset has '
-                             f'none of {_SPLIT_CANDIDATES[role]}; available: {available}')
+            raise ValueError(
+                f"config.dataset.{role}_split is not set and the dataset has "
+                f"none of {_SPLIT_CANDIDATES[role]}; available: {available}"
+            )
         names[role] = found[0]
     return names
 
 
 def num_train_steps(config, meta, train_split: str) -> int:
     """`config.num_train_steps` if set (> 0), else epochs x examples / global batch."""
-    steps = config.get('num_train_steps')
+    steps = config.get("num_train_steps")
     if steps:
         return int(steps)
     examples = meta.num_examples[train_split]
@@ -206,8 +254,10 @@ def num_train_steps(config, meta, train_split: str) -> int:
 
 # --- evaluation -----------------------------------------------------------------------------
 
-def run_evaluation(setup: Setup, data: DataSource, params: Any, split: str,
-                   mode: str) -> dict[str, float]:
+
+def run_evaluation(
+    setup: Setup, data: DataSource, params: Any, split: str, mode: str
+) -> dict[str, float]:
     """One padded pass over `split` ('eval': 1 view per video, 'test': several views).
 
     Views are averaged per `video_index` by `evaluate.ViewAggregator` (padding rows dropped);
@@ -216,51 +266,66 @@ def run_evaluation(setup: Setup, data: DataSource, params: Any, split: str,
     """
     config, meta = setup.config, setup.meta
     aggregator = evaluate_lib.ViewAggregator(
-        meta.num_classes, combine=config.get('test_combine', 'mean_logits'),
+        meta.num_classes,
+        combine=config.get("test_combine", "mean_logits"),
         multi_label=bool(meta.multi_label),
-        class_splits=tuple(meta.class_splits) if meta.class_splits else None)
-    per_process = config.get('eval_batch_size') or config.batch_size
+        class_splits=tuple(meta.class_splits) if meta.class_splits else None,
+    )
+    per_process = config.get("eval_batch_size") or config.batch_size
     per_process //= jax.process_count()
     loss_sum, num_views = 0.0, 0.0
     for batch in data.batches(split, mode, per_process, seed=int(config.seed)):
         out = jax.device_get(setup.eval_step(params, setup.device_batch(batch, _EVAL_KEYS)))
-        aggregator.add(out['logits'], out['label'], out['video_index'], out['batch_mask'])
-        loss_sum += float(out['loss_sum'])
-        num_views += float(out['num_examples'])
+        aggregator.add(out["logits"], out["label"], out["video_index"], out["batch_mask"])
+        loss_sum += float(out["loss_sum"])
+        num_views += float(out["num_examples"])
     if aggregator.num_videos == 0:
-        raise ValueError(f'split {split!r} ({mode}) yielded no examples')
+        raise ValueError(f"split {split!r} ({mode}) yielded no examples")
     results = aggregator.metrics()
-    results['loss'] = loss_sum / max(num_views, 1.0)
-    results['num_views'] = int(num_views)
+    results["loss"] = loss_sum / max(num_views, 1.0)
+    results["num_views"] = int(num_views)
     return results
 
 
-def write_results(workdir: str, split: str, mode: str, results: Mapping[str, Any], step: int,
-                  config: ml_collections.ConfigDict) -> str:
+def write_results(
+    workdir: str,
+    split: str,
+    mode: str,
+    results: Mapping[str, Any],
+    step: int,
+    config: ml_collections.ConfigDict,
+) -> str:
     """`<workdir>/results_<split>.json` (process 0 only); returns its path."""
-    path = os.path.join(workdir, f'results_{split}.json')
+    path = os.path.join(workdir, f"results_{split}.json")
     if jax.process_index() == 0:
-        evaluate_lib.write_results_json(path, results, extra={
-            'split': split, 'mode': mode, 'step': int(step),
-            'dataset': (config.get('dataset') or {}).get('name'),
-            'model': config.model.get('name'),
-            'modalities': list(config.model.modalities)})
+        evaluate_lib.write_results_json(
+            path,
+            results,
+            extra={
+                "split": split,
+                "mode": mode,
+                "step": int(step),
+                "dataset": (config.get("dataset") or {}).get("name"),
+                "model": config.model.get("name"),
+                "modalities": list(config.model.modalities),
+            },
+        )
     return path
 
 
 def _summary(results: Mapping[str, Any], multi_label: bool, class_splits) -> str:
     name = metrics_lib.primary_metric_name(multi_label, class_splits)
-    return f'{name} {results.get(name, float("nan")):.4f}, loss {results["loss"]:.4f}'
+    return f"{name} {results.get(name, float('nan')):.4f}, loss {results['loss']:.4f}"
 
 
 class _LoggingWriter:
     """Console-only stand-in for clu's writers where TensorFlow (TensorBoard) is missing."""
 
     def write_scalars(self, step, scalars):
-        _LOG.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in scalars.items()))
+        _LOG.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
 
     def write_hparams(self, hparams):
-        _LOG.info('hparams: %s', hparams)
+        _LOG.info("hparams: %s", hparams)
 
     def flush(self):
         pass
@@ -274,7 +339,7 @@ def make_writer(workdir: str, is_main: bool):
     try:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
     except ImportError as error:  # clu's TensorBoard writer needs TensorFlow
-        _LOG.warning('No TensorBoard logging (%s); logging to the console only.', error)
+        _LOG.warning("No TensorBoard logging (%s); logging to the console only.", error)
         return _LoggingWriter()
     return metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
@@ -285,27 +350,30 @@ def make_progress_reporter(total_steps: int, writer) -> Callable[[int], Any]:
         from clu import periodic_actions  # pylint: disable=g-import-not-at-top
     except ImportError:  # clu's periodic actions import its TensorFlow summary writer
         return lambda step: None
-    return periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_steps=None, every_secs=30.0)
+    return periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=writer, every_steps=None, every_secs=30.0
+    )
 
 
 # --- training -------------------------------------------------------------------------------
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss or gradient norm."""
 
 
 def _check_finite(metrics: Mapping[str, Any], step: int, ckpt: checkpointing.Checkpointer):
-    loss, grad_norm = float(metrics['loss']), float(metrics['grad_norm'])
+    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
     if math.isfinite(loss) and math.isfinite(grad_norm):
         return
     ckpt.wait()
     last = ckpt.latest_step()
     raise NonFiniteLossError(
-        f'Non-finite training loss {loss} (grad norm {grad_norm}) at step {step}; training '
-        f'stopped. The last good checkpoint is '
-        f'{"step " + str(last) if last is not None else "none"} in {ckpt.directory}. Lower '
-        f'config.lr.base_lr, set config.optimizer.grad_clip_norm, or check the inputs.')
+        f"Non-finite training loss {loss} (grad norm {grad_norm}) at step {step}; training "
+        f"stopped. The last good checkpoint is "
+        f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}. Lower "
+        f"config.lr.base_lr, set config.optimizer.grad_clip_norm, or check the inputs."
+    )
 
 
 class _RunningMeans:
@@ -326,7 +394,7 @@ class _RunningMeans:
 
     def pop(self) -> dict[str, float]:
         """`{'train/<name>': mean}` since the last pop; resets."""
-        means = {f'train/{k}': v / max(self._count, 1) for k, v in self._sums.items()}
+        means = {f"train/{k}": v / max(self._count, 1) for k, v in self._sums.items()}
         self._sums, self._count = {}, 0
         return means
 
@@ -335,7 +403,7 @@ def _format_secs(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def initial_state(setup: Setup, config: ml_collections.ConfigDict, workdir: str):
@@ -345,26 +413,34 @@ def initial_state(setup: Setup, config: ml_collections.ConfigDict, workdir: str)
     written to `<workdir>/init_report.txt`. Optimiser state starts at zero either way.
     """
     state = setup.init()
-    init_cfg = config.get('init_from')
-    if not init_cfg or not init_cfg.get('checkpoint_path'):
+    init_cfg = config.get("init_from")
+    if not init_cfg or not init_cfg.get("checkpoint_path"):
         return state
     from mbt import pretrained  # pylint: disable=g-import-not-at-top
+
     host_params = jax.device_get(state.params)
-    params, report = pretrained.init_from(config, host_params,
-                                          input_shapes=setup.meta.input_shapes)
+    params, report = pretrained.init_from(config, host_params, input_shapes=setup.meta.input_shapes)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, 'init_report.txt'), 'w', encoding='utf-8') as f:
-            f.write(str(report) + '\n')
+        with open(os.path.join(workdir, "init_report.txt"), "w", encoding="utf-8") as f:
+            f.write(str(report) + "\n")
     params = jax.tree_util.tree_map(
         lambda value, like, sharding: jax.make_array_from_callback(
-            like.shape, sharding, lambda index: np.asarray(value, like.dtype)[index]),
-        params, host_params, setup.state_shardings.params)
+            like.shape, sharding, lambda index: np.asarray(value, like.dtype)[index]
+        ),
+        params,
+        host_params,
+        setup.state_shardings.params,
+    )
     return state.replace(params=params)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       data: DataSource | None = None, *,
-                       on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    data: DataSource | None = None,
+    *,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`, evaluates, tests; returns the final results.
 
     Args:
@@ -382,37 +458,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     meta, total_steps = setup.meta, setup.total_steps
     is_main = jax.process_index() == 0
     writer = make_writer(workdir, is_main)
-    ckpt_cfg = config.get('checkpoint') or {}
+    ckpt_cfg = config.get("checkpoint") or {}
     ckpt = checkpointing.Checkpointer(
-        workdir, every_steps=int(ckpt_cfg.get('every_steps', 1000) or 0),
-        keep=int(ckpt_cfg.get('keep', 3) or 3), use_async=bool(ckpt_cfg.get('use_async', True)))
+        workdir,
+        every_steps=int(ckpt_cfg.get("every_steps", 1000) or 0),
+        keep=int(ckpt_cfg.get("keep", 3) or 3),
+        use_async=bool(ckpt_cfg.get("use_async", True)),
+    )
     ckpt.install_sigterm_handler()
     try:
         restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
         if restored is None:
             state = initial_state(setup, config, workdir)
             start_step, consumed = 0, 0
-            _LOG.info('Training from scratch: %d steps (%.2f steps per epoch).',
-                      total_steps, setup.steps_per_epoch)
+            _LOG.info(
+                "Training from scratch: %d steps (%.2f steps per epoch).",
+                total_steps,
+                setup.steps_per_epoch,
+            )
         else:
             state, ckpt_meta = restored
             start_step = int(state.step)
-            consumed = int(ckpt_meta.get('train_batches_consumed', start_step))
-            _LOG.info('Resumed at step %d of %d from %s.', start_step, total_steps,
-                      ckpt.directory)
+            consumed = int(ckpt_meta.get("train_batches_consumed", start_step))
+            _LOG.info("Resumed at step %d of %d from %s.", start_step, total_steps, ckpt.directory)
         if is_main and start_step == 0:
-            writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
-                                  if isinstance(v, (int, float, str, bool))})
+            writer.write_hparams(
+                {
+                    k: v
+                    for k, v in _flatten(config.to_dict()).items()
+                    if isinstance(v, (int, float, str, bool))
+                }
+            )
             for line in sharding.describe_shardings(setup.state_shardings.params):
-                _LOG.info('sharded parameter %s', line)
+                _LOG.info("sharded parameter %s", line)
 
         per_process_batch = config.batch_size // jax.process_count()
-        train_batches = data.batches(setup.splits['train'], 'train', per_process_batch,
-                                     seed=int(config.seed), start_batch=consumed)
+        train_batches = data.batches(
+            setup.splits["train"],
+            "train",
+            per_process_batch,
+            seed=int(config.seed),
+            start_batch=consumed,
+        )
         report = make_progress_reporter(total_steps, writer)
-        log_every = int(config.get('log_every_steps', 50) or 50)
-        eval_every = int(config.get('eval_every_steps', 0) or 0)
-        the_eval_split = setup.splits['eval']
+        log_every = int(config.get("log_every_steps", 50) or 50)
+        eval_every = int(config.get("eval_every_steps", 0) or 0)
+        the_eval_split = setup.splits["eval"]
 
         means = _RunningMeans(ckpt)
         previous = None  # (step, device metrics) checked one step late to keep the device busy
@@ -421,7 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         stopped_early = False
         eval_results = None
         for step in range(start_step + 1, total_steps + 1):
-            with jax.profiler.StepTraceAnnotation('train', step_num=step):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 batch = next(train_batches)
                 state, metrics = setup.run_train_step(state, batch, step)
             consumed += 1
@@ -444,20 +535,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 train_means = means.pop()
                 writer.write_scalars(step, train_means)
                 rate = (step - step_start) / max(time.monotonic() - t_start, 1e-9)
-                _LOG.info('step %d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.2f steps/s | '
-                          'ETA %s', step, total_steps, train_means['train/loss'],
-                          train_means['train/learning_rate'], train_means['train/grad_norm'],
-                          rate, _format_secs((total_steps - step) / max(rate, 1e-9)))
+                _LOG.info(
+                    "step %d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.2f steps/s | ETA %s",
+                    step,
+                    total_steps,
+                    train_means["train/loss"],
+                    train_means["train/learning_rate"],
+                    train_means["train/grad_norm"],
+                    rate,
+                    _format_secs((total_steps - step) / max(rate, 1e-9)),
+                )
             if do_save:
-                ckpt.save(step, state, {'train_batches_consumed': consumed})
+                ckpt.save(step, state, {"train_batches_consumed": consumed})
             if do_eval:
-                eval_results = run_evaluation(setup, data, state.params, the_eval_split, 'eval')
-                writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()
-                                            if isinstance(v, (int, float))})
-                _LOG.info('eval %s at step %d: %s', the_eval_split, step,
-                          _summary(eval_results, meta.multi_label, meta.class_splits))
+                eval_results = run_evaluation(setup, data, state.params, the_eval_split, "eval")
+                writer.write_scalars(
+                    step,
+                    {
+                        f"eval/{k}": v
+                        for k, v in eval_results.items()
+                        if isinstance(v, (int, float))
+                    },
+                )
+                _LOG.info(
+                    "eval %s at step %d: %s",
+                    the_eval_split,
+                    step,
+                    _summary(eval_results, meta.multi_label, meta.class_splits),
+                )
             if preempted:
-                _LOG.warning('Stopped at step %d on SIGTERM after saving a checkpoint.', step)
+                _LOG.warning("Stopped at step %d on SIGTERM after saving a checkpoint.", step)
                 stopped_early = True
                 break
             if step == start_step + 1:
@@ -469,16 +576,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         test_results = None
         if not stopped_early:
             eval_results, test_results = _final_evaluations(setup, data, state, workdir, writer)
-            if config.get('export', True):
+            if config.get("export", True):
                 meta = setup.meta
                 # The inference bundle `mbt.predict` reads: params, config and dataset metadata.
                 from mbt import export  # pylint: disable=g-import-not-at-top
+
                 export_dir = export.default_export_dir(workdir)
                 export.save_export(export_dir, state.params, config, meta, step=step)
-                _LOG.info('exported the model for mbt.predict to %s', export_dir)
+                _LOG.info("exported the model for mbt.predict to %s", export_dir)
         writer.flush()
-        return {'step': step, 'stopped_early': stopped_early, 'final_state': state,
-                'eval': eval_results, 'test': test_results}
+        return {
+            "step": step,
+            "stopped_early": stopped_early,
+            "final_state": state,
+            "eval": eval_results,
+            "test": test_results,
+        }
     finally:
         ckpt.close()
         writer.close()
@@ -488,47 +601,65 @@ def _final_evaluations(setup, data, state, workdir, writer):
     """Single-view eval on the eval split and multi-view test on the test split."""
     config, meta = setup.config, setup.meta
     step = int(state.step)
-    the_eval_split, the_test_split = setup.splits['eval'], setup.splits['test']
+    the_eval_split, the_test_split = setup.splits["eval"], setup.splits["test"]
     eval_results = None
-    if config.get('final_eval', True) and the_eval_split != the_test_split:
-        eval_results = run_evaluation(setup, data, state.params, the_eval_split, 'eval')
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_results.items()})
-        write_results(workdir, the_eval_split, 'eval', eval_results, step, config)
-        _LOG.info('final eval %s: %s', the_eval_split,
-                  _summary(eval_results, meta.multi_label, meta.class_splits))
-    test_results = run_evaluation(setup, data, state.params, the_test_split, 'test')
-    writer.write_scalars(step, {f'test/{k}': v for k, v in test_results.items()})
-    path = write_results(workdir, the_test_split, 'test', test_results, step, config)
-    _LOG.info('test %s (%d views): %s -> %s', the_test_split, test_results['num_views'],
-              _summary(test_results, meta.multi_label, meta.class_splits), path)
+    if config.get("final_eval", True) and the_eval_split != the_test_split:
+        eval_results = run_evaluation(setup, data, state.params, the_eval_split, "eval")
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_results.items()})
+        write_results(workdir, the_eval_split, "eval", eval_results, step, config)
+        _LOG.info(
+            "final eval %s: %s",
+            the_eval_split,
+            _summary(eval_results, meta.multi_label, meta.class_splits),
+        )
+    test_results = run_evaluation(setup, data, state.params, the_test_split, "test")
+    writer.write_scalars(step, {f"test/{k}": v for k, v in test_results.items()})
+    path = write_results(workdir, the_test_split, "test", test_results, step, config)
+    _LOG.info(
+        "test %s (%d views): %s -> %s",
+        the_test_split,
+        test_results["num_views"],
+        _summary(test_results, meta.multi_label, meta.class_splits),
+        path,
+    )
     return eval_results, test_results
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'evaluate',
-             data: DataSource | None = None) -> dict[str, Any]:
+def evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    mode: str = "evaluate",
+    data: DataSource | None = None,
+) -> dict[str, Any]:
     """Restores the latest checkpoint of `workdir` and evaluates it.
 
     mode 'evaluate': single-view pass on the eval split; 'test': multi-view pass on the test
     split. Writes `<workdir>/results_<split>.json` and returns the metrics.
     """
-    if mode not in ('evaluate', 'test'):
+    if mode not in ("evaluate", "test"):
         raise ValueError(f"mode={mode!r}; allowed: 'evaluate', 'test'")
     data = data if data is not None else PipelineData(config, workdir)
     setup = get_setup(config, data)
     params, step = restore_params(setup, workdir, config)
-    if mode == 'evaluate':
-        split, data_mode = setup.splits['eval'], 'eval'
+    if mode == "evaluate":
+        split, data_mode = setup.splits["eval"], "eval"
     else:
-        split, data_mode = setup.splits['test'], 'test'
+        split, data_mode = setup.splits["test"], "test"
     results = run_evaluation(setup, data, params, split, data_mode)
     write_results(workdir, split, data_mode, results, step, config)
-    _LOG.info('%s %s at step %d: %s', mode, split, step,
-              _summary(results, setup.meta.multi_label, setup.meta.class_splits))
+    _LOG.info(
+        "%s %s at step %d: %s",
+        mode,
+        split,
+        step,
+        _summary(results, setup.meta.multi_label, setup.meta.class_splits),
+    )
     return results
 
 
-def restore_params(setup: Setup, workdir: str,
-                   config: ml_collections.ConfigDict | None = None) -> tuple[Any, int]:
+def restore_params(
+    setup: Setup, workdir: str, config: ml_collections.ConfigDict | None = None
+) -> tuple[Any, int]:
     """(params, step) of the latest checkpoint in `<workdir>/checkpoints`, sharded as in training.
 
     With no checkpoint in the workdir and `config.init_from` naming a checkpoint whose classifier
@@ -543,25 +674,30 @@ def restore_params(setup: Setup, workdir: str,
     if restored is not None:
         state, _ = restored
         return state.params, int(state.step)
-    init_cfg = config.get('init_from') if config is not None else None
-    if init_cfg and init_cfg.get('checkpoint_path') and init_cfg.get('restore_output_projection'):
-        _LOG.info('No checkpoint in %s: evaluating config.init_from.checkpoint_path=%s',
-                  ckpt.directory, init_cfg.checkpoint_path)
+    init_cfg = config.get("init_from") if config is not None else None
+    if init_cfg and init_cfg.get("checkpoint_path") and init_cfg.get("restore_output_projection"):
+        _LOG.info(
+            "No checkpoint in %s: evaluating config.init_from.checkpoint_path=%s",
+            ckpt.directory,
+            init_cfg.checkpoint_path,
+        )
         os.makedirs(workdir, exist_ok=True)
         return initial_state(setup, config, workdir).params, 0
-    raise FileNotFoundError(f'No checkpoint in {ckpt.directory}; train first '
-                            f'(--mode=train --workdir={workdir}), or set '
-                            'config.init_from.checkpoint_path with '
-                            'config.init_from.restore_output_projection=True to evaluate a '
-                            'pretrained checkpoint.')
+    raise FileNotFoundError(
+        f"No checkpoint in {ckpt.directory}; train first "
+        f"(--mode=train --workdir={workdir}), or set "
+        "config.init_from.checkpoint_path with "
+        "config.init_from.restore_output_projection=True to evaluate a "
+        "pretrained checkpoint."
+    )
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in tree.items():
-        name = f'{prefix}{key}'
+        name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, name + '.'))
+            flat.update(_flatten(value, name + "."))
         else:
             flat[name] = value
     return flat

@@ -7,7 +7,10 @@ the random numbers an uninterrupted run would.
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import flax
 import jax
@@ -27,6 +30,7 @@ class TrainState:
     opt_state: the optax state.
     rng: uint32[2] base PRNG key of the run.
     """
+
     step: jnp.ndarray
     params: Any
     opt_state: Any
@@ -45,28 +49,33 @@ class StepConfig:
     (the trainer draws the lambdas, see `mixup.sample_lambdas`).
     grad_accum_steps: micro-batches per optimiser update (the batch is split in this many).
     """
+
     modalities: tuple[str, ...]
     multi_label: bool
     class_splits: tuple[int, ...] | None = None
     label_smoothing: float = 0.0
-    head_reduction: str = 'sum'
+    head_reduction: str = "sum"
     mixup_alpha: float = 0.0
     mixmod: bool = False
     grad_accum_steps: int = 1
 
 
-def init_state(model, optimizer: optax.GradientTransformation,
-               input_shapes: Mapping[str, Sequence[int]], seed: int,
-               modalities: Sequence[str]) -> TrainState:
+def init_state(
+    model,
+    optimizer: optax.GradientTransformation,
+    input_shapes: Mapping[str, Sequence[int]],
+    seed: int,
+    modalities: Sequence[str],
+) -> TrainState:
     """Initial state from dummy inputs of batch size 1 (`input_shapes` exclude the batch)."""
     rng = jax.random.PRNGKey(seed)
     init_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
-    dummy = {name: jnp.zeros((1,) + tuple(input_shapes[name]), jnp.float32)
-             for name in modalities}
-    variables = model.init({'params': init_rng, 'dropout': dropout_rng}, dummy, train=False)
-    params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), rng=run_rng)
+    dummy = {name: jnp.zeros((1,) + tuple(input_shapes[name]), jnp.float32) for name in modalities}
+    variables = model.init({"params": init_rng, "dropout": dropout_rng}, dummy, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=run_rng
+    )
 
 
 def _model_inputs(batch: Mapping[str, jnp.ndarray], modalities: Sequence[str]):
@@ -79,32 +88,41 @@ def _split_micro_batches(tree, num: int):
     Striding (rather than contiguous blocks) keeps each micro-batch spread over all
     data-parallel devices when the batch axis is sharded.
     """
+
     def one(x):
         x = x.reshape((x.shape[0] // num, num) + x.shape[1:])
         return jnp.swapaxes(x, 0, 1)
+
     return jax.tree_util.tree_map(one, tree)
 
 
-def latent_mixup_targets(targets_BxC: jnp.ndarray,
-                         intermediates: Mapping[str, Any]) -> jnp.ndarray:
+def latent_mixup_targets(targets_BxC: jnp.ndarray, intermediates: Mapping[str, Any]) -> jnp.ndarray:
     """Targets of a model that mixed its hidden states (SFT latent mixup), `[B, C]`.
 
     The model sows `latent_mixup_lambda = ({modality: λ_m},)` and mixes example i with
     example i − 1 (`roll(h, 1, axis=0)`); its single head sees all modalities, so the targets
     mix with the mean λ: `λ·y + (1 − λ)·roll(y, 1, axis=0)`.
     """
-    if 'latent_mixup_lambda' not in intermediates:
-        raise ValueError('the model has latent_mixup_alpha > 0 but sowed no '
-                         "intermediates/latent_mixup_lambda (config.model.latent_mixup_alpha)")
-    lambdas = intermediates['latent_mixup_lambda'][0]
+    if "latent_mixup_lambda" not in intermediates:
+        raise ValueError(
+            "the model has latent_mixup_alpha > 0 but sowed no "
+            "intermediates/latent_mixup_lambda (config.model.latent_mixup_alpha)"
+        )
+    lambdas = intermediates["latent_mixup_lambda"][0]
     lam = jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32) for v in lambdas.values()]))
     return lam * targets_BxC + (1.0 - lam) * jnp.roll(targets_BxC, 1, axis=0)
 
 
-def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray],
-               mixup_lambdas: Mapping[str, jnp.ndarray] | None = None, *, model,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               cfg: StepConfig) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jnp.ndarray],
+    mixup_lambdas: Mapping[str, jnp.ndarray] | None = None,
+    *,
+    model,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    cfg: StepConfig,
+) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One optimiser update on a global batch.
 
     Args:
@@ -120,28 +138,40 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray],
     """
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     inputs = _model_inputs(batch, cfg.modalities)
-    targets = batch['label'].astype(jnp.float32)
-    weights = batch.get('batch_mask')
+    targets = batch["label"].astype(jnp.float32)
+    weights = batch.get("batch_mask")
     if weights is None:
         weights = jnp.ones(targets.shape[:1], jnp.float32)
     if cfg.mixup_alpha > 0:
-        inputs, targets = mixup_lib.mixup(inputs, targets, mixup_lambdas,
-                                          per_modality_targets=cfg.mixmod)
+        inputs, targets = mixup_lib.mixup(
+            inputs, targets, mixup_lambdas, per_modality_targets=cfg.mixmod
+        )
 
-    latent_mixup = float(getattr(model, 'latent_mixup_alpha', 0.0) or 0.0) > 0
+    latent_mixup = float(getattr(model, "latent_mixup_alpha", 0.0) or 0.0) > 0
 
     def loss_fn(params, micro_inputs, micro_targets, micro_weights, rng):
         if latent_mixup:
-            logits, variables = model.apply({'params': params}, micro_inputs, train=True,
-                                            rngs={'dropout': rng}, mutable=['intermediates'])
-            micro_targets = latent_mixup_targets(micro_targets, variables['intermediates'])
+            logits, variables = model.apply(
+                {"params": params},
+                micro_inputs,
+                train=True,
+                rngs={"dropout": rng},
+                mutable=["intermediates"],
+            )
+            micro_targets = latent_mixup_targets(micro_targets, variables["intermediates"])
         else:
-            logits = model.apply({'params': params}, micro_inputs, train=True,
-                                 rngs={'dropout': rng})
+            logits = model.apply(
+                {"params": params}, micro_inputs, train=True, rngs={"dropout": rng}
+            )
         return losses.classification_loss(
-            logits, micro_targets, micro_weights, multi_label=cfg.multi_label,
-            class_splits=cfg.class_splits, smoothing=cfg.label_smoothing,
-            head_reduction=cfg.head_reduction)
+            logits,
+            micro_targets,
+            micro_weights,
+            multi_label=cfg.multi_label,
+            class_splits=cfg.class_splits,
+            smoothing=cfg.label_smoothing,
+            head_reduction=cfg.head_reduction,
+        )
 
     grad_fn = jax.value_and_grad(loss_fn)
     if cfg.grad_accum_steps <= 1:
@@ -153,31 +183,34 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray],
         def accumulate(carry, xs):
             loss_sum, grad_sum = carry
             index, (m_inputs, m_targets, m_weights) = xs
-            m_loss, m_grads = grad_fn(state.params, m_inputs, m_targets, m_weights,
-                                      jax.random.fold_in(dropout_rng, index))
+            m_loss, m_grads = grad_fn(
+                state.params, m_inputs, m_targets, m_weights, jax.random.fold_in(dropout_rng, index)
+            )
             grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, m_grads)
             return (loss_sum + m_loss, grad_sum), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
         (loss_sum, grad_sum), _ = jax.lax.scan(
-            accumulate, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(num), micro))
+            accumulate, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(num), micro)
+        )
         loss = loss_sum / num
         grads = jax.tree_util.tree_map(lambda g: g / num, grad_sum)
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        'loss': loss,
-        'grad_norm': optax.tree.norm(grads),
-        'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
-        'param_norm': optax.tree.norm(params),
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+        "param_norm": optax.tree.norm(params),
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
 
-def eval_step(params: Any, batch: Mapping[str, jnp.ndarray], *, model,
-              cfg: StepConfig) -> dict[str, jnp.ndarray]:
+def eval_step(
+    params: Any, batch: Mapping[str, jnp.ndarray], *, model, cfg: StepConfig
+) -> dict[str, jnp.ndarray]:
     """Logits and loss of a (possibly padded) eval/test batch.
 
     Returns `logits [B, C]` (float32; per-modality heads averaged if the model returns a
@@ -185,22 +218,26 @@ def eval_step(params: Any, batch: Mapping[str, jnp.ndarray], *, model,
     (sum of `batch_mask`), and the batch's `label`, `batch_mask`, `video_index` passed
     through so the caller gets them as global arrays.
     """
-    logits = model.apply({'params': params}, _model_inputs(batch, cfg.modalities), train=False)
+    logits = model.apply({"params": params}, _model_inputs(batch, cfg.modalities), train=False)
     if isinstance(logits, Mapping):
         logits = sum(logits.values()) / len(logits)
     logits = logits.astype(jnp.float32)
-    targets = batch['label'].astype(jnp.float32)
-    weights = batch['batch_mask'].astype(jnp.float32)
-    per_example = losses.per_example_loss(logits, targets, multi_label=cfg.multi_label,
-                                          class_splits=cfg.class_splits,
-                                          head_reduction=cfg.head_reduction)
+    targets = batch["label"].astype(jnp.float32)
+    weights = batch["batch_mask"].astype(jnp.float32)
+    per_example = losses.per_example_loss(
+        logits,
+        targets,
+        multi_label=cfg.multi_label,
+        class_splits=cfg.class_splits,
+        head_reduction=cfg.head_reduction,
+    )
     return {
-        'logits': logits,
-        'loss_sum': jnp.sum(per_example * weights),
-        'num_examples': jnp.sum(weights),
-        'label': targets,
-        'batch_mask': weights,
-        'video_index': batch['video_index'],
+        "logits": logits,
+        "loss_sum": jnp.sum(per_example * weights),
+        "num_examples": jnp.sum(weights),
+        "label": targets,
+        "batch_mask": weights,
+        "video_index": batch["video_index"],
     }
 
 
@@ -209,14 +246,25 @@ def make_train_step(model, optimizer, schedule, cfg: StepConfig) -> Callable:
 
     `(state, batch, mixup_lambdas) -> (state, metrics)`.
     """
+
     def step(state, batch, mixup_lambdas):
-        return train_step(state, batch, mixup_lambdas, model=model, optimizer=optimizer,
-                          schedule=schedule, cfg=cfg)
+        return train_step(
+            state,
+            batch,
+            mixup_lambdas,
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            cfg=cfg,
+        )
+
     return step
 
 
 def make_eval_step(model, cfg: StepConfig) -> Callable:
     """`eval_step` with the static arguments bound: `(params, batch) -> outputs`."""
+
     def step(params, batch):
         return eval_step(params, batch, model=model, cfg=cfg)
+
     return step

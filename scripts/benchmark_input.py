@@ -27,110 +27,133 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class _Timer:
-  """Wall and CPU seconds of a block."""
+    """Wall and CPU seconds of a block."""
 
-  def __enter__(self):
-    self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
-    return self
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        return self
 
-  def __exit__(self, *exc):
-    self.wall = time.perf_counter() - self.wall
-    self.cpu = _cpu_seconds() - self.cpu
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = _cpu_seconds() - self.cpu
 
 
 def _report(what: str, clips: int, timer: _Timer) -> None:
-  print(f'{what:<68} {clips:3d} clips  {timer.wall:7.2f} s wall  {timer.cpu:7.2f} s CPU  '
-        f'{clips / timer.wall:7.2f} clips/s  {clips / timer.cpu:7.2f} clips/s/core', flush=True)
+    print(
+        f"{what:<68} {clips:3d} clips  {timer.wall:7.2f} s wall  {timer.cpu:7.2f} s CPU  "
+        f"{clips / timer.wall:7.2f} clips/s  {clips / timer.cpu:7.2f} clips/s/core",
+        flush=True,
+    )
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--num_clips', type=int, default=4)
-  parser.add_argument('--batches', type=int, default=6, help='timed training batches')
-  parser.add_argument('--batch_size', type=int, default=4)
-  parser.add_argument('--workdir', default=None, help='default: a temporary directory')
-  args = parser.parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_clips", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=6, help="timed training batches")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--workdir", default=None, help="default: a temporary directory")
+    args = parser.parse_args()
 
-  import ml_collections
-  import numpy as np
-  import tensorflow as tf
+    import ml_collections
+    import numpy as np
+    import tensorflow as tf
 
-  from mbt.data import media
-  from mbt.data import pipeline
-  from mbt.data import synthetic
+    from mbt.data import media
+    from mbt.data import pipeline
+    from mbt.data import synthetic
 
-  workdir = args.workdir or tempfile.mkdtemp(prefix='mbt_bench_')
-  cores = len(os.sched_getaffinity(0))
-  print(f'workdir {workdir}; {cores} CPU cores available; TF {tf.__version__}; load average '
-        f'{" ".join(f"{x:.2f}" for x in os.getloadavg())}')
-  source_dir = os.path.join(workdir, 'synthetic_src')
+    workdir = args.workdir or tempfile.mkdtemp(prefix="mbt_bench_")
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"workdir {workdir}; {cores} CPU cores available; TF {tf.__version__}; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    source_dir = os.path.join(workdir, "synthetic_src")
 
-  summary_path = os.path.join(source_dir, synthetic.SUMMARY_FILE)
-  if os.path.isfile(summary_path):  # reuse a copy from an earlier run with this workdir
-    with open(summary_path) as f:
-      summary = json.load(f)
-  else:
+    summary_path = os.path.join(source_dir, synthetic.SUMMARY_FILE)
+    if os.path.isfile(summary_path):  # reuse a copy from an earlier run with this workdir
+        with open(summary_path) as f:
+            summary = json.load(f)
+    else:
+        with _Timer() as timer:
+            summary = synthetic.generate(
+                "vggsound",
+                source_dir,
+                args.num_clips,
+                seed=0,
+                frame_size=256,
+                fps=25.0,
+                clip_seconds=10.0,
+                edge_cases=False,
+            )
+        _report("write synthetic mp4s (10 s, 25 fps, 256 px, H.264+AAC)", args.num_clips, timer)
+
+    # (a) Build: decode the segment at 25 fps / 256 px and 16 kHz, JPEG-encode the frames.
+    paths = [os.path.join(source_dir, clip["path"]) for clip in summary["clips"]]
     with _Timer() as timer:
-      summary = synthetic.generate('vggsound', source_dir, args.num_clips, seed=0,
-                                   frame_size=256, fps=25.0, clip_seconds=10.0,
-                                   edge_cases=False)
-    _report('write synthetic mp4s (10 s, 25 fps, 256 px, H.264+AAC)', args.num_clips, timer)
+        for path in paths:
+            frames = media.read_frames(path, 0.0, 10.0, fps=25.0, short_side=256)
+            media.read_audio(path, 0.0, 10.0, sample_rate=16000)
+            for frame in frames:
+                tf.io.encode_jpeg(frame, quality=95).numpy()
+    _report(
+        f"build: read_frames + read_audio + JPEG ({frames.shape[0]} x {frames.shape[1]}"
+        f"x{frames.shape[2]})",
+        len(paths),
+        timer,
+    )
 
-  # (a) Build: decode the segment at 25 fps / 256 px and 16 kHz, JPEG-encode the frames.
-  paths = [os.path.join(source_dir, clip['path']) for clip in summary['clips']]
-  with _Timer() as timer:
-    for path in paths:
-      frames = media.read_frames(path, 0.0, 10.0, fps=25.0, short_side=256)
-      media.read_audio(path, 0.0, 10.0, sample_rate=16000)
-      for frame in frames:
-        tf.io.encode_jpeg(frame, quality=95).numpy()
-  _report(f'build: read_frames + read_audio + JPEG ({frames.shape[0]} x {frames.shape[1]}'
-          f'x{frames.shape[2]})', len(paths), timer)
-
-  config = ml_collections.ConfigDict({'dataset': pipeline.default_dataset_config()})
-  config.dataset.update(name='vggsound', builder_config='default',
-                        data_dir=os.path.join(workdir, 'tfds'))
-  config.dataset.synthetic.update(num_clips=len(summary['clips']), frame_size=256, fps=25.0,
-                                  clip_seconds=10.0, edge_cases=False)
-  shutil.rmtree(config.dataset.data_dir, ignore_errors=True)  # always time a fresh build
-  with _Timer() as timer:
-    pipeline.prepare_dataset(config, workdir)  # the copy exists: only the TFDS build runs
-  meta = pipeline.get_dataset_meta(config)
-  built = sum(meta.num_examples.values())
-  _report('build: whole TFDS build (vggsound/default)', built, timer)
-
-  # (b) Training pipeline at MBT's shapes, with and without colour augmentation.
-  for color in (False, True):
-    config.dataset.rgb_augment.color = color
-    stream = pipeline.make_dataset(config, 'train', 'train', args.batch_size, seed=0,
-                                   process_index=0, process_count=1)
+    config = ml_collections.ConfigDict({"dataset": pipeline.default_dataset_config()})
+    config.dataset.update(
+        name="vggsound", builder_config="default", data_dir=os.path.join(workdir, "tfds")
+    )
+    config.dataset.synthetic.update(
+        num_clips=len(summary["clips"]),
+        frame_size=256,
+        fps=25.0,
+        clip_seconds=10.0,
+        edge_cases=False,
+    )
+    shutil.rmtree(config.dataset.data_dir, ignore_errors=True)  # always time a fresh build
     with _Timer() as timer:
-      first = next(stream)
-    _report('train pipeline: first batch (tracing + warm-up)', args.batch_size, timer)
-    with _Timer() as timer:
-      for _ in range(args.batches):
-        batch = next(stream)
-    assert np.isfinite(batch['spectrogram']).all()
-    what = 'flip, scale jitter, SpecAugment' + (', colour' if color else '')
-    _report(f'train: read + JPEG + log-mel + {what}', args.batches * args.batch_size, timer)
-    # Stop this stream's prefetching threads before timing the next one (they would share
-    # the cores and count in its CPU seconds).
-    del stream
-    gc.collect()
-  print(f'batch shapes: {({k: v.shape for k, v in first.items()})}')
-  print(f'load average {" ".join(f"{x:.2f}" for x in os.getloadavg())}')
+        pipeline.prepare_dataset(config, workdir)  # the copy exists: only the TFDS build runs
+    meta = pipeline.get_dataset_meta(config)
+    built = sum(meta.num_examples.values())
+    _report("build: whole TFDS build (vggsound/default)", built, timer)
+
+    # (b) Training pipeline at MBT's shapes, with and without colour augmentation.
+    for color in (False, True):
+        config.dataset.rgb_augment.color = color
+        stream = pipeline.make_dataset(
+            config, "train", "train", args.batch_size, seed=0, process_index=0, process_count=1
+        )
+        with _Timer() as timer:
+            first = next(stream)
+        _report("train pipeline: first batch (tracing + warm-up)", args.batch_size, timer)
+        with _Timer() as timer:
+            for _ in range(args.batches):
+                batch = next(stream)
+        assert np.isfinite(batch["spectrogram"]).all()
+        what = "flip, scale jitter, SpecAugment" + (", colour" if color else "")
+        _report(f"train: read + JPEG + log-mel + {what}", args.batches * args.batch_size, timer)
+        # Stop this stream's prefetching threads before timing the next one (they would share
+        # the cores and count in its CPU seconds).
+        del stream
+        gc.collect()
+    print(f"batch shapes: { ({k: v.shape for k, v in first.items()}) }")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
-if __name__ == '__main__':
-  main()
+if __name__ == "__main__":
+    main()

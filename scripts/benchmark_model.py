@@ -7,8 +7,9 @@
 For each attention path (`config.model.attention` = 'fused', i.e. jax.nn.dot_product_attention,
 and 'einsum', plain softmax(q·kᵀ)·v) it prints: compile time, forward (inference) and
 forward+backward (gradient of a sigmoid cross-entropy w.r.t. all parameters, train=True, no
-optimiser update) median time per step (the two paths timed alternately), examples/s, achieved FLOP/s and the fraction of the
-device's peak where known, then the einsum/fused time ratios.
+optimiser update) median time per step (the two paths timed alternately), examples/s,
+achieved FLOP/s and the fraction of the device's peak where known, then the einsum/fused
+time ratios.
 
 Achieved FLOP/s uses the hardware convention (1 multiply-add = 2 FLOPs):
 forward = 2 · analytic multiply-adds (mbt.tools.flops) · batch; forward+backward = 3× that
@@ -26,13 +27,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 from mbt import models  # noqa: E402
 from mbt.tools import flops  # noqa: E402
@@ -42,9 +43,9 @@ from mbt.tools import flops  # noqa: E402
 PEAK_TFLOPS = (
     ("H100 PCIe", {"bfloat16": 756.0, "float32": 378.0}),
     ("H100 NVL", {"bfloat16": 835.5, "float32": 417.5}),
-    ("H100", {"bfloat16": 989.4, "float32": 494.7}),   # SXM
+    ("H100", {"bfloat16": 989.4, "float32": 494.7}),  # SXM
     ("H200 NVL", {"bfloat16": 835.5, "float32": 417.5}),
-    ("H200", {"bfloat16": 989.4, "float32": 494.7}),   # SXM
+    ("H200", {"bfloat16": 989.4, "float32": 494.7}),  # SXM
     ("A100", {"bfloat16": 312.0, "float32": 156.0}),
     ("TPU v4", {"bfloat16": 275.0, "float32": 275.0}),
     ("TPU v5 lite", {"bfloat16": 197.0, "float32": 197.0}),  # v5e
@@ -53,17 +54,25 @@ PEAK_TFLOPS = (
 )
 ATTENTIONS = ("fused", "einsum")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().",
-                                          lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file with get_config().", lock_config=False
+)
 _PRESET = flags.DEFINE_enum(
-    "preset", "tiny", ["tiny", "mbt_b16", "mbt_b16_8f"],
+    "preset",
+    "tiny",
+    ["tiny", "mbt_b16", "mbt_b16_8f"],
     "Used when --config is not given. tiny: width 64, 2 layers, 4×32² frames, 64×32 audio. "
     "mbt_b16: MBT-B/16 at the released code's shapes (32 frames 224², tubelets 2×16×16 → 3136 "
-    "tokens; 8 s audio 800×128 → 400 tokens). mbt_b16_8f: 8 frames, 2-D patches (1568 tokens).")
+    "tokens; 8 s audio 800×128 → 400 tokens). mbt_b16_8f: 8 frames, 2-D patches (1568 tokens).",
+)
 _BATCH = flags.DEFINE_integer("batch_size", None, "Examples per step (default: 4 tiny, 2 presets).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after one warm-up).")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                           "Overrides config.model.dtype (computation dtype; params stay float32).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    None,
+    ["float32", "bfloat16"],
+    "Overrides config.model.dtype (computation dtype; params stay float32).",
+)
 _OUT = flags.DEFINE_string("out", "results", "Directory for the markdown table ('' = don't write).")
 
 
@@ -82,8 +91,16 @@ def tiny_config() -> ml_collections.ConfigDict:
     model.tokenizers.rgb.patches = (2, 8, 8)
     model.tokenizers.spectrogram.patches = (8, 8)
     model.fusion_layer = 1
-    dataset = ml_collections.ConfigDict(dict(name="audioset", num_frames=4, frame_size=32,
-                                             audio_seconds=0.64, num_mel_bins=32, spec_channels=1))
+    dataset = ml_collections.ConfigDict(
+        dict(
+            name="audioset",
+            num_frames=4,
+            frame_size=32,
+            audio_seconds=0.64,
+            num_mel_bins=32,
+            spec_channels=1,
+        )
+    )
     return ml_collections.ConfigDict(dict(model=model, dataset=dataset))
 
 
@@ -94,18 +111,30 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
     num_frames = 32
     if name == "mbt_b16_8f":
         num_frames = 8
-        model.tokenizers.rgb = {"kind": "temporal_sampling", "patches": (16, 16),
-                                "n_sampled_frames": 8}
-    dataset = ml_collections.ConfigDict(dict(name="audioset", num_frames=num_frames,
-                                             frame_size=224, audio_seconds=8.0,
-                                             num_mel_bins=128, spec_channels=1))
+        model.tokenizers.rgb = {
+            "kind": "temporal_sampling",
+            "patches": (16, 16),
+            "n_sampled_frames": 8,
+        }
+    dataset = ml_collections.ConfigDict(
+        dict(
+            name="audioset",
+            num_frames=num_frames,
+            frame_size=224,
+            audio_seconds=8.0,
+            num_mel_bins=128,
+            spec_channels=1,
+        )
+    )
     return ml_collections.ConfigDict(dict(model=model, dataset=dataset))
 
 
 def make_batch(input_shapes, batch_size: int, num_classes: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    inputs = {m: jnp.asarray(rng.uniform(-1, 1, (batch_size,) + tuple(s)), jnp.float32)
-              for m, s in input_shapes.items()}
+    inputs = {
+        m: jnp.asarray(rng.uniform(-1, 1, (batch_size,) + tuple(s)), jnp.float32)
+        for m, s in input_shapes.items()
+    }
     labels = jnp.asarray(rng.uniform(size=(batch_size, num_classes)) < 0.05, jnp.float32)
     return inputs, labels
 
@@ -128,7 +157,8 @@ def random_params(abstract, seed: int = 0):
     """
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map(
-        lambda leaf: jnp.asarray(rng.normal(0.0, 0.02, leaf.shape), leaf.dtype), abstract)
+        lambda leaf: jnp.asarray(rng.normal(0.0, 0.02, leaf.shape), leaf.dtype), abstract
+    )
 
 
 def time_interleaved(calls: dict[str, tuple], steps: int) -> dict[str, float]:
@@ -162,13 +192,17 @@ def compile_steps(model_config, num_classes: int, params, inputs, labels) -> dic
 
     def loss_and_grads(p, x, y, key):
         def loss(q):
-            return sigmoid_cross_entropy(model.apply({"params": q}, x, train=True,
-                                                     rngs={"dropout": key}), y)
+            return sigmoid_cross_entropy(
+                model.apply({"params": q}, x, train=True, rngs={"dropout": key}), y
+            )
+
         return jax.value_and_grad(loss)(p)
 
     result = {}
-    for name, fn, args in (("forward", forward, (params, inputs)),
-                           ("train", loss_and_grads, (params, inputs, labels, dropout_key))):
+    for name, fn, args in (
+        ("forward", forward, (params, inputs)),
+        ("train", loss_and_grads, (params, inputs, labels, dropout_key)),
+    ):
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         result[f"{name}_compile_s"] = time.perf_counter() - start
@@ -197,8 +231,10 @@ def benchmark(model_config, input_shapes, num_classes: int, batch_size: int, ste
 
 def report_rows(results, macs_per_example: int, batch_size: int, device_kind: str, dtype: str):
     peak = peak_tflops(device_kind, dtype)
-    header = ("| attention | compile s fwd / fwd+bwd | fwd ms/step | fwd ex/s | fwd TFLOP/s | "
-              "fwd+bwd ms/step | fwd+bwd ex/s | fwd+bwd TFLOP/s | fwd / fwd+bwd % of peak |")
+    header = (
+        "| attention | compile s fwd / fwd+bwd | fwd ms/step | fwd ex/s | fwd TFLOP/s | "
+        "fwd+bwd ms/step | fwd+bwd ex/s | fwd+bwd TFLOP/s | fwd / fwd+bwd % of peak |"
+    )
     rows = [header, "|---|" + "---:|" * 8]
     for attention, r in results.items():
         fwd_flops = 2 * macs_per_example * batch_size
@@ -208,7 +244,8 @@ def report_rows(results, macs_per_example: int, batch_size: int, device_kind: st
             f"| {attention} | {r['forward_compile_s']:.1f} / {r['train_compile_s']:.1f} "
             f"| {1e3 * r['forward_s']:.2f} "
             f"| {batch_size / r['forward_s']:.4g} | {fwd_tf:.4g} | {1e3 * r['train_s']:.2f} "
-            f"| {batch_size / r['train_s']:.4g} | {train_tf:.4g} | {of_peak} |")
+            f"| {batch_size / r['train_s']:.4g} | {train_tf:.4g} | {of_peak} |"
+        )
     return rows, peak
 
 
@@ -233,8 +270,10 @@ def main(argv):
         macs = int(xla.xla_gflops * 1e9 / 2)
 
     device_kind = jax.devices()[0].device_kind
-    print(f"device: {device_kind} ({jax.devices()[0].platform}, {jax.device_count()} devices, "
-          f"using 1)   config: {source}   model: {model_config.name}   dtype: {dtype}")
+    print(
+        f"device: {device_kind} ({jax.devices()[0].platform}, {jax.device_count()} devices, "
+        f"using 1)   config: {source}   model: {model_config.name}   dtype: {dtype}"
+    )
     print(f"inputs per example: {input_shapes}   batch: {batch_size}   timed steps: {_STEPS.value}")
     print(f"analytic GFLOPs/example (1 multiply-add = 1 FLOP): {macs / 1e9:.4g}")
     results = benchmark(model_config, input_shapes, num_classes, batch_size, _STEPS.value)
@@ -252,14 +291,18 @@ def main(argv):
     print("\n".join(lines))
     if _OUT.value:
         os.makedirs(_OUT.value, exist_ok=True)
-        tag = (_PRESET.value if not flags.FLAGS["config"].value else "config")
+        tag = _PRESET.value if not flags.FLAGS["config"].value else "config"
         device_tag = "".join(c if c.isalnum() else "_" for c in device_kind).strip("_").lower()
         path = os.path.join(_OUT.value, f"benchmark_{tag}_{device_tag}.md")
-        header = [f"# Benchmark: {source}, {model_config.name}, {dtype}, batch {batch_size}, "
-                  f"on {device_kind}", "",
-                  f"`python scripts/benchmark_model.py {' '.join(sys.argv[1:])}`; inputs per "
-                  f"example {input_shapes}; analytic {macs / 1e9:.4g} GFLOPs/example "
-                  "(1 multiply-add = 1 FLOP); TFLOP/s below count 2 FLOPs per multiply-add.", ""]
+        header = [
+            f"# Benchmark: {source}, {model_config.name}, {dtype}, batch {batch_size}, "
+            f"on {device_kind}",
+            "",
+            f"`python scripts/benchmark_model.py {' '.join(sys.argv[1:])}`; inputs per "
+            f"example {input_shapes}; analytic {macs / 1e9:.4g} GFLOPs/example "
+            "(1 multiply-add = 1 FLOP); TFLOP/s below count 2 FLOPs per multiply-add.",
+            "",
+        ]
         with open(path, "w") as f:
             f.write("\n".join(header + lines) + "\n")
         print(f"wrote {path}")

@@ -51,10 +51,15 @@ def mbt_config(fusion: str, fusion_layer: int):
 
 def model_configs():
     """(label, model config) of every compared model; late fusion first, SFT second."""
-    rows = [("late fusion (MBT, Lf = 12)", mbt_config("bottleneck", 12)),
-            ("SFT-B/16, max pool 16/16", sft.default_config())]
-    for fusion, label in (("bottleneck", "MBT bottleneck (B = 4)"), ("cross", "MBT cross-attention"),
-                          ("concat", "MBT vanilla concat")):
+    rows = [
+        ("late fusion (MBT, Lf = 12)", mbt_config("bottleneck", 12)),
+        ("SFT-B/16, max pool 16/16", sft.default_config()),
+    ]
+    for fusion, label in (
+        ("bottleneck", "MBT bottleneck (B = 4)"),
+        ("cross", "MBT cross-attention"),
+        ("concat", "MBT vanilla concat"),
+    ):
         for lf in (8, 0):
             rows.append((f"{label}, Lf = {lf}", mbt_config(fusion, lf)))
     return rows
@@ -108,11 +113,15 @@ def markdown(results, num_classes: int) -> str:
             f"| {label} | {r.num_params / 1e6:.1f} | {analytic} | {macs:.1f} | "
             f"{macs / late_macs:.2f} | {macs / sft_macs:.2f} | {mem / 2**20:.0f} | "
             f"{mem / late_mem:.2f} | {mem / sft_mem:.2f} | {grad / 2**20:.0f} | "
-            f"{grad / late_grad:.2f} | {grad / sft_grad:.2f} |")
-    lines += ["", "GMACs = 10⁹ multiply-adds (XLA FLOPs / 2). Activations = XLA's temporary "
-              "buffers of the compiled pass with einsum attention (parameters, inputs and "
-              "outputs not included); the gradient pass keeps every layer's activations for "
-              "the backward pass, as training does."]
+            f"{grad / late_grad:.2f} | {grad / sft_grad:.2f} |"
+        )
+    lines += [
+        "",
+        "GMACs = 10⁹ multiply-adds (XLA FLOPs / 2). Activations = XLA's temporary "
+        "buffers of the compiled pass with einsum attention (parameters, inputs and "
+        "outputs not included); the gradient pass keeps every layer's activations for "
+        "the backward pass, as training does.",
+    ]
     return "\n".join(lines)
 
 

@@ -35,16 +35,24 @@ XLA_POINTS = (("cross", 0), ("bottleneck", 8), ("concat", 4))
 
 def model_config(fusion: str, fusion_layer: int):
     config = models.default_mbt_config()
-    config.tokenizers.rgb = {"kind": "temporal_sampling", "patches": (16, 16),
-                             "n_sampled_frames": 8}
+    config.tokenizers.rgb = {
+        "kind": "temporal_sampling",
+        "patches": (16, 16),
+        "n_sampled_frames": 8,
+    }
     config.fusion, config.fusion_layer, config.n_bottlenecks = fusion, fusion_layer, 4
     return config
 
 
 def sweep(num_layers: int = 12) -> dict[str, list[float]]:
     """{fusion: [GFLOPs at Lf = 0 .. num_layers]}."""
-    return {f: [flops.mbt_macs(model_config(f, lf), INPUT_SHAPES, NUM_CLASSES).total / 1e9
-                for lf in range(num_layers + 1)] for f in FUSIONS}
+    return {
+        f: [
+            flops.mbt_macs(model_config(f, lf), INPUT_SHAPES, NUM_CLASSES).total / 1e9
+            for lf in range(num_layers + 1)
+        ]
+        for f in FUSIONS
+    }
 
 
 def cross_own_queries_gflops(fusion_layer: int) -> float:
@@ -60,40 +68,56 @@ def cross_own_queries_gflops(fusion_layer: int) -> float:
     extra = 0
     for _ in range(fusion_layer, sizes.num_layers):
         for n in lengths.values():
-            extra += sum(flops.encoder_block_macs(n, sizes.hidden_size, sizes.mlp_dim,
-                                                  num_key_tokens=joint).values())
+            extra += sum(
+                flops.encoder_block_macs(
+                    n, sizes.hidden_size, sizes.mlp_dim, num_key_tokens=joint
+                ).values()
+            )
             extra -= sum(flops.encoder_block_macs(n, sizes.hidden_size, sizes.mlp_dim).values())
     return (late.total + extra) / 1e9
 
 
 def markdown_table(gflops: dict[str, list[float]]) -> str:
-    header = ("| Lf | " + " | ".join(f"{LABELS[f]} GFLOPs" for f in FUSIONS)
-              + " | cross / bottleneck | cross, own queries only* |")
+    header = (
+        "| Lf | "
+        + " | ".join(f"{LABELS[f]} GFLOPs" for f in FUSIONS)
+        + " | cross / bottleneck | cross, own queries only* |"
+    )
     rule = "|---:|" + "---:|" * (len(FUSIONS) + 2)
     rows = [header, rule]
     for lf in range(len(gflops["bottleneck"])):
         values = " | ".join(f"{gflops[f][lf]:.1f}" for f in FUSIONS)
-        rows.append(f"| {lf} | {values} | {gflops['cross'][lf] / gflops['bottleneck'][lf]:.2f} "
-                    f"| {cross_own_queries_gflops(lf):.1f} |")
-    rows += ["", "\\* each modality's queries attend to all tokens but Q/out projections and the "
-             "MLP run on its own tokens only; `mbt.models.MBT`'s cross fusion instead runs its "
-             "block on every token and keeps its own outputs (the cross-attention column)."]
+        rows.append(
+            f"| {lf} | {values} | {gflops['cross'][lf] / gflops['bottleneck'][lf]:.2f} "
+            f"| {cross_own_queries_gflops(lf):.1f} |"
+        )
+    rows += [
+        "",
+        "\\* each modality's queries attend to all tokens but Q/out projections and the "
+        "MLP run on its own tokens only; `mbt.models.MBT`'s cross fusion instead runs its "
+        "block on every token and keeps its own outputs (the cross-attention column).",
+    ]
     return "\n".join(rows)
 
 
 def xla_check(points) -> list[str]:
     """Table rows comparing the analytic count with XLA's lowered cost analysis."""
-    rows = ["| fusion | Lf | analytic GFLOPs | XLA GFLOPs (MAC = 2) | XLA / (2 × analytic) |",
-            "|---|---:|---:|---:|---:|"]
+    rows = [
+        "| fusion | Lf | analytic GFLOPs | XLA GFLOPs (MAC = 2) | XLA / (2 × analytic) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for fusion, lf in points:
         report = flops.analyse(model_config(fusion, lf), INPUT_SHAPES, NUM_CLASSES, xla="lowered")
-        rows.append(f"| {fusion} | {lf} | {report.analytic_gflops:.1f} | {report.xla_gflops:.1f} "
-                    f"| {report.ratio:.4f} |")
+        rows.append(
+            f"| {fusion} | {lf} | {report.analytic_gflops:.1f} | {report.xla_gflops:.1f} "
+            f"| {report.ratio:.4f} |"
+        )
     return rows
 
 
 def plot(gflops: dict[str, list[float]], path: str) -> None:
     import matplotlib  # pylint: disable=g-import-not-at-top
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -115,24 +139,36 @@ def plot(gflops: dict[str, list[float]], path: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results", help="output directory (table .md, plot .png)")
-    parser.add_argument("--xla_points", type=int, default=len(XLA_POINTS),
-                        help=f"how many of {XLA_POINTS} to cross-check with XLA (0 = none)")
+    parser.add_argument(
+        "--xla_points",
+        type=int,
+        default=len(XLA_POINTS),
+        help=f"how many of {XLA_POINTS} to cross-check with XLA (0 = none)",
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
     gflops = sweep()
     table = markdown_table(gflops)
-    lines = ["# Compute vs fusion layer (MBT Fig. 3)", "",
-             "ViT-B/16; rgb: 8 frames 224², temporal_sampling with 2-D 16×16 patches "
-             "(1568 tokens + CLS); spectrogram: 800×128 (400 tokens + CLS); B = 4 bottlenecks "
-             "(+1 for the token classifier). Analytic inference GFLOPs per example, "
-             "1 multiply-add = 1 FLOP (`python scripts/fusion_flops.py`).", "", table]
+    lines = [
+        "# Compute vs fusion layer (MBT Fig. 3)",
+        "",
+        "ViT-B/16; rgb: 8 frames 224², temporal_sampling with 2-D 16×16 patches "
+        "(1568 tokens + CLS); spectrogram: 800×128 (400 tokens + CLS); B = 4 bottlenecks "
+        "(+1 for the token classifier). Analytic inference GFLOPs per example, "
+        "1 multiply-add = 1 FLOP (`python scripts/fusion_flops.py`).",
+        "",
+        table,
+    ]
     if args.xla_points:
         start = time.perf_counter()
         lines += ["", "Cross-check against XLA's cost analysis of the lowered forward pass:", ""]
-        lines += xla_check(XLA_POINTS[:args.xla_points])
-        lines += ["", f"(XLA check took {time.perf_counter() - start:.0f} s on "
-                      f"{flops.jax.devices()[0].device_kind})"]
+        lines += xla_check(XLA_POINTS[: args.xla_points])
+        lines += [
+            "",
+            f"(XLA check took {time.perf_counter() - start:.0f} s on "
+            f"{flops.jax.devices()[0].device_kind})",
+        ]
     text = "\n".join(lines) + "\n"
     table_path = os.path.join(args.out, "fusion_flops.md")
     plot_path = os.path.join(args.out, "fusion_flops.png")

@@ -13,9 +13,9 @@ from mbt.data import pipeline
 from mbt.data import synthetic
 
 CLASS_NAMES = ("kettle", "marbles", "bell", "paper", "owl", "zipper")
-RGB_SHAPE = (4, 16, 16, 3)      # tubelets 2x8x8 -> 2x2x2 tokens
-SPEC_SHAPE = (32, 16, 1)        # 0.32 s at 10 ms hop, 16 mel bins; patches 8x8 -> 4x2 tokens
-FPS, SHORT_SIDE = 10.0, 64      # vggsound/tiny stores frames like this
+RGB_SHAPE = (4, 16, 16, 3)  # tubelets 2x8x8 -> 2x2x2 tokens
+SPEC_SHAPE = (32, 16, 1)  # 0.32 s at 10 ms hop, 16 mel bins; patches 8x8 -> 4x2 tokens
+FPS, SHORT_SIDE = 10.0, 64  # vggsound/tiny stores frames like this
 
 
 def tiny_config(fusion: str = "bottleneck") -> ml_collections.ConfigDict:
@@ -41,30 +41,38 @@ def tiny_config(fusion: str = "bottleneck") -> ml_collections.ConfigDict:
 
 def dataset_meta(multi_label: bool = False) -> pipeline.DatasetMeta:
     return pipeline.DatasetMeta(
-        num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES, class_splits=None,
-        multi_label=multi_label, modalities=("rgb", "spectrogram"),
+        num_classes=len(CLASS_NAMES),
+        class_names=CLASS_NAMES,
+        class_splits=None,
+        multi_label=multi_label,
+        modalities=("rgb", "spectrogram"),
         input_shapes={"rgb": RGB_SHAPE, "spectrogram": SPEC_SHAPE},
-        num_examples={"train": 10, "test": 3})
+        num_examples={"train": 10, "test": 3},
+    )
 
 
 def random_params(model, seed: int = 0) -> dict:
     """The model's parameter tree filled with N(0, 0.3^2) (the zero-initialised head too)."""
-    inputs = {"rgb": np.zeros((1,) + RGB_SHAPE, np.float32),
-              "spectrogram": np.zeros((1,) + SPEC_SHAPE, np.float32)}
+    inputs = {
+        "rgb": np.zeros((1,) + RGB_SHAPE, np.float32),
+        "spectrogram": np.zeros((1,) + SPEC_SHAPE, np.float32),
+    }
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), inputs, train=False))
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32),
-                        shapes["params"])
+    return jax.tree.map(
+        lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32), shapes["params"]
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_apply(model):
     """One compile per distinct model (flax modules with equal fields hash equal)."""
     return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
 
 
-def write_media(directory, name: str, seconds: float, *, video: bool = True,
-                audio: bool = True, seed: int = 0) -> str:
+def write_media(
+    directory, name: str, seconds: float, *, video: bool = True, audio: bool = True, seed: int = 0
+) -> str:
     """A synthetic-dataset-style clip: a drifting grating (48x64, 10 fps) and a tone
     (22.05 kHz, so the reader resamples); `video=False` writes a .wav."""
     rng = np.random.default_rng(seed)

@@ -24,8 +24,10 @@ def tiny_config(**overrides):
 
 def make_inputs(seed=0):
     rng = np.random.default_rng(seed)
-    return {"rgb": jnp.asarray(rng.normal(size=RGB_SHAPE), jnp.float32),
-            "spectrogram": jnp.asarray(rng.normal(size=SPEC_SHAPE), jnp.float32)}
+    return {
+        "rgb": jnp.asarray(rng.normal(size=RGB_SHAPE), jnp.float32),
+        "spectrogram": jnp.asarray(rng.normal(size=SPEC_SHAPE), jnp.float32),
+    }
 
 
 def init(config, inputs):
@@ -39,10 +41,12 @@ def shapes_of(params):
 
 
 def cell_shapes(prefix, in_channels, features):
-    return {f"{prefix}/cell/ih/kernel": (3, 3, in_channels, 4 * features),
-            f"{prefix}/cell/ih/bias": (4 * features,),
-            f"{prefix}/cell/hh/kernel": (3, 3, features, 4 * features),
-            f"{prefix}/cell/hh/bias": (4 * features,)}
+    return {
+        f"{prefix}/cell/ih/kernel": (3, 3, in_channels, 4 * features),
+        f"{prefix}/cell/ih/bias": (4 * features,),
+        f"{prefix}/cell/hh/kernel": (3, 3, features, 4 * features),
+        f"{prefix}/cell/hh/bias": (4 * features,),
+    }
 
 
 @pytest.mark.parametrize("fusion_layer", [0, 1, 2])
@@ -52,18 +56,23 @@ def test_parameter_tree_and_logits_shape(fusion_layer):
         expected = {**cell_shapes("convlstm_0", 4, 4), **cell_shapes("convlstm_1", 4, 6)}
         head_in = 6
     elif fusion_layer == 1:
-        expected = {**cell_shapes("convlstm_0_rgb", 3, 4),
-                    **cell_shapes("convlstm_0_spectrogram", 1, 4),
-                    **cell_shapes("convlstm_1", 8, 6)}
+        expected = {
+            **cell_shapes("convlstm_0_rgb", 3, 4),
+            **cell_shapes("convlstm_0_spectrogram", 1, 4),
+            **cell_shapes("convlstm_1", 8, 6),
+        }
         head_in = 6
     else:  # late: pooled features of both streams concatenated
-        expected = {**cell_shapes("convlstm_0_rgb", 3, 4),
-                    **cell_shapes("convlstm_0_spectrogram", 1, 4),
-                    **cell_shapes("convlstm_1_rgb", 4, 6),
-                    **cell_shapes("convlstm_1_spectrogram", 4, 6)}
+        expected = {
+            **cell_shapes("convlstm_0_rgb", 3, 4),
+            **cell_shapes("convlstm_0_spectrogram", 1, 4),
+            **cell_shapes("convlstm_1_rgb", 4, 6),
+            **cell_shapes("convlstm_1_spectrogram", 4, 6),
+        }
         head_in = 12
-    expected.update({"output_projection/kernel": (head_in, CLASSES),
-                     "output_projection/bias": (CLASSES,)})
+    expected.update(
+        {"output_projection/kernel": (head_in, CLASSES), "output_projection/bias": (CLASSES,)}
+    )
     assert shapes_of(params) == expected
     logits = model.apply({"params": params}, make_inputs(1), train=False)
     assert logits.shape == (2, CLASSES) and logits.dtype == jnp.float32
@@ -86,7 +95,7 @@ def test_audio_is_cut_into_one_slice_per_frame():
     frames = clstm.audio_to_frames(spectrogram, 3)
     assert frames.shape == (2, 3, 4, 5, 1)  # 14 // 3 = 4 bins per frame; 2 bins dropped
     for t in range(3):
-        np.testing.assert_array_equal(frames[:, t], spectrogram[:, 4 * t:4 * t + 4])
+        np.testing.assert_array_equal(frames[:, t], spectrogram[:, 4 * t : 4 * t + 4])
     resized = clstm.audio_to_frames(spectrogram, 3, map_size=(8, 8))
     assert resized.shape == (2, 3, 8, 8, 1)
     with pytest.raises(ValueError, match="cannot be cut into 20 frames"):
@@ -140,14 +149,17 @@ def test_jitted_training_fits_a_tiny_batch():
     assert np.isfinite(first_loss) and loss < 0.5 * first_loss
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"fusion_layer": 3}, "fusion_layer=3"),
-    ({"features": (4, 6, 8)}, "features"),
-    ({"spatial_strides": (0, 1)}, "spatial_strides"),
-    ({"downsample": "avg"}, "downsample"),
-    ({"kernel_size": (3,)}, "kernel_size"),
-    ({"modalities": ()}, "modalities"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"fusion_layer": 3}, "fusion_layer=3"),
+        ({"features": (4, 6, 8)}, "features"),
+        ({"spatial_strides": (0, 1)}, "spatial_strides"),
+        ({"downsample": "avg"}, "downsample"),
+        ({"kernel_size": (3,)}, "kernel_size"),
+        ({"modalities": ()}, "modalities"),
+    ],
+)
 def test_bad_config_names_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         models.build_model(tiny_config(**overrides), CLASSES)

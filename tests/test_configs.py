@@ -8,34 +8,44 @@ import sys
 
 import ml_collections
 import pytest
-
 import train_fixtures
+
 from mbt import config_validation
 from mbt import siblings
 from mbt.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, 'configs', '**', '*.py'),
-                                            recursive=True)
-                      if not os.path.basename(p).startswith('_'))
+CONFIG_FILES = sorted(
+    p
+    for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
+    if not os.path.basename(p).startswith("_")
+)
 # Extra arguments the config files document, beyond their default.
-ARGS = {'audioset/mbt_b16.py': ('mini', '500k', 'full', '500k,audio', 'mini,rgb'),
-        'vggsound/mbt_b16.py': ('audio', 'rgb'), 'epic_kitchens/mbt_b16.py': ('audio',)}
+ARGS = {
+    "audioset/mbt_b16.py": ("mini", "500k", "full", "500k,audio", "mini,rgb"),
+    "vggsound/mbt_b16.py": ("audio", "rgb"),
+    "epic_kitchens/mbt_b16.py": ("audio",),
+}
 
 
 def _relative(path):
-    return os.path.relpath(path, os.path.join(REPO, 'configs'))
+    return os.path.relpath(path, os.path.join(REPO, "configs"))
 
 
 def test_the_config_tree_has_the_expected_files():
     names = {_relative(p) for p in CONFIG_FILES}
-    assert {'audioset/mbt_b16.py', 'vggsound/mbt_b16.py', 'epic_kitchens/mbt_b16.py',
-            'synthetic/mbt_tiny.py', 'synthetic/mbt_tiny_audio.py',
-            'synthetic/mbt_tiny_rgb.py'} <= names
+    assert {
+        "audioset/mbt_b16.py",
+        "vggsound/mbt_b16.py",
+        "epic_kitchens/mbt_b16.py",
+        "synthetic/mbt_tiny.py",
+        "synthetic/mbt_tiny_audio.py",
+        "synthetic/mbt_tiny_rgb.py",
+    } <= names
     assert config_validation.DATASETS == pipeline.DATASETS
 
 
-@pytest.mark.parametrize('path', CONFIG_FILES, ids=_relative)
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=_relative)
 def test_every_config_loads_and_validates(path):
     for arg in (None,) + ARGS.get(_relative(path), ()):
         config = siblings.load_config_file(path, arg)
@@ -45,73 +55,101 @@ def test_every_config_loads_and_validates(path):
 
 
 def test_b16_configs_hold_the_paper_recipe():
-    for name in ('audioset/mbt_b16.py', 'vggsound/mbt_b16.py', 'epic_kitchens/mbt_b16.py'):
-        c = siblings.load_config_file(os.path.join(REPO, 'configs', name))
+    for name in ("audioset/mbt_b16.py", "vggsound/mbt_b16.py", "epic_kitchens/mbt_b16.py"):
+        c = siblings.load_config_file(os.path.join(REPO, "configs", name))
         assert (c.optimizer.name, c.optimizer.momentum, c.optimizer.grad_clip_norm) == (
-            'sgd', 0.9, 1.0), name
-        assert (c.lr.schedule, c.lr.base_lr, c.lr.warmup_epochs) == ('warmup_cosine', 0.5, 2.5)
+            "sgd",
+            0.9,
+            1.0,
+        ), name
+        assert (c.lr.schedule, c.lr.base_lr, c.lr.warmup_epochs) == ("warmup_cosine", 0.5, 2.5)
         assert (c.batch_size, c.label_smoothing, c.mixup.alpha, c.mixup.mixmod) == (
-            64, 0.3, 0.5, True)
+            64,
+            0.3,
+            0.5,
+            True,
+        )
         m = c.model
         assert (m.variant, m.fusion, m.fusion_layer, m.n_bottlenecks) == (
-            'B/16', 'bottleneck', 8, 4)
+            "B/16",
+            "bottleneck",
+            8,
+            4,
+        )
         assert m.stochastic_droplayer_rate == 0.3 and m.tokenizers.rgb.patches == (2, 16, 16)
         d = c.dataset
         assert (d.audio_seconds, d.num_test_clips, d.num_frames, d.stride) == (8.0, 4, 32, 2)
         assert c.init_from.checkpoint_path is None  # set to the ImageNet-21k ViT-B/16 npz
-    mini = siblings.load_config_file(os.path.join(REPO, 'configs', 'audioset', 'mbt_b16.py'),
-                                  'mini')
-    assert (mini.dataset.train_split, mini.num_epochs) == ('balanced_train', 50.0)
-    as500k = siblings.load_config_file(os.path.join(REPO, 'configs', 'audioset', 'mbt_b16.py'),
-                                    '500k,audio')
-    assert as500k.dataset.train_split == 'subset'
-    assert as500k.model.modalities == as500k.dataset.modalities == ('spectrogram',)
+    mini = siblings.load_config_file(
+        os.path.join(REPO, "configs", "audioset", "mbt_b16.py"), "mini"
+    )
+    assert (mini.dataset.train_split, mini.num_epochs) == ("balanced_train", 50.0)
+    as500k = siblings.load_config_file(
+        os.path.join(REPO, "configs", "audioset", "mbt_b16.py"), "500k,audio"
+    )
+    assert as500k.dataset.train_split == "subset"
+    assert as500k.model.modalities == as500k.dataset.modalities == ("spectrogram",)
 
 
 def _flat(config):
     out = {}
+
     def walk(node, prefix):
         for key, value in node.items():
             if isinstance(value, (dict, ml_collections.ConfigDict)):
-                walk(value, f'{prefix}{key}.')
+                walk(value, f"{prefix}{key}.")
             else:
                 out[prefix + key] = value
-    walk(config.to_dict(), '')
+
+    walk(config.to_dict(), "")
     return out
 
 
 def test_tiny_siblings_differ_only_in_their_modality():
-    main = siblings.load_config_file(os.path.join(REPO, 'configs', 'synthetic', 'mbt_tiny.py'))
-    assert [os.path.basename(p) for p in main.siblings] == ['mbt_tiny_audio.py',
-                                                            'mbt_tiny_rgb.py']
-    for path, modality in zip(main.siblings, ('spectrogram', 'rgb')):
+    main = siblings.load_config_file(os.path.join(REPO, "configs", "synthetic", "mbt_tiny.py"))
+    assert [os.path.basename(p) for p in main.siblings] == ["mbt_tiny_audio.py", "mbt_tiny_rgb.py"]
+    for path, modality in zip(main.siblings, ("spectrogram", "rgb")):
         sibling = _flat(siblings.load_config_file(path))
         differing = {k for k, v in _flat(main).items() if sibling.get(k) != v}
-        assert differing == {'siblings', 'model.modalities', 'dataset.modalities'}
-        assert sibling['model.modalities'] == (modality,)
+        assert differing == {"siblings", "model.modalities", "dataset.modalities"}
+        assert sibling["model.modalities"] == (modality,)
 
 
 def _broken(**overrides):
     return train_fixtures.tiny_config(**overrides)
 
 
-@pytest.mark.parametrize('overrides, message', [
-    ({'model.name': 'vit'}, r"config.model.name='vit'; allowed: \[.*'mbt'"),
-    ({'dataset.name': 'kinetics'}, r"config.dataset.name='kinetics' is invalid; allowed: "
-                                   r"'audioset', 'vggsound'"),
-    ({'model.fusion_layer': 3}, r'config.model.fusion_layer=3; allowed: integers 0..2'),
-    ({'dataset.modalities': ('spectrogram',)},
-     r"config.model.modalities=\('rgb', 'spectrogram'\) is invalid; allowed: a subset of "
-     r"the modalities the dataset provides \('spectrogram',\)"),
-    ({'batch_size': 12}, r'config.batch_size=12 is invalid; allowed: a positive multiple of 8'),
-    ({'grad_accum_steps': 4, 'batch_size': 16},
-     r'config.batch_size=16 .* multiple of 32 \(the data-parallel size 8 x grad_accum_steps 4'),
-    ({'optimizer.name': 'lamb'}, r"config.optimizer.name='lamb' is invalid; allowed: 'sgd', "
-                                 r"'adamw'"),
-    ({'lr.schedule': 'step'}, r"config.lr.schedule='step'"),
-    ({'label_smoothing': 1.5}, r'config.label_smoothing=1.5'),
-    ({'num_train_steps': 0, 'num_epochs': 0}, r'config.num_train_steps=0'),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.name": "vit"}, r"config.model.name='vit'; allowed: \[.*'mbt'"),
+        (
+            {"dataset.name": "kinetics"},
+            r"config.dataset.name='kinetics' is invalid; allowed: "
+            r"'audioset', 'vggsound'",
+        ),
+        ({"model.fusion_layer": 3}, r"config.model.fusion_layer=3; allowed: integers 0..2"),
+        (
+            {"dataset.modalities": ("spectrogram",)},
+            r"config.model.modalities=\('rgb', 'spectrogram'\) is invalid; allowed: a subset of "
+            r"the modalities the dataset provides \('spectrogram',\)",
+        ),
+        ({"batch_size": 12}, r"config.batch_size=12 is invalid; allowed: a positive multiple of 8"),
+        (
+            {"grad_accum_steps": 4, "batch_size": 16},
+            r"config.batch_size=16 .* multiple of 32 "
+            r"\(the data-parallel size 8 x grad_accum_steps 4",
+        ),
+        (
+            {"optimizer.name": "lamb"},
+            r"config.optimizer.name='lamb' is invalid; allowed: 'sgd', "
+            r"'adamw'",
+        ),
+        ({"lr.schedule": "step"}, r"config.lr.schedule='step'"),
+        ({"label_smoothing": 1.5}, r"config.label_smoothing=1.5"),
+        ({"num_train_steps": 0, "num_epochs": 0}, r"config.num_train_steps=0"),
+    ],
+)
 def test_config_errors_name_the_key_and_the_allowed_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         config_validation.validate_config(_broken(**overrides), mesh_shape=(8, 1))
@@ -121,36 +159,59 @@ def test_modalities_are_checked_against_what_the_dataset_provides():
     config = _broken()
     meta = train_fixtures.InMemoryData().meta
     config_validation.validate_config(config, meta, mesh_shape=(8, 1))
-    rgb_only = meta.__class__(**{**meta.__dict__, 'modalities': ('rgb',)})
+    rgb_only = meta.__class__(**{**meta.__dict__, "modalities": ("rgb",)})
     with pytest.raises(ValueError, match=r"provides \('rgb',\).*\['spectrogram'\] are not"):
         config_validation.validate_config(config, rgb_only, mesh_shape=(8, 1))
 
 
-@pytest.mark.parametrize('override, message', [
-    ('--config.model.fusion_layer=7', 'config.model.fusion_layer=7; allowed: integers 0..2'),
-    # conftest gives the subprocess 8 devices; mesh_shape (-1, 1) puts them all on 'data'.
-    ('--config.batch_size=12', 'config.batch_size=12 is invalid; allowed: a positive '
-                               'multiple of 8'),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.model.fusion_layer=7", "config.model.fusion_layer=7; allowed: integers 0..2"),
+        # conftest gives the subprocess 8 devices; mesh_shape (-1, 1) puts them all on 'data'.
+        (
+            "--config.batch_size=12",
+            "config.batch_size=12 is invalid; allowed: a positive multiple of 8",
+        ),
+    ],
+)
 def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path, override, message):
-    workdir = str(tmp_path / 'run')
+    workdir = str(tmp_path / "run")
     result = subprocess.run(
-        [sys.executable, '-m', 'mbt.main', '--config=configs/synthetic/mbt_tiny.py',
-         f'--workdir={workdir}', override],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+        [
+            sys.executable,
+            "-m",
+            "mbt.main",
+            "--config=configs/synthetic/mbt_tiny.py",
+            f"--workdir={workdir}",
+            override,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert result.returncode != 0
     assert message in result.stderr
     assert not os.path.exists(workdir)
 
 
 def test_command_line_overrides_reach_siblings_except_their_own_keys():
-    sibling = siblings.load_config_file(os.path.join(REPO, 'configs', 'synthetic',
-                                                  'mbt_tiny_audio.py'))
+    sibling = siblings.load_config_file(
+        os.path.join(REPO, "configs", "synthetic", "mbt_tiny_audio.py")
+    )
     # The flat dotted form is what config_flags.get_override_values returns.
-    siblings.apply_overrides(sibling, {
-        'num_train_steps': 7, 'model.fusion_layer': 2, 'dataset.synthetic.num_clips': 12,
-        'model.modalities': ('rgb', 'spectrogram'), 'siblings': ('x.py',)})
+    siblings.apply_overrides(
+        sibling,
+        {
+            "num_train_steps": 7,
+            "model.fusion_layer": 2,
+            "dataset.synthetic.num_clips": 12,
+            "model.modalities": ("rgb", "spectrogram"),
+            "siblings": ("x.py",),
+        },
+    )
     assert (sibling.num_train_steps, sibling.model.fusion_layer) == (7, 2)
     assert sibling.dataset.synthetic.num_clips == 12
-    assert sibling.model.modalities == ('spectrogram',) and sibling.siblings == ()
+    assert sibling.model.modalities == ("spectrogram",) and sibling.siblings == ()

@@ -9,13 +9,14 @@ import textwrap
 
 import jax
 import numpy as np
+import predict_fixtures as fx
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 from mbt import export
 from mbt import models
-
-import predict_fixtures as fx
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +33,20 @@ def test_round_trip_gives_the_same_logits_and_meta(tmp_path, trained):
     kernel = params["output_projection"]["kernel"]  # [16, 6]: rows split over devices
     sharded = jax.tree.map(lambda x: x, params)
     sharded["output_projection"]["kernel"] = jax.device_put(
-        kernel, NamedSharding(mesh, PartitionSpec("data", None)))
-    out = export.save_export(export.default_export_dir(tmp_path), sharded, config,
-                             fx.dataset_meta(), step=1234)
+        kernel, NamedSharding(mesh, PartitionSpec("data", None))
+    )
+    out = export.save_export(
+        export.default_export_dir(tmp_path), sharded, config, fx.dataset_meta(), step=1234
+    )
     assert out == str(tmp_path / "export")
     assert sorted(os.listdir(out)) == ["config.json", "meta.json", "params.msgpack"]
 
     loaded_model, loaded_params, loaded_config, meta = export.load_export(out)
     assert loaded_model == model
-    inputs = {"rgb": np.random.default_rng(1).normal(size=(2,) + fx.RGB_SHAPE),
-              "spectrogram": np.random.default_rng(2).normal(size=(2,) + fx.SPEC_SHAPE)}
+    inputs = {
+        "rgb": np.random.default_rng(1).normal(size=(2,) + fx.RGB_SHAPE),
+        "spectrogram": np.random.default_rng(2).normal(size=(2,) + fx.SPEC_SHAPE),
+    }
     inputs = {k: v.astype(np.float32) for k, v in inputs.items()}
     want = np.asarray(fx.jitted_apply(model)(params, inputs))
     got = np.asarray(fx.jitted_apply(loaded_model)(loaded_params, inputs))
@@ -64,8 +69,11 @@ def test_epic_meta_names_its_heads(tmp_path, trained):
     config, _, params = trained
     config = fx.tiny_config()
     config.dataset.name = "epic_kitchens"
-    meta = {**vars(fx.dataset_meta()), "class_splits": (2, 4),
-            "class_names": ("take", "put", "cup", "pan", "lid", "tap")}
+    meta = {
+        **vars(fx.dataset_meta()),
+        "class_splits": (2, 4),
+        "class_names": ("take", "put", "cup", "pan", "lid", "tap"),
+    }
     export.save_export(str(tmp_path), params, config, meta)
     loaded = export.load_meta(str(tmp_path))
     assert loaded.class_splits == (2, 4) and loaded.head_names == ("verb", "noun")
@@ -114,8 +122,12 @@ def test_errors_name_the_file_or_parameter(tmp_path, trained):
         export.load_meta(good)
 
     with pytest.raises(ValueError, match="5 class names for num_classes=6"):
-        export.save_export(str(tmp_path / "x"), params, config,
-                           {**vars(fx.dataset_meta()), "class_names": fx.CLASS_NAMES[:5]})
+        export.save_export(
+            str(tmp_path / "x"),
+            params,
+            config,
+            {**vars(fx.dataset_meta()), "class_names": fx.CLASS_NAMES[:5]},
+        )
 
 
 def test_load_export_needs_no_tensorflow(tmp_path, trained):
@@ -137,8 +149,13 @@ def test_load_export_needs_no_tensorflow(tmp_path, trained):
         x = {{m: np.zeros((1,) + s, np.float32) for m, s in meta.input_shapes.items()}}
         print(model.apply({{'params': params}}, x, train=False).shape)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "(1, 6)"

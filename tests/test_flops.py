@@ -1,11 +1,10 @@
 """Tests of the compute accounting (mbt.tools.flops): analytic counts, XLA agreement, the CLI."""
 
+import math
 import os
 import subprocess
 import sys
 import textwrap
-
-import math
 
 import jax
 import numpy as np
@@ -36,7 +35,11 @@ def tiny_mbt(**overrides):
 def paper_mbt(**overrides):
     """MBT-B/16 at the paper's Fig. 3 shapes: 8 sampled frames (1568 tokens), 400 audio tokens."""
     config = models.default_mbt_config()
-    config.tokenizers.rgb = {"kind": "temporal_sampling", "patches": (16, 16), "n_sampled_frames": 8}
+    config.tokenizers.rgb = {
+        "kind": "temporal_sampling",
+        "patches": (16, 16),
+        "n_sampled_frames": 8,
+    }
     config.update(overrides)
     return config
 
@@ -93,14 +96,18 @@ def test_analytic_agrees_with_xla(fusion):
 
 
 def test_analytic_agrees_with_xla_on_vit_b_lowering():
-    report = flops.analyse(paper_mbt(fusion="cross", fusion_layer=10), PAPER_SHAPES, 527,
-                           xla="lowered")
+    report = flops.analyse(
+        paper_mbt(fusion="cross", fusion_layer=10), PAPER_SHAPES, 527, xla="lowered"
+    )
     assert 1.0 <= report.ratio < 1.02, report.lines()
 
 
 def test_bottleneck_flat_in_fusion_layer_while_cross_grows_as_it_falls():
     def gflops(fusion, layer):
-        return flops.mbt_macs(paper_mbt(fusion=fusion, fusion_layer=layer), PAPER_SHAPES, 527).total / 1e9
+        return (
+            flops.mbt_macs(paper_mbt(fusion=fusion, fusion_layer=layer), PAPER_SHAPES, 527).total
+            / 1e9
+        )
 
     bottleneck = [gflops("bottleneck", layer) for layer in range(13)]
     cross = [gflops("cross", layer) for layer in range(13)]
@@ -135,7 +142,8 @@ def test_missing_input_shape_names_the_key():
 
 def test_cli_on_a_tiny_config_file(tmp_path):
     config_file = tmp_path / "tiny_config.py"
-    config_file.write_text(textwrap.dedent("""
+    config_file.write_text(
+        textwrap.dedent("""
         import ml_collections
         from mbt import models
 
@@ -150,11 +158,21 @@ def test_cli_on_a_tiny_config_file(tmp_path):
                 name='vggsound', num_frames=4, frame_size=32, audio_seconds=0.64,
                 num_mel_bins=32, spec_channels=1))
             return ml_collections.ConfigDict(dict(model=model, dataset=dataset))
-        """))
+        """)
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "mbt.tools.flops", f"--config={config_file}",
-         "--spectrogram_shape=64,16,1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "mbt.tools.flops",
+            f"--config={config_file}",
+            "--spectrogram_shape=64,16,1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "rgb [4, 32, 32, 3], spectrogram [64, 16, 1]" in out
@@ -167,8 +185,10 @@ def test_cli_on_a_tiny_config_file(tmp_path):
 
 def test_fusion_flops_script_writes_table_and_plot(tmp_path):
     import importlib.util
+
     spec = importlib.util.spec_from_file_location(
-        "fusion_flops", os.path.join(REPO, "scripts", "fusion_flops.py"))
+        "fusion_flops", os.path.join(REPO, "scripts", "fusion_flops.py")
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     script.main(["--out", str(tmp_path), "--xla_points", "0"])
@@ -182,21 +202,37 @@ def test_fusion_flops_script_writes_table_and_plot(tmp_path):
 def test_sft_analytic_count_by_stage():
     count = flops.sft_macs(tiny_sft(), TINY_SHAPES, 10)
     # 32 tokens each (+ CLS); pooled 32 // 4 = 8 and 32 // 3 = 10; joint = fused CLS + 18.
-    assert count.tokens == {"rgb": 33, "rgb pooled": 8, "spectrogram": 33,
-                            "spectrogram pooled": 10, "joint": 19}
+    assert count.tokens == {
+        "rgb": 33,
+        "rgb pooled": 8,
+        "spectrogram": 33,
+        "spectrogram pooled": 10,
+        "joint": 19,
+    }
     block33, block19 = (sum(flops.encoder_block_macs(n, 64, 128).values()) for n in (33, 19))
-    assert count.stages == {"patch_embedding": 32 * (2 * 8 * 8 * 3) * 64 + 32 * (8 * 8) * 64,
-                            "pre_fusion_blocks": 2 * block33, "sparse_pool_blocks": 2 * block33,
-                            "pooling": 0, "post_fusion_blocks": 2 * block19, "head": 64 * 10}
+    assert count.stages == {
+        "patch_embedding": 32 * (2 * 8 * 8 * 3) * 64 + 32 * (8 * 8) * 64,
+        "pre_fusion_blocks": 2 * block33,
+        "sparse_pool_blocks": 2 * block33,
+        "pooling": 0,
+        "post_fusion_blocks": 2 * block19,
+        "head": 64 * 10,
+    }
     assert sum(count.stages.values()) == count.total
     topk = flops.sft_macs(tiny_sft(pool_type="topk"), TINY_SHAPES, 10)
     # The CLS-attention scores: CLS query, 33 keys, 33 logits, per modality.
     assert topk.total - count.total == 2 * (64 * 64 + 33 * 64 * 64 + 33 * 64)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pool_type": "topk"},
-                                       {"pool_type": "avg", "representation_size": 32},
-                                       {"n_layers_pre_fusion": 0}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"pool_type": "topk"},
+        {"pool_type": "avg", "representation_size": 32},
+        {"n_layers_pre_fusion": 0},
+    ],
+)
 def test_sft_analytic_agrees_with_xla(overrides):
     report = flops.analyse(tiny_sft(**overrides), TINY_SHAPES, 10, xla="lowered")
     # As for MBT at width 64: ≈ 3.5 % of elementwise ops on top of the matrix products.
@@ -217,11 +253,17 @@ def test_conv_taps_skip_the_padding():
 ONE_FRAME = {"rgb": (1, 32, 32, 3), "spectrogram": (16, 32, 1)}
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"fusion_layer": 1}, {"fusion_layer": 2},
-    {"downsample": "conv", "kernel_size": (3, 5)},
-    {"audio_map_size": (12, 20), "fusion_layer": 1},
-    {"modalities": ("spectrogram",), "audio_slices": 1}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"fusion_layer": 1},
+        {"fusion_layer": 2},
+        {"downsample": "conv", "kernel_size": (3, 5)},
+        {"audio_map_size": (12, 20), "fusion_layer": 1},
+        {"modalities": ("spectrogram",), "audio_slices": 1},
+    ],
+)
 def test_clstm_analytic_agrees_with_xla_on_one_frame(overrides):
     """With T = 1 the scan runs once, so XLA's count (one loop body) is the whole pass."""
     config = tiny_clstm(**overrides)
@@ -247,8 +289,9 @@ def test_clstm_count_grows_with_time_steps_and_xla_is_flagged_as_a_lower_bound()
     assert not flops.analyse(tiny_sft(), TINY_SHAPES, 10, xla="lowered").xla.has_while_loop
 
 
-@pytest.mark.parametrize("config_file", ["configs/synthetic/sft_tiny.py",
-                                         "configs/synthetic/clstm_tiny.py"])
+@pytest.mark.parametrize(
+    "config_file", ["configs/synthetic/sft_tiny.py", "configs/synthetic/clstm_tiny.py"]
+)
 def test_flops_tool_on_the_synthetic_sft_and_clstm_configs(config_file):
     """What `python -m mbt.tools.flops --config=<file>` runs; the parameter count is real."""
     config = siblings.load_config_file(os.path.join(REPO, config_file))
@@ -258,9 +301,11 @@ def test_flops_tool_on_the_synthetic_sft_and_clstm_configs(config_file):
     model = models.build_model(config.model, num_classes)
     inputs = {m: np.zeros((1,) + s, np.float32) for m, s in shapes.items()}
     # Really initialised (jitted: eager init of these models takes several times longer).
-    params = jax.jit(lambda x: model.init(
-        {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x,
-        train=False))(inputs)["params"]
+    params = jax.jit(
+        lambda x: model.init(
+            {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, train=False
+        )
+    )(inputs)["params"]
     real = sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params))
     assert report.num_params == real
     text = "\n".join(report.lines())
@@ -271,4 +316,3 @@ def test_flops_tool_on_the_synthetic_sft_and_clstm_configs(config_file):
         assert 1.0 <= report.ratio < 1.07, text  # width 32: elementwise ops weigh ≈ 5.7 %
     else:
         assert "lower bound" in text  # 4 frames: XLA counts the scan body once
-

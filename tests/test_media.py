@@ -42,8 +42,9 @@ def onset_s(audio, sample_rate, threshold=0.1):
     return loud[0] / sample_rate
 
 
-@pytest.fixture(scope="module", params=[("h264", 29.97), ("hevc", 50.0)],
-                ids=["h264-29.97", "hevc-50"])
+@pytest.fixture(
+    scope="module", params=[("h264", 29.97), ("hevc", 50.0)], ids=["h264-29.97", "hevc-50"]
+)
 def clip(request, tmp_path_factory):
     codec, fps = request.param
     path = str(tmp_path_factory.mktemp("media") / f"clip_{codec}.mp4")
@@ -154,8 +155,11 @@ def test_errors_name_the_file(tmp_path):
     garbage = str(tmp_path / "garbage.mp4")
     with open(garbage, "wb") as f:
         f.write(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    for read in (media.probe, lambda p: media.read_frames(p, 0, 1),
-                 lambda p: media.read_audio(p, 0, 1)):
+    for read in (
+        media.probe,
+        lambda p: media.read_frames(p, 0, 1),
+        lambda p: media.read_audio(p, 0, 1),
+    ):
         with pytest.raises(media.MediaError, match="garbage.mp4") as raised:
             read(garbage)
         assert not isinstance(raised.value, media.NoAudioStreamError)
@@ -193,16 +197,18 @@ def test_video_starting_after_audio_keeps_sync(tmp_path):
         audio = container.add_stream("aac", rate=16000)
         audio.layout = "mono"
         for i in range(50):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), level(i), np.uint8),
-                                               format="rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                np.full((64, 64, 3), level(i), np.uint8), format="rgb24"
+            )
             frame.pts, frame.time_base = i + 5, fractions.Fraction(1, 25)  # starts at 0.2 s
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
         t = np.arange(3 * 16000) / 16000
         wave = np.where(t >= TONE_ONSET_S, 0.5 * np.sin(2 * np.pi * TONE_HZ * t), 0.0)
         for lo in range(0, len(wave), 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, lo:lo + 1024].astype(np.float32),
-                                               format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                wave[None, lo : lo + 1024].astype(np.float32), format="fltp", layout="mono"
+            )
             frame.sample_rate, frame.pts = 16000, lo
             frame.time_base = fractions.Fraction(1, 16000)
             container.mux(audio.encode(frame))

@@ -52,16 +52,24 @@ def param_shapes(params):
 def block_shapes(prefix):
     hd = D // HEADS
     return {
-        f"{prefix}/LayerNorm_0/scale": (D,), f"{prefix}/LayerNorm_0/bias": (D,),
-        **{f"{prefix}/MultiHeadDotProductAttention_0/{n}/kernel": (D, HEADS, hd)
-           for n in ("query", "key", "value")},
-        **{f"{prefix}/MultiHeadDotProductAttention_0/{n}/bias": (HEADS, hd)
-           for n in ("query", "key", "value")},
+        f"{prefix}/LayerNorm_0/scale": (D,),
+        f"{prefix}/LayerNorm_0/bias": (D,),
+        **{
+            f"{prefix}/MultiHeadDotProductAttention_0/{n}/kernel": (D, HEADS, hd)
+            for n in ("query", "key", "value")
+        },
+        **{
+            f"{prefix}/MultiHeadDotProductAttention_0/{n}/bias": (HEADS, hd)
+            for n in ("query", "key", "value")
+        },
         f"{prefix}/MultiHeadDotProductAttention_0/out/kernel": (HEADS, hd, D),
         f"{prefix}/MultiHeadDotProductAttention_0/out/bias": (D,),
-        f"{prefix}/LayerNorm_1/scale": (D,), f"{prefix}/LayerNorm_1/bias": (D,),
-        f"{prefix}/MlpBlock_0/Dense_0/kernel": (D, MLP), f"{prefix}/MlpBlock_0/Dense_0/bias": (MLP,),
-        f"{prefix}/MlpBlock_0/Dense_1/kernel": (MLP, D), f"{prefix}/MlpBlock_0/Dense_1/bias": (D,),
+        f"{prefix}/LayerNorm_1/scale": (D,),
+        f"{prefix}/LayerNorm_1/bias": (D,),
+        f"{prefix}/MlpBlock_0/Dense_0/kernel": (D, MLP),
+        f"{prefix}/MlpBlock_0/Dense_0/bias": (MLP,),
+        f"{prefix}/MlpBlock_0/Dense_1/kernel": (MLP, D),
+        f"{prefix}/MlpBlock_0/Dense_1/bias": (D,),
     }
 
 
@@ -69,14 +77,19 @@ def test_parameter_tree_matches_scenic_mbt():
     config = tiny_config()
     _, params = init(config, make_inputs())
     expected = {
-        "embedding/kernel": (2, 8, 8, 3, D), "embedding/bias": (D,),
-        "embedding_spectrogram/kernel": (8, 8, 1, D), "embedding_spectrogram/bias": (D,),
-        "cls": (1, 1, D), "clsspectrogram": (1, 1, D),
+        "embedding/kernel": (2, 8, 8, 3, D),
+        "embedding/bias": (D,),
+        "embedding_spectrogram/kernel": (8, 8, 1, D),
+        "embedding_spectrogram/bias": (D,),
+        "cls": (1, 1, D),
+        "clsspectrogram": (1, 1, D),
         "bottleneck": (1, 4 + 1, D),  # B + 1 with the token classifier
         "Transformer/posembed_input/pos_embedding": (1, 1 + 8, D),
         "Transformer/posembed_input_spectrogram/pos_embedding": (1, 1 + 8, D),
-        "Transformer/encoder_norm/scale": (D,), "Transformer/encoder_norm/bias": (D,),
-        "output_projection/kernel": (D, CLASSES), "output_projection/bias": (CLASSES,),
+        "Transformer/encoder_norm/scale": (D,),
+        "Transformer/encoder_norm/bias": (D,),
+        "output_projection/kernel": (D, CLASSES),
+        "output_projection/bias": (CLASSES,),
     }
     for layer in range(LAYERS):
         expected.update(block_shapes(f"Transformer/encoderblock_{layer}"))
@@ -102,8 +115,9 @@ def test_token_classifier_returns_per_modality_logits_in_training_and_their_mean
     assert set(train_out) == {"rgb", "spectrogram"}
     eval_out = model.apply({"params": params}, inputs, train=False)
     assert eval_out.shape == (2, CLASSES)
-    np.testing.assert_allclose(eval_out, (train_out["rgb"] + train_out["spectrogram"]) / 2,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        eval_out, (train_out["rgb"] + train_out["spectrogram"]) / 2, rtol=1e-5, atol=1e-5
+    )
 
 
 def _rgb_logits(model, params, inputs, train=True):
@@ -115,8 +129,9 @@ def test_late_fusion_rgb_logits_ignore_spectrogram_and_mid_fusion_does_not():
     inputs = make_inputs(1)
     changed = dict(inputs, spectrogram=inputs["spectrogram"] + 3.0)
     late, late_params = init(tiny_config(fusion_layer=LAYERS), make_inputs())
-    np.testing.assert_array_equal(_rgb_logits(late, late_params, inputs),
-                                  _rgb_logits(late, late_params, changed))
+    np.testing.assert_array_equal(
+        _rgb_logits(late, late_params, inputs), _rgb_logits(late, late_params, changed)
+    )
     mid, mid_params = init(tiny_config(fusion_layer=1), make_inputs())
     diff = jnp.abs(_rgb_logits(mid, mid_params, inputs) - _rgb_logits(mid, mid_params, changed))
     assert float(diff.max()) > 1e-4
@@ -132,10 +147,15 @@ def test_test_with_bottlenecks_false_is_late_fusion_at_evaluation():
     late_config = tiny_config(fusion_layer=LAYERS)
     late_model = models.build_model(late_config, CLASSES)
     late_params = params  # the late model keeps an (unused) bottleneck, as Scenic's does
-    np.testing.assert_allclose(full_a, late_model.apply({"params": late_params}, inputs, train=False),
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(full_b, late_model.apply({"params": late_params}, changed, train=False),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        full_a, late_model.apply({"params": late_params}, inputs, train=False), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        full_b,
+        late_model.apply({"params": late_params}, changed, train=False),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_cross_modal_gradient_flows_only_through_bottleneck_tokens():
@@ -150,17 +170,22 @@ def test_cross_modal_gradient_flows_only_through_bottleneck_tokens():
         def interceptor(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
             name = context.module.name or ""
-            if (cut and context.method_name == "__call__" and name.endswith("_spectrogram")
-                    and name.startswith("encoderblock_")
-                    and int(name.split("_")[1]) >= config.fusion_layer):
+            if (
+                cut
+                and context.method_name == "__call__"
+                and name.endswith("_spectrogram")
+                and name.startswith("encoderblock_")
+                and int(name.split("_")[1]) >= config.fusion_layer
+            ):
                 own = out[:, :-n_bottleneck_tokens]
                 zeros = jax.lax.stop_gradient(jnp.zeros_like(out[:, -n_bottleneck_tokens:]))
                 out = jnp.concatenate([own, zeros], axis=1)
             return out
 
         with nn.intercept_methods(interceptor):
-            logits = model.apply({"params": params}, dict(inputs, spectrogram=spectrogram),
-                                 train=True)
+            logits = model.apply(
+                {"params": params}, dict(inputs, spectrogram=spectrogram), train=True
+            )
         return jnp.sum(logits["rgb"] ** 2)
 
     grad_fused = jax.grad(rgb_score)(inputs["spectrogram"], False)
@@ -178,12 +203,26 @@ def test_concat_early_fusion_with_shared_weights_equals_one_plain_transformer():
 
     # Reference: tokenise, add position embeddings, run the blocks over the concatenation.
     t = params["Transformer"]
-    rgb = jax.lax.conv_general_dilated(
-        inputs["rgb"], params["embedding"]["kernel"], (2, 8, 8), "VALID",
-        dimension_numbers=("NTHWC", "THWIO", "NTHWC")) + params["embedding"]["bias"]
-    spec = jax.lax.conv_general_dilated(
-        inputs["spectrogram"], params["embedding_spectrogram"]["kernel"], (8, 8), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["embedding_spectrogram"]["bias"]
+    rgb = (
+        jax.lax.conv_general_dilated(
+            inputs["rgb"],
+            params["embedding"]["kernel"],
+            (2, 8, 8),
+            "VALID",
+            dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+        )
+        + params["embedding"]["bias"]
+    )
+    spec = (
+        jax.lax.conv_general_dilated(
+            inputs["spectrogram"],
+            params["embedding_spectrogram"]["kernel"],
+            (8, 8),
+            "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        + params["embedding_spectrogram"]["bias"]
+    )
     rgb = rgb.reshape(2, -1, D) + t["posembed_input"]["pos_embedding"]
     spec = spec.reshape(2, -1, D) + t["posembed_input_spectrogram"]["pos_embedding"]
     x = jnp.concatenate([rgb, spec], axis=1)
@@ -191,15 +230,18 @@ def test_concat_early_fusion_with_shared_weights_equals_one_plain_transformer():
     for layer in range(LAYERS):
         x = block.apply({"params": t[f"encoderblock_{layer}"]}, x, True)
     x = nn.LayerNorm().apply({"params": t["encoder_norm"]}, x)
-    want = x.mean(axis=1) @ params["output_projection"]["kernel"] + params["output_projection"]["bias"]
+    want = (
+        x.mean(axis=1) @ params["output_projection"]["kernel"] + params["output_projection"]["bias"]
+    )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("fusion", mbt_lib.FUSIONS)
 def test_gap_classifier_works_with_every_fusion_mode(fusion):
     model, params = init(tiny_config(fusion=fusion, classifier="gap"), make_inputs())
-    out = model.apply({"params": params}, make_inputs(1), train=True,
-                      rngs={"dropout": jax.random.PRNGKey(0)})
+    out = model.apply(
+        {"params": params}, make_inputs(1), train=True, rngs={"dropout": jax.random.PRNGKey(0)}
+    )
     assert out.shape == (2, CLASSES) and bool(jnp.all(jnp.isfinite(out)))
 
 
@@ -214,50 +256,79 @@ def test_cross_fusion_uses_modality_specific_blocks_on_joint_context():
 
 def test_cross_fusion_layer_runs_each_block_on_others_then_own_tokens():
     """One fused layer: modality m's output = its block on [others ; own], own part kept."""
-    encoder = mbt_lib.FusionEncoder(modalities=("rgb", "spectrogram"), num_layers=1,
-                                    num_heads=HEADS, mlp_dim=MLP, fusion="cross", fusion_layer=0)
+    encoder = mbt_lib.FusionEncoder(
+        modalities=("rgb", "spectrogram"),
+        num_layers=1,
+        num_heads=HEADS,
+        mlp_dim=MLP,
+        fusion="cross",
+        fusion_layer=0,
+    )
     rng = np.random.default_rng(3)
-    tokens = {"rgb": jnp.asarray(rng.normal(size=(2, 5, D)), jnp.float32),
-              "spectrogram": jnp.asarray(rng.normal(size=(2, 3, D)), jnp.float32)}
+    tokens = {
+        "rgb": jnp.asarray(rng.normal(size=(2, 5, D)), jnp.float32),
+        "spectrogram": jnp.asarray(rng.normal(size=(2, 3, D)), jnp.float32),
+    }
     params = encoder.init(jax.random.PRNGKey(0), tokens, None, train=False)["params"]
     out = encoder.apply({"params": params}, tokens, None, train=False)
     block = vit.EncoderBlock(mlp_dim=MLP, num_heads=HEADS)
-    embedded = {m: tokens[m] + params[f"posembed_input{'' if m == 'rgb' else '_' + m}"]
-                ["pos_embedding"] for m in tokens}
-    rgb = block.apply({"params": params["encoderblock_0"]},
-                      jnp.concatenate([embedded["spectrogram"], embedded["rgb"]], 1), True)[:, 3:]
-    spec = block.apply({"params": params["encoderblock_0_spectrogram"]},
-                       jnp.concatenate([embedded["rgb"], embedded["spectrogram"]], 1), True)[:, 5:]
-    expected = nn.LayerNorm().apply({"params": params["encoder_norm"]},
-                                    jnp.concatenate([rgb, spec], 1))
+    embedded = {
+        m: tokens[m] + params[f"posembed_input{'' if m == 'rgb' else '_' + m}"]["pos_embedding"]
+        for m in tokens
+    }
+    rgb = block.apply(
+        {"params": params["encoderblock_0"]},
+        jnp.concatenate([embedded["spectrogram"], embedded["rgb"]], 1),
+        True,
+    )[:, 3:]
+    spec = block.apply(
+        {"params": params["encoderblock_0_spectrogram"]},
+        jnp.concatenate([embedded["rgb"], embedded["spectrogram"]], 1),
+        True,
+    )[:, 5:]
+    expected = nn.LayerNorm().apply(
+        {"params": params["encoder_norm"]}, jnp.concatenate([rgb, spec], 1)
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bottleneck_layers_share_the_mean_of_the_modalities_bottleneck_outputs():
     """Two fused layers by hand: [own ; bottleneck] per modality, new bottleneck = their mean."""
-    encoder = mbt_lib.FusionEncoder(modalities=("rgb", "spectrogram"), num_layers=2,
-                                    num_heads=HEADS, mlp_dim=MLP, fusion="bottleneck",
-                                    fusion_layer=0)
+    encoder = mbt_lib.FusionEncoder(
+        modalities=("rgb", "spectrogram"),
+        num_layers=2,
+        num_heads=HEADS,
+        mlp_dim=MLP,
+        fusion="bottleneck",
+        fusion_layer=0,
+    )
     rng = np.random.default_rng(4)
-    tokens = {"rgb": jnp.asarray(rng.normal(size=(2, 5, D)), jnp.float32),
-              "spectrogram": jnp.asarray(rng.normal(size=(2, 3, D)), jnp.float32)}
+    tokens = {
+        "rgb": jnp.asarray(rng.normal(size=(2, 5, D)), jnp.float32),
+        "spectrogram": jnp.asarray(rng.normal(size=(2, 3, D)), jnp.float32),
+    }
     bottleneck = jnp.asarray(rng.normal(size=(2, 2, D)), jnp.float32)
     params = encoder.init(jax.random.PRNGKey(0), tokens, bottleneck, train=False)["params"]
     out = encoder.apply({"params": params}, tokens, bottleneck, train=False)
     block = vit.EncoderBlock(mlp_dim=MLP, num_heads=HEADS)
-    own = {m: tokens[m] + params[f"posembed_input{'' if m == 'rgb' else '_' + m}"]
-           ["pos_embedding"] for m in tokens}
+    own = {
+        m: tokens[m] + params[f"posembed_input{'' if m == 'rgb' else '_' + m}"]["pos_embedding"]
+        for m in tokens
+    }
     for layer in range(2):
         shared = []
         for m in ("rgb", "spectrogram"):
             name = f"encoderblock_{layer}" + ("" if m == "rgb" else "_spectrogram")
             n_own = own[m].shape[1]
-            y = block.apply({"params": params[name]}, jnp.concatenate([own[m], bottleneck], 1), True)
+            y = block.apply(
+                {"params": params[name]}, jnp.concatenate([own[m], bottleneck], 1), True
+            )
             own[m] = y[:, :n_own]
             shared.append(y[:, n_own:])
         bottleneck = (shared[0] + shared[1]) / 2
-    expected = nn.LayerNorm().apply({"params": params["encoder_norm"]},
-                                    jnp.concatenate([own["rgb"], own["spectrogram"]], 1))
+    expected = nn.LayerNorm().apply(
+        {"params": params["encoder_norm"]}, jnp.concatenate([own["rgb"], own["spectrogram"]], 1)
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -286,8 +357,9 @@ def test_fused_attention_matches_einsum_attention_and_remat_matches_plain():
         return jnp.sum(m.apply({"params": p}, inputs, train=False) ** 2)
 
     ref = model.apply({"params": params}, inputs, train=False)
-    np.testing.assert_allclose(einsum_model.apply({"params": params}, inputs, train=False), ref,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        einsum_model.apply({"params": params}, inputs, train=False), ref, rtol=1e-5, atol=1e-5
+    )
     g_plain = jax.grad(lambda p: loss(model, p))(params)
     g_remat = jax.grad(lambda p: loss(remat_model, p))(params)
     for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
@@ -315,8 +387,9 @@ def test_stochastic_depth_grows_linearly_and_only_acts_in_training():
 
 
 def test_temporal_sampling_indices_and_tubelet_initialisers():
-    np.testing.assert_array_equal(tokenizers.sampled_frame_indices(32, 8),
-                                  np.round(np.arange(1, 9) * 32 / 9).astype(int))
+    np.testing.assert_array_equal(
+        tokenizers.sampled_frame_indices(32, 8), np.round(np.arange(1, 9) * 32 / 9).astype(int)
+    )
     np.testing.assert_array_equal(tokenizers.sampled_frame_indices(4, 8), np.arange(4))
     key = jax.random.PRNGKey(0)
     central = tokenizers.central_frame_initializer()(key, (3, 4, 4, 3, 8))
@@ -329,7 +402,9 @@ def test_temporal_sampling_indices_and_tubelet_initialisers():
 
 def test_central_frame_tubelets_on_static_video_equal_2d_patches_of_one_frame():
     video = jnp.broadcast_to(make_inputs(6)["rgb"][:, :1], RGB_SHAPE)  # every frame the same
-    spec_3d = tokenizers.TokenizerSpec("3d_conv", (2, 8, 8), kernel_init="central_frame_initializer")
+    spec_3d = tokenizers.TokenizerSpec(
+        "3d_conv", (2, 8, 8), kernel_init="central_frame_initializer"
+    )
     spec_2d = tokenizers.TokenizerSpec("temporal_sampling", (8, 8), n_sampled_frames=2)
 
     class Embed(nn.Module):
@@ -347,12 +422,15 @@ def test_central_frame_tubelets_on_static_video_equal_2d_patches_of_one_frame():
     np.testing.assert_allclose(tokens_3d, tokens_2d, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("fusion", "sum", "config.model.fusion='sum'"),
-    ("classifier", "cls", "config.model.classifier"),
-    ("fusion_layer", LAYERS + 1, "0..3"),
-    ("name", "vivit", "config.model.name='vivit'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("fusion", "sum", "config.model.fusion='sum'"),
+        ("classifier", "cls", "config.model.classifier"),
+        ("fusion_layer", LAYERS + 1, "0..3"),
+        ("name", "vivit", "config.model.name='vivit'"),
+    ],
+)
 def test_config_errors_name_the_key_and_allowed_values(key, value, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
         models.build_model(tiny_config(**{key: value}), CLASSES)
@@ -375,15 +453,20 @@ def test_model_jits_under_an_8_device_mesh():
     assert devices.size == 8, "tests run with 8 simulated CPU devices (tests/conftest.py)"
     mesh = jax.sharding.Mesh(devices.reshape(4, 2), ("data", "model"))
     rng = np.random.default_rng(7)
-    inputs = {"rgb": jnp.asarray(rng.normal(size=(8,) + RGB_SHAPE[1:]), jnp.float32),
-              "spectrogram": jnp.asarray(rng.normal(size=(8,) + SPEC_SHAPE[1:]), jnp.float32)}
+    inputs = {
+        "rgb": jnp.asarray(rng.normal(size=(8,) + RGB_SHAPE[1:]), jnp.float32),
+        "spectrogram": jnp.asarray(rng.normal(size=(8,) + SPEC_SHAPE[1:]), jnp.float32),
+    }
     model, params = init(tiny_config(), inputs)
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     sharded_inputs = jax.device_put(inputs, batch_sharding)
     sharded_params = jax.device_put(params, replicated)
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False),
-                      in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
+    forward = jax.jit(
+        lambda p, x: model.apply({"params": p}, x, train=False),
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=batch_sharding,
+    )
     got = forward(sharded_params, sharded_inputs)
     assert got.sharding.spec == jax.sharding.PartitionSpec("data")
     want = model.apply({"params": params}, inputs, train=False)

@@ -10,10 +10,24 @@ import sys
 import textwrap
 
 TF_FREE_MODULES = (
-    "mbt.models", "mbt.models.mbt", "mbt.models.vit", "mbt.models.tokenizers",
-    "mbt.train_step", "mbt.losses", "mbt.mixup", "mbt.optim", "mbt.sharding",
-    "mbt.metrics", "mbt.evaluate", "mbt.tools.flops", "mbt.train", "mbt.checkpointing",
-    "mbt.models.sft", "mbt.models.clstm", "mbt.pretrained", "mbt.export",
+    "mbt.models",
+    "mbt.models.mbt",
+    "mbt.models.vit",
+    "mbt.models.tokenizers",
+    "mbt.train_step",
+    "mbt.losses",
+    "mbt.mixup",
+    "mbt.optim",
+    "mbt.sharding",
+    "mbt.metrics",
+    "mbt.evaluate",
+    "mbt.tools.flops",
+    "mbt.train",
+    "mbt.checkpointing",
+    "mbt.models.sft",
+    "mbt.models.clstm",
+    "mbt.pretrained",
+    "mbt.export",
 )
 # Benchmark scripts, imported as modules (their main() is not run).
 TF_FREE_SCRIPTS = ("scripts/benchmark_model.py", "scripts/fusion_flops.py")
@@ -47,7 +61,8 @@ _SCRIPT = textwrap.dedent("""
     x = {'rgb': jnp.zeros((1, 2, 8, 8, 3)), 'spectrogram': jnp.zeros((1, 16, 8, 1))}
     params = model.init(jax.random.PRNGKey(0), x, train=False)['params']
     assert model.apply({'params': params}, x, train=False).shape == (1, 3)
-    loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets'))
+    loaded = sorted(m for m in sys.modules
+                    if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets'))
     assert not loaded, loaded
     print('ok')
 """)
@@ -57,7 +72,13 @@ def test_model_and_train_step_import_and_run_without_tensorflow():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     scripts = [os.path.join(repo, s) for s in TF_FREE_SCRIPTS]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", _SCRIPT, *TF_FREE_MODULES, *scripts],
-                            capture_output=True, text=True, env=env, timeout=300, cwd=repo)
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, *TF_FREE_MODULES, *scripts],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=repo,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")

@@ -11,7 +11,9 @@ import sys
 import textwrap
 
 import numpy as np
+import predict_fixtures as fx
 import pytest
+from test_scenic_checkpoint import write_scenic_checkpoint
 
 from mbt import branches
 from mbt import evaluate
@@ -22,9 +24,6 @@ from mbt.data import media
 from mbt.data import pipeline
 from mbt.data import sources
 from mbt.pretrained import formats
-
-import predict_fixtures as fx
-from test_scenic_checkpoint import write_scenic_checkpoint
 
 TOP_K = 3
 
@@ -51,8 +50,8 @@ def run(tmp_path_factory):
     workdir = root / "workdir"
     export.save_export(export.default_export_dir(workdir), params, config, fx.dataset_meta())
     files = {
-        "clip": fx.write_media(root, "clip.mp4", 2.0, seed=0),       # 2 windows x 3 crops
-        "short": fx.write_media(root, "short.mp4", 0.5, seed=1),     # shorter than a window
+        "clip": fx.write_media(root, "clip.mp4", 2.0, seed=0),  # 2 windows x 3 crops
+        "short": fx.write_media(root, "short.mp4", 0.5, seed=1),  # shorter than a window
         "no_audio": fx.write_media(root, "silent.mp4", 1.0, audio=False, seed=2),
         "wav": fx.write_media(root, "tone.wav", 1.5, video=False, seed=3),
         "missing": str(root / "missing.mp4"),
@@ -60,13 +59,32 @@ def run(tmp_path_factory):
     }
     (root / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
     # 6 views per file in calls of 4: the second call is padded (and trimmed).
-    code, out, err = run_main(["--export_dir", str(workdir / "export"), "--json",
-                               "--top_k", str(TOP_K), "--batch_size", "4"]
-                              + list(files.values()))
+    code, out, err = run_main(
+        [
+            "--export_dir",
+            str(workdir / "export"),
+            "--json",
+            "--top_k",
+            str(TOP_K),
+            "--batch_size",
+            "4",
+        ]
+        + list(files.values())
+    )
     records = [json.loads(line) for line in out.splitlines()]
     by_file = {r["file"]: r for r in records}
-    return dict(root=root, workdir=workdir, config=config, model=model, params=params,
-                files=files, code=code, records=records, by_file=by_file, stderr=err)
+    return dict(
+        root=root,
+        workdir=workdir,
+        config=config,
+        model=model,
+        params=params,
+        files=files,
+        code=code,
+        records=records,
+        by_file=by_file,
+        stderr=err,
+    )
 
 
 def pipeline_views(path, config):
@@ -76,12 +94,18 @@ def pipeline_views(path, config):
     frames = media.read_frames(path, 0.0, duration, fps=fx.FPS, short_side=fx.SHORT_SIDE)
     count = int(round(duration * fx.FPS))
     frames = np.concatenate([frames, np.repeat(frames[-1:], count - len(frames), 0)])[:count]
-    example = {"rgb": frames, "audio": media.read_audio(path, 0.0, duration, 16000),
-               "label": np.int64(0)}
+    example = {
+        "rgb": frames,
+        "audio": media.read_audio(path, 0.0, duration, 16000),
+        "label": np.int64(0),
+    }
     source = sources.memory_source({"test": [example]}, class_names=fx.CLASS_NAMES, fps=fx.FPS)
     views = 2 * 3
-    batch = next(pipeline.build_tf_dataset(config, "test", "test", views, source=source,
-                                           process_index=0, process_count=1).as_numpy_iterator())
+    batch = next(
+        pipeline.build_tf_dataset(
+            config, "test", "test", views, source=source, process_index=0, process_count=1
+        ).as_numpy_iterator()
+    )
     assert batch["batch_mask"].tolist() == [1.0] * views
     return {m: batch[m] for m in ("rgb", "spectrogram")}
 
@@ -115,12 +139,13 @@ def branch_params(params, modality):
     """The single-modality parameter tree, written out by hand from the naming rules."""
     flat = formats.flatten(params)
     if modality == "rgb":
-        kept = {k: v for k, v in flat.items()
-                if "spectrogram" not in k and k != "bottleneck"}
+        kept = {k: v for k, v in flat.items() if "spectrogram" not in k and k != "bottleneck"}
     else:
-        kept = {k: v for k, v in flat.items()
-                if k.startswith(("output_projection", "Transformer/encoder_norm"))
-                or "spectrogram" in k}
+        kept = {
+            k: v
+            for k, v in flat.items()
+            if k.startswith(("output_projection", "Transformer/encoder_norm")) or "spectrogram" in k
+        }
         kept["cls"] = kept.pop("clsspectrogram")
     return formats.unflatten(kept)
 
@@ -140,8 +165,11 @@ def test_a_file_lacking_a_stream_runs_the_other_branch_with_a_warning(run, name,
     branch_config = fx.tiny_config().model
     branch_config.modalities = (modality,)
     branch = models.build_model(branch_config, len(fx.CLASS_NAMES))
-    logits = np.asarray(fx.jitted_apply(branch)(branch_params(run["params"], modality),
-                                                {modality: views.inputs[modality]}))
+    logits = np.asarray(
+        fx.jitted_apply(branch)(
+            branch_params(run["params"], modality), {modality: views.inputs[modality]}
+        )
+    )
     probs = softmax(logits.mean(axis=0))
     order = np.argsort(-probs)[:TOP_K]
     assert [r["class"] for r in record["top_k"]] == [fx.CLASS_NAMES[i] for i in order]
@@ -164,7 +192,8 @@ def test_missing_and_undecodable_files_are_named_and_the_rest_predicted(run):
 def test_scenic_checkpoint_with_class_names_file_gives_the_exports_scores(run, tmp_path):
     checkpoint = write_scenic_checkpoint(tmp_path / "scenic", run["params"], 500, "params")
     dataset = json.dumps(run["config"].dataset.to_dict())
-    (tmp_path / "config.py").write_text(textwrap.dedent(f"""\
+    (tmp_path / "config.py").write_text(
+        textwrap.dedent(f"""\
         import json
         import ml_collections
 
@@ -173,42 +202,77 @@ def test_scenic_checkpoint_with_class_names_file_gives_the_exports_scores(run, t
             config.model = ml_collections.ConfigDict({{"fusion_layer": 1}})
             config.dataset = ml_collections.ConfigDict(json.loads({dataset!r}))
             return config
-        """))
+        """)
+    )
     names = [f"sound {i}" for i in range(6)]
     (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
     clip = run["files"]["clip"]
-    code, out, err = run_main(["--checkpoint", str(tmp_path / "scenic"),
-                               "--config", str(tmp_path / "config.py"),
-                               "--class_names", str(tmp_path / "names.txt"), "--json",
-                               "--top_k", str(TOP_K), clip])
+    code, out, err = run_main(
+        [
+            "--checkpoint",
+            str(tmp_path / "scenic"),
+            "--config",
+            str(tmp_path / "config.py"),
+            "--class_names",
+            str(tmp_path / "names.txt"),
+            "--json",
+            "--top_k",
+            str(TOP_K),
+            clip,
+        ]
+    )
     assert code == 0, err
     record = json.loads(out)
     want = run["by_file"][clip]["top_k"]
     assert [r["class"] for r in record["top_k"]] == [names[r["index"]] for r in want]
-    np.testing.assert_allclose([r["score"] for r in record["top_k"]],
-                               [r["score"] for r in want], rtol=1e-6)
+    np.testing.assert_allclose(
+        [r["score"] for r in record["top_k"]], [r["score"] for r in want], rtol=1e-6
+    )
     assert checkpoint.name == "checkpoint_500"
 
     # Without the fusion layer the checkpoint cannot be read: the error says what to set.
-    (tmp_path / "bare.py").write_text("import ml_collections\n\ndef get_config():\n"
-                                      "    return ml_collections.ConfigDict()\n")
-    code, out, err = run_main(["--scenic_checkpoint", str(checkpoint), "--config",
-                               str(tmp_path / "bare.py"), clip])
+    (tmp_path / "bare.py").write_text(
+        "import ml_collections\n\ndef get_config():\n    return ml_collections.ConfigDict()\n"
+    )
+    code, out, err = run_main(
+        ["--scenic_checkpoint", str(checkpoint), "--config", str(tmp_path / "bare.py"), clip]
+    )
     assert code == 2 and "config.model.fusion_layer" in err and out == ""
     # A class names file of the wrong length is named.
     (tmp_path / "few.txt").write_text("a\nb\n")
-    code, _, err = run_main(["--scenic_checkpoint", str(checkpoint), "--config",
-                             str(tmp_path / "config.py"), "--class_names",
-                             str(tmp_path / "few.txt"), clip])
+    code, _, err = run_main(
+        [
+            "--scenic_checkpoint",
+            str(checkpoint),
+            "--config",
+            str(tmp_path / "config.py"),
+            "--class_names",
+            str(tmp_path / "few.txt"),
+            clip,
+        ]
+    )
     assert code == 2 and "few.txt has 2 names but the checkpoint" in err
 
 
 def test_cli_subprocess_with_workdir_prints_text_and_fails_on_missing_file(run):
     clip, missing = run["files"]["clip"], run["files"]["missing"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-m", "mbt.predict", f"--workdir={run['workdir']}",
-                           "--top_k=2", missing, clip], capture_output=True, text=True,
-                          env=env, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mbt.predict",
+            f"--workdir={run['workdir']}",
+            "--top_k=2",
+            missing,
+            clip,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
     want = run["by_file"][clip]["top_k"]
@@ -219,8 +283,10 @@ def test_cli_subprocess_with_workdir_prints_text_and_fails_on_missing_file(run):
 
 def test_class_names_from_audioset_csv_or_lines(tmp_path):
     csv_path = tmp_path / "class_labels_indices.csv"
-    csv_path.write_text('index,mid,display_name\n1,/m/0b,"Bell, bicycle"\n'
-                        '0,/m/09x0r,"Speech"\n2,/t/dd00088,"Owl hoot"\n')
+    csv_path.write_text(
+        'index,mid,display_name\n1,/m/0b,"Bell, bicycle"\n'
+        '0,/m/09x0r,"Speech"\n2,/t/dd00088,"Owl hoot"\n'
+    )
     assert predict.read_class_names(str(csv_path)) == ("Speech", "Bell, bicycle", "Owl hoot")
     txt = tmp_path / "names.txt"
     txt.write_text("take\r\n\r\nput down\r\n")
@@ -232,30 +298,56 @@ def test_class_names_from_audioset_csv_or_lines(tmp_path):
 
 def test_scores_per_head_and_view_combination():
     meta = export.ExportMeta(
-        num_classes=5, class_names=("take", "put", "cup", "pan", "lid"), class_splits=(2, 3),
-        multi_label=False, modalities=("rgb",), input_shapes={"rgb": fx.RGB_SHAPE},
-        video_fps=10.0, short_side=64, head_names=("verb", "noun"))
+        num_classes=5,
+        class_names=("take", "put", "cup", "pan", "lid"),
+        class_splits=(2, 3),
+        multi_label=False,
+        modalities=("rgb",),
+        input_shapes={"rgb": fx.RGB_SHAPE},
+        video_fps=10.0,
+        short_side=64,
+        head_names=("verb", "noun"),
+    )
     logits = np.array([[2.0, 0.0, 0.0, 3.0, 1.0], [0.0, 2.0, 0.0, 1.0, 3.0]])
-    by_logits = predict.combine_views(logits, predict.Predictor(
-        None, None, None, meta, None, 2, 1, combine="mean_logits"))
+    by_logits = predict.combine_views(
+        logits, predict.Predictor(None, None, None, meta, None, 2, 1, combine="mean_logits")
+    )
     np.testing.assert_allclose(by_logits[:2], [0.5, 0.5])  # mean logits (1, 1) → softmax
-    by_probs = predict.combine_views(logits, predict.Predictor(
-        None, None, None, meta, None, 2, 1, combine="mean_probs"))
+    by_probs = predict.combine_views(
+        logits, predict.Predictor(None, None, None, meta, None, 2, 1, combine="mean_probs")
+    )
     np.testing.assert_allclose(by_probs[:2].sum(), 1.0)
     np.testing.assert_allclose(by_probs[2:].sum(), 1.0)
     rows = predict.top_k(by_probs, meta, 2)
     assert [(r["head"], r["rank"], r["class"]) for r in rows] == [
-        ("verb", 1, "take"), ("verb", 2, "put"), ("noun", 1, "pan"), ("noun", 2, "lid")]
-    text = predict.format_text({"file": "a.mp4", "modalities": ["rgb"], "num_views": 2,
-                                "score": "softmax", "top_k": rows})
-    assert text.splitlines()[1:4] == ["  verb:", f"    {rows[0]['score']:.4f}  take",
-                                      f"    {rows[1]['score']:.4f}  put"]
+        ("verb", 1, "take"),
+        ("verb", 2, "put"),
+        ("noun", 1, "pan"),
+        ("noun", 2, "lid"),
+    ]
+    text = predict.format_text(
+        {"file": "a.mp4", "modalities": ["rgb"], "num_views": 2, "score": "softmax", "top_k": rows}
+    )
+    assert text.splitlines()[1:4] == [
+        "  verb:",
+        f"    {rows[0]['score']:.4f}  take",
+        f"    {rows[1]['score']:.4f}  put",
+    ]
 
     multi = export.ExportMeta(
-        num_classes=2, class_names=("a", "b"), class_splits=None, multi_label=True,
-        modalities=("rgb",), input_shapes={"rgb": fx.RGB_SHAPE}, video_fps=10.0, short_side=64)
-    scores = predict.combine_views(np.array([[0.0, 40.0], [0.0, -40.0]]), predict.Predictor(
-        None, None, None, multi, None, 2, 1, combine="mean_logits"))
+        num_classes=2,
+        class_names=("a", "b"),
+        class_splits=None,
+        multi_label=True,
+        modalities=("rgb",),
+        input_shapes={"rgb": fx.RGB_SHAPE},
+        video_fps=10.0,
+        short_side=64,
+    )
+    scores = predict.combine_views(
+        np.array([[0.0, 40.0], [0.0, -40.0]]),
+        predict.Predictor(None, None, None, multi, None, 2, 1, combine="mean_logits"),
+    )
     np.testing.assert_allclose(scores, [0.5, 0.5])  # sigmoid of the mean logit 0
 
 
@@ -280,15 +372,20 @@ def test_branch_of_a_concat_model_uses_the_shared_blocks_after_fusion():
     model = models.build_model(config, 6)
     params = fx.random_params(model)
     meta = export.export_meta(fx.tiny_config(fusion="concat"), fx.dataset_meta())
-    _, branch = branches.branch_model(config, meta.num_classes, meta.input_shapes, params,
-                                      ("spectrogram",))
+    _, branch = branches.branch_model(
+        config, meta.num_classes, meta.input_shapes, params, ("spectrogram",)
+    )
     flat, full = formats.flatten(branch), formats.flatten(params)
     # Layer 0 (before Lf = 1) is the spectrogram's own block, layer 1 the joint block.
     q = "MultiHeadDotProductAttention_0/query/kernel"
-    assert flat[f"Transformer/encoderblock_0_spectrogram/{q}"] is \
-        full[f"Transformer/encoderblock_0_spectrogram/{q}"]
-    assert flat[f"Transformer/encoderblock_1_spectrogram/{q}"] is \
-        full[f"Transformer/encoderblock_1/{q}"]
+    assert (
+        flat[f"Transformer/encoderblock_0_spectrogram/{q}"]
+        is full[f"Transformer/encoderblock_0_spectrogram/{q}"]
+    )
+    assert (
+        flat[f"Transformer/encoderblock_1_spectrogram/{q}"]
+        is full[f"Transformer/encoderblock_1/{q}"]
+    )
     assert flat["cls"] is full["clsspectrogram"]
     assert "bottleneck" not in flat and "embedding/kernel" not in flat
 

@@ -11,13 +11,26 @@ import pytest
 from flax import serialization
 
 from mbt import models
-from mbt.pretrained import default_init_from_config, formats, init_from, scenic_checkpoint
+from mbt.pretrained import default_init_from_config
+from mbt.pretrained import formats
+from mbt.pretrained import init_from
+from mbt.pretrained import scenic_checkpoint
 
 D, HEADS, MLP, LAYERS, CLASSES = 16, 2, 32, 3, 5
 INPUT_SHAPES = {"rgb": (4, 16, 16, 3), "spectrogram": (32, 16, 1), "flow": (4, 16, 16, 2)}
-SHAPE_KEYS = ("modalities", "hidden_size", "num_layers", "num_heads", "mlp_dim", "fusion",
-              "fusion_layer", "n_bottlenecks", "share_encoder", "classifier",
-              "representation_size")
+SHAPE_KEYS = (
+    "modalities",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "mlp_dim",
+    "fusion",
+    "fusion_layer",
+    "n_bottlenecks",
+    "share_encoder",
+    "classifier",
+    "representation_size",
+)
 
 
 def tiny_config(**overrides):
@@ -39,19 +52,32 @@ def param_shapes(model_config, num_classes=CLASSES):
 
 def random_params(model_config, num_classes=CLASSES, seed=0):
     rng = np.random.default_rng(seed)
-    return formats.unflatten({k: (0.3 * rng.normal(size=s)).astype(np.float32)
-                              for k, s in param_shapes(model_config, num_classes).items()})
+    return formats.unflatten(
+        {
+            k: (0.3 * rng.normal(size=s)).astype(np.float32)
+            for k, s in param_shapes(model_config, num_classes).items()
+        }
+    )
 
 
 def write_scenic_checkpoint(directory, params, step, layout):
     """What Scenic's `save_checkpoint` writes: the train state as msgpack `checkpoint_<step>`."""
     if layout == "optimizer/target":  # flax.optim era
-        state = {"global_step": step, "optimizer": {"target": params, "state": {"step": step}},
-                 "model_state": {}, "accum_train_time": 1.5}
+        state = {
+            "global_step": step,
+            "optimizer": {"target": params, "state": {"step": step}},
+            "model_state": {},
+            "accum_train_time": 1.5,
+        }
     else:  # optax era
         momentum = jax.tree.map(np.zeros_like, params)
-        state = {"global_step": step, "params": params, "opt_state": {"0": {"trace": momentum}},
-                 "model_state": {}, "rng": np.zeros(2, np.uint32)}
+        state = {
+            "global_step": step,
+            "params": params,
+            "opt_state": {"0": {"trace": momentum}},
+            "model_state": {},
+            "rng": np.zeros(2, np.uint32),
+        }
     directory.mkdir(exist_ok=True)
     path = directory / f"checkpoint_{step}"
     path.write_bytes(serialization.msgpack_serialize(state))
@@ -60,11 +86,13 @@ def write_scenic_checkpoint(directory, params, step, layout):
 
 def make_inputs(model_config, seed=1):
     rng = np.random.default_rng(seed)
-    return {m: rng.normal(size=(2,) + INPUT_SHAPES[m]).astype(np.float32)
-            for m in model_config.modalities}
+    return {
+        m: rng.normal(size=(2,) + INPUT_SHAPES[m]).astype(np.float32)
+        for m in model_config.modalities
+    }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_apply(model):
     """One compile per distinct model (flax modules with equal fields hash equal)."""
     return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
@@ -99,42 +127,54 @@ def test_round_trip_both_layouts_gives_the_writers_logits_and_config(tmp_path, w
         assert restored.model_config[key] == config[key], key
     for m in config.modalities:
         for key in ("kind", "patches"):
-            assert tuple(np.atleast_1d(restored.model_config.tokenizers[m][key])) == \
-                tuple(np.atleast_1d(config.tokenizers[m][key]))
+            assert tuple(np.atleast_1d(restored.model_config.tokenizers[m][key])) == tuple(
+                np.atleast_1d(config.tokenizers[m][key])
+            )
     assert restored.num_classes == CLASSES and restored.step == 120
     assert restored.inferred.token_counts == {"rgb": 8, "spectrogram": 8}
     assert restored.inferred.from_hints == ["fusion_layer"]
     assert "[4, 16, 16, 3]" in restored.inferred.input_shape_hints["rgb"]
     assert restored.model == models.build_model(config, CLASSES)
     jax.tree.map(np.testing.assert_array_equal, restored.params, params)
-    np.testing.assert_allclose(logits_of(restored.model, restored.params, inputs), logits,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        logits_of(restored.model, restored.params, inputs), logits, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_restoring_with_the_writers_full_config(tmp_path, writer):
     config, params, _, _ = writer
     write_scenic_checkpoint(tmp_path, params, 5, "params")
-    restored = scenic_checkpoint.load_scenic_mbt(str(tmp_path), config, CLASSES,
-                                                 input_shapes=INPUT_SHAPES)
+    restored = scenic_checkpoint.load_scenic_mbt(
+        str(tmp_path), config, CLASSES, input_shapes=INPUT_SHAPES
+    )
     assert restored.model_config is config
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (dict(fusion="concat", fusion_layer=2), dict(fusion="concat", fusion_layer=2)),
-    (dict(fusion="concat", fusion_layer=0, share_encoder=True), None),  # asks fusion/layer
-    (dict(classifier="gap", representation_size=7, n_bottlenecks=3),
-     dict(classifier="gap", representation_size=7, n_bottlenecks=3)),
-    (dict(share_encoder=True), dict(share_encoder=True, fusion="bottleneck")),
-    (dict(modalities=("rgb", "spectrogram", "flow"), fusion="concat", fusion_layer=1),
-     dict(modalities=("rgb", "flow", "spectrogram"), fusion="concat", fusion_layer=1)),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (dict(fusion="concat", fusion_layer=2), dict(fusion="concat", fusion_layer=2)),
+        (dict(fusion="concat", fusion_layer=0, share_encoder=True), None),  # asks fusion/layer
+        (
+            dict(classifier="gap", representation_size=7, n_bottlenecks=3),
+            dict(classifier="gap", representation_size=7, n_bottlenecks=3),
+        ),
+        (dict(share_encoder=True), dict(share_encoder=True, fusion="bottleneck")),
+        (
+            dict(modalities=("rgb", "spectrogram", "flow"), fusion="concat", fusion_layer=1),
+            dict(modalities=("rgb", "flow", "spectrogram"), fusion="concat", fusion_layer=1),
+        ),
+    ],
+)
 def test_inferred_config_from_shapes(overrides, expected):
     config = tiny_config(**overrides)
     if "flow" in config.modalities:
         config.tokenizers.flow = {"kind": "3d_conv", "patches": (2, 8, 8)}
     params = random_params(config)
     if expected is None:
-        with pytest.raises(ValueError, match=r"config\.model\.fusion .*config\.model\.fusion_layer"):
+        with pytest.raises(
+            ValueError, match=r"config\.model\.fusion .*config\.model\.fusion_layer"
+        ):
             scenic_checkpoint.infer_model_config(params)
         return
     hints = {} if "fusion_layer" in expected else {"fusion_layer": config.fusion_layer}
@@ -162,7 +202,8 @@ def test_what_cannot_be_inferred_is_asked_for():
     with pytest.raises(ValueError, match=r"tokenizers\.rgb\.n_sampled_frames"):
         scenic_checkpoint.infer_model_config(random_params(sampled))
     inferred = scenic_checkpoint.infer_model_config(
-        random_params(sampled), {"tokenizers": {"rgb": {"n_sampled_frames": 2}}})
+        random_params(sampled), {"tokenizers": {"rgb": {"n_sampled_frames": 2}}}
+    )
     assert inferred.model.tokenizers.rgb.kind == "temporal_sampling"
     assert inferred.token_counts == {"rgb": 8}
 
@@ -172,23 +213,32 @@ def test_mismatches_are_errors_naming_the_parameter(tmp_path, writer):
     write_scenic_checkpoint(tmp_path, params, 1, "optimizer/target")
     path = str(tmp_path)
 
-    with pytest.raises(ValueError, match=r"num_heads=4 .*MultiHeadDotProductAttention_0/query/kernel"):
+    with pytest.raises(
+        ValueError, match=r"num_heads=4 .*MultiHeadDotProductAttention_0/query/kernel"
+    ):
         scenic_checkpoint.load_scenic_mbt(path, tiny_config(num_heads=4))
     with pytest.raises(ValueError, match=r"hidden_size=768 .*embedding/kernel"):
         scenic_checkpoint.load_scenic_mbt(path, models.default_mbt_config())  # B/16 sizes
     with pytest.raises(ValueError, match=r"n_bottlenecks=2 .*bottleneck"):
         scenic_checkpoint.load_scenic_mbt(path, tiny_config(n_bottlenecks=2))
-    with pytest.raises(ValueError, match=r"tokenizers\.spectrogram\.patches=\(4, 4\).*"
-                                         r"embedding_spectrogram/kernel"):
+    with pytest.raises(
+        ValueError,
+        match=r"tokenizers\.spectrogram\.patches=\(4, 4\).*"
+        r"embedding_spectrogram/kernel",
+    ):
         bad = tiny_config()
         bad.tokenizers.spectrogram.patches = (4, 4)
         scenic_checkpoint.load_scenic_mbt(path, bad)
     with pytest.raises(ValueError, match=r"num_classes=9 .*output_projection/kernel"):
         scenic_checkpoint.load_scenic_mbt(path, config, 9)
-    with pytest.raises(ValueError, match=r"posembed_input_spectrogram/pos_embedding: checkpoint "
-                                         r"shape \(1, 9, 16\) vs model shape \(1, 17, 16\)"):
-        scenic_checkpoint.load_scenic_mbt(path, config, input_shapes=dict(
-            INPUT_SHAPES, spectrogram=(64, 16, 1)))
+    with pytest.raises(
+        ValueError,
+        match=r"posembed_input_spectrogram/pos_embedding: checkpoint "
+        r"shape \(1, 9, 16\) vs model shape \(1, 17, 16\)",
+    ):
+        scenic_checkpoint.load_scenic_mbt(
+            path, config, input_shapes=dict(INPUT_SHAPES, spectrogram=(64, 16, 1))
+        )
     with pytest.raises(ValueError, match=r"modalities=\('rgb',\).*embedding_spectrogram"):
         scenic_checkpoint.load_scenic_mbt(path, tiny_config(modalities=("rgb",)))
 
@@ -196,7 +246,9 @@ def test_mismatches_are_errors_naming_the_parameter(tmp_path, writer):
 def test_init_from_scenic_checkpoint_for_fine_tuning(tmp_path, writer):
     config, params, _, _ = writer
     write_scenic_checkpoint(tmp_path, params, 9, "params")
-    run_config = ml_collections.ConfigDict({"model": config, "init_from": default_init_from_config()})
+    run_config = ml_collections.ConfigDict(
+        {"model": config, "init_from": default_init_from_config()}
+    )
     run_config.init_from.checkpoint_path = str(tmp_path)
     fresh = random_params(config, num_classes=7, seed=5)  # a new dataset: 7 classes
 
@@ -205,8 +257,9 @@ def test_init_from_scenic_checkpoint_for_fine_tuning(tmp_path, writer):
     fresh_paths = report.by_category()["fresh"]
     assert sorted(fresh_paths) == ["output_projection/bias", "output_projection/kernel"]
     assert len(report.by_category()["loaded"]) == len(report.entries) - 2
-    np.testing.assert_array_equal(new["output_projection"]["kernel"],
-                                  fresh["output_projection"]["kernel"])
+    np.testing.assert_array_equal(
+        new["output_projection"]["kernel"], fresh["output_projection"]["kernel"]
+    )
     np.testing.assert_array_equal(new["bottleneck"], params["bottleneck"])
     assert "output_projection/kernel" in report.unused_checkpoint_keys
 
@@ -215,5 +268,6 @@ def test_init_from_scenic_checkpoint_for_fine_tuning(tmp_path, writer):
         init_from(run_config, fresh)
     same_classes, report = init_from(run_config, random_params(config, seed=6))
     assert not report.by_category()["fresh"]
-    np.testing.assert_array_equal(same_classes["output_projection"]["kernel"],
-                                  params["output_projection"]["kernel"])
+    np.testing.assert_array_equal(
+        same_classes["output_projection"]["kernel"], params["output_projection"]["kernel"]
+    )

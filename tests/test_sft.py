@@ -20,8 +20,9 @@ POOL = {"rgb": 2, "spectrogram": 5}  # 8 → 4 tokens; 12 → 2 tokens (2 droppe
 def tiny_config(**overrides):
     config = sft.default_config()
     config.variant = None
-    config.update(hidden_size=D, num_heads=HEADS, mlp_dim=MLP, n_layers_pre_fusion=1,
-                  n_layers_post_fusion=2)
+    config.update(
+        hidden_size=D, num_heads=HEADS, mlp_dim=MLP, n_layers_pre_fusion=1, n_layers_post_fusion=2
+    )
     config.tokenizers.rgb.patches = (2, 8, 8)
     config.tokenizers.spectrogram.patches = (8, 8)
     config.pool_sizes.update(POOL)
@@ -31,8 +32,10 @@ def tiny_config(**overrides):
 
 def make_inputs(seed=0, batch=2):
     rng = np.random.default_rng(seed)
-    return {"rgb": jnp.asarray(rng.normal(size=(batch,) + RGB_SHAPE[1:]), jnp.float32),
-            "spectrogram": jnp.asarray(rng.normal(size=(batch,) + SPEC_SHAPE[1:]), jnp.float32)}
+    return {
+        "rgb": jnp.asarray(rng.normal(size=(batch,) + RGB_SHAPE[1:]), jnp.float32),
+        "spectrogram": jnp.asarray(rng.normal(size=(batch,) + SPEC_SHAPE[1:]), jnp.float32),
+    }
 
 
 def init(config, inputs, seed=0):
@@ -60,26 +63,46 @@ def recorded_calls(model, params, inputs, names, **apply_kwargs):
 
 
 def block_paths(prefix):
-    attention = [f"{prefix}/MultiHeadDotProductAttention_0/{n}/{p}"
-                 for n in ("query", "key", "value", "out") for p in ("kernel", "bias")]
-    return {f"{prefix}/LayerNorm_{i}/{p}" for i in (0, 1) for p in ("scale", "bias")} | \
-        {f"{prefix}/MlpBlock_0/Dense_{i}/{p}" for i in (0, 1) for p in ("kernel", "bias")} | \
-        set(attention)
+    attention = [
+        f"{prefix}/MultiHeadDotProductAttention_0/{n}/{p}"
+        for n in ("query", "key", "value", "out")
+        for p in ("kernel", "bias")
+    ]
+    return (
+        {f"{prefix}/LayerNorm_{i}/{p}" for i in (0, 1) for p in ("scale", "bias")}
+        | {f"{prefix}/MlpBlock_0/Dense_{i}/{p}" for i in (0, 1) for p in ("kernel", "bias")}
+        | set(attention)
+    )
 
 
 def test_parameter_tree_and_logits_shape():
     config = tiny_config(representation_size=8)
     model, params = init(config, make_inputs())
     shapes = {"/".join(k): v.shape for k, v in flatten_dict(params).items()}
-    expected = {"embedding/kernel", "embedding/bias", "embedding_spectrogram/kernel",
-                "embedding_spectrogram/bias", "cls", "clsspectrogram",
-                "Transformer/posembed_input/pos_embedding",
-                "Transformer/posembed_input_spectrogram/pos_embedding",
-                "Transformer/encoder_norm/scale", "Transformer/encoder_norm/bias",
-                "pre_logits/kernel", "pre_logits/bias",
-                "output_projection/kernel", "output_projection/bias"}
-    for prefix in ("encoderblock_0", "encoderblock_0_spectrogram", "sparse_pool",
-                   "sparse_pool_spectrogram", "fused_encoderblock_0", "fused_encoderblock_1"):
+    expected = {
+        "embedding/kernel",
+        "embedding/bias",
+        "embedding_spectrogram/kernel",
+        "embedding_spectrogram/bias",
+        "cls",
+        "clsspectrogram",
+        "Transformer/posembed_input/pos_embedding",
+        "Transformer/posembed_input_spectrogram/pos_embedding",
+        "Transformer/encoder_norm/scale",
+        "Transformer/encoder_norm/bias",
+        "pre_logits/kernel",
+        "pre_logits/bias",
+        "output_projection/kernel",
+        "output_projection/bias",
+    }
+    for prefix in (
+        "encoderblock_0",
+        "encoderblock_0_spectrogram",
+        "sparse_pool",
+        "sparse_pool_spectrogram",
+        "fused_encoderblock_0",
+        "fused_encoderblock_1",
+    ):
         expected |= block_paths(f"Transformer/{prefix}")
     assert set(shapes) == expected
     assert shapes["cls"] == shapes["clsspectrogram"] == (1, 1, D)
@@ -97,12 +120,11 @@ def test_pool_tokens_max_avg_topk_arithmetic():
     avg_pooled = sft.pool_tokens(tokens, 3, "avg")
     assert max_pooled.shape == avg_pooled.shape == (2, 2, 3)  # 7 // 3; token 6 dropped
     for block in range(2):
-        window = np.asarray(tokens[:, 3 * block:3 * block + 3])
+        window = np.asarray(tokens[:, 3 * block : 3 * block + 3])
         np.testing.assert_allclose(max_pooled[:, block], window.max(axis=1))
         np.testing.assert_allclose(avg_pooled[:, block], window.mean(axis=1), rtol=1e-6)
 
-    scores = jnp.asarray([[0.1, 0.9, 0.0, 0.5, 0.2, 0.8, 0.3],
-                          [0.7, 0.0, 0.6, 0.1, 0.2, 0.3, 0.9]])
+    scores = jnp.asarray([[0.1, 0.9, 0.0, 0.5, 0.2, 0.8, 0.3], [0.7, 0.0, 0.6, 0.1, 0.2, 0.3, 0.9]])
     top = sft.pool_tokens(tokens, 3, "topk", scores)
     assert top.shape == (2, 2, 3)
     # Highest two scores, kept in sequence order: (1, 5) and (0, 6).
@@ -117,8 +139,9 @@ def test_fused_cls_is_sum_of_modality_cls_and_joint_tokens_are_max_pooled():
     inputs = make_inputs()
     model, params = init(config, inputs)
     names = {"sparse_pool", "sparse_pool_spectrogram", "fused_encoderblock_0"}
-    (_, state), calls = recorded_calls(model, params, inputs, names, train=False,
-                                       mutable=["intermediates"])
+    (_, state), calls = recorded_calls(
+        model, params, inputs, names, train=False, mutable=["intermediates"]
+    )
     rgb_out = calls["sparse_pool"][1]
     spec_out = calls["sparse_pool_spectrogram"][1]
     joint_in = calls["fused_encoderblock_0"][0][0]
@@ -164,11 +187,15 @@ def test_topk_pooling_keeps_tokens_the_cls_attends_to_most():
         block_out = np.asarray(calls[name][1])
         block_params = jax.tree.map(np.asarray, params["Transformer"][name])
         scores = _reference_cls_attention(block_params, block_in)
-        np.testing.assert_allclose(scores, sft.cls_attention_scores(
-            params["Transformer"][name], jnp.asarray(block_in), HEADS), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            scores,
+            sft.cls_attention_scores(params["Transformer"][name], jnp.asarray(block_in), HEADS),
+            rtol=1e-4,
+            atol=1e-6,
+        )
         top = np.sort(np.argsort(-scores, axis=1)[:, :k], axis=1)
         expected = np.take_along_axis(block_out[:, 1:], top[..., None], axis=1)
-        np.testing.assert_allclose(joint_in[:, offset:offset + k], expected, err_msg=m)
+        np.testing.assert_allclose(joint_in[:, offset : offset + k], expected, err_msg=m)
         offset += k
 
 
@@ -178,8 +205,9 @@ def test_latent_mixup_sows_lambdas_and_mixes_only_distinct_examples():
     model, params = init(config, inputs)
     plain = models.build_model(tiny_config(), CLASSES)
     rngs = {"dropout": jax.random.PRNGKey(2)}
-    logits, state = model.apply({"params": params}, inputs, train=True, rngs=rngs,
-                                mutable=["intermediates"])
+    logits, state = model.apply(
+        {"params": params}, inputs, train=True, rngs=rngs, mutable=["intermediates"]
+    )
     lambdas = state["intermediates"]["latent_mixup_lambda"][0]
     point = int(state["intermediates"]["latent_mixup_point"][0])
     assert set(lambdas) == {"rgb", "spectrogram"}
@@ -189,9 +217,11 @@ def test_latent_mixup_sows_lambdas_and_mixes_only_distinct_examples():
     assert not np.allclose(logits, unmixed, atol=1e-5)
     # A batch of identical examples is its own mixing partner: mixup changes nothing.
     same = {m: jnp.repeat(x[:1], 2, axis=0) for m, x in inputs.items()}
-    np.testing.assert_allclose(model.apply({"params": params}, same, train=True, rngs=rngs),
-                               plain.apply({"params": params}, same, train=True, rngs=rngs),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        model.apply({"params": params}, same, train=True, rngs=rngs),
+        plain.apply({"params": params}, same, train=True, rngs=rngs),
+        atol=1e-5,
+    )
     # Evaluation never mixes and sows nothing.
     _, state = model.apply({"params": params}, inputs, train=False, mutable=["intermediates"])
     assert "latent_mixup_lambda" not in state.get("intermediates", {})
@@ -207,8 +237,9 @@ def test_jitted_gradient_step_lowers_the_loss():
     @jax.jit
     def step(params, opt_state, key):
         def loss_fn(p):
-            logits, state = model.apply({"params": p}, inputs, train=True,
-                                        rngs={"dropout": key}, mutable=["intermediates"])
+            logits, state = model.apply(
+                {"params": p}, inputs, train=True, rngs={"dropout": key}, mutable=["intermediates"]
+            )
             lambdas = state["intermediates"]["latent_mixup_lambda"][0]
             lam = jnp.mean(jnp.stack(list(lambdas.values())))
             targets = lam * labels + (1 - lam) * jnp.roll(labels, 1, axis=0)
@@ -231,13 +262,16 @@ def test_jitted_gradient_step_lowers_the_loss():
     assert np.isfinite(first_loss) and last_loss < 0.8 * first_loss
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"pool_type": "median"}, "pool_type"),
-    ({"num_layers": 12}, "num_layers=12"),
-    ({"n_layers_post_fusion": -1}, "n_layers_post_fusion"),
-    ({"latent_mixup_alpha": -0.5}, "latent_mixup_alpha"),
-    ({"hidden_size": 15}, "divisible"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"pool_type": "median"}, "pool_type"),
+        ({"num_layers": 12}, "num_layers=12"),
+        ({"n_layers_post_fusion": -1}, "n_layers_post_fusion"),
+        ({"latent_mixup_alpha": -0.5}, "latent_mixup_alpha"),
+        ({"hidden_size": 15}, "divisible"),
+    ],
+)
 def test_bad_config_names_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         models.build_model(tiny_config(**overrides), CLASSES)

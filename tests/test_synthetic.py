@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from mbt.data import media, synthetic
+from mbt.data import media
+from mbt.data import synthetic
 
 NUM_CLIPS = 12
 YTID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -23,8 +24,9 @@ def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     out = {}
     for dataset in synthetic.DATASETS:
-        out[dataset] = synthetic.generate(dataset, str(root / dataset), NUM_CLIPS,
-                                          seed=3, hdf5_audio=True)
+        out[dataset] = synthetic.generate(
+            dataset, str(root / dataset), NUM_CLIPS, seed=3, hdf5_audio=True
+        )
     return out
 
 
@@ -111,8 +113,15 @@ def test_audioset_class_labels_indices(generated):
     with open(summary["files"]["ontology"]) as f:
         ontology = json.load(f)
     assert len(ontology) == 527
-    assert set(ontology[0]) == {"id", "name", "description", "citation_uri",
-                                "positive_examples", "child_ids", "restrictions"}
+    assert set(ontology[0]) == {
+        "id",
+        "name",
+        "description",
+        "citation_uri",
+        "positive_examples",
+        "child_ids",
+        "restrictions",
+    }
 
 
 def read_segments(path):
@@ -120,8 +129,9 @@ def read_segments(path):
     with open(path, newline="") as f:
         lines = f.read().splitlines()
     comments = [line for line in lines if line.startswith("#")]
-    rows = list(csv.reader((line for line in lines if not line.startswith("#")),
-                           skipinitialspace=True))
+    rows = list(
+        csv.reader((line for line in lines if not line.startswith("#")), skipinitialspace=True)
+    )
     return comments, rows
 
 
@@ -156,8 +166,13 @@ def test_audioset_segment_csvs(generated):
 
 
 def test_audioset_other_name_format(tmp_path):
-    summary = synthetic.generate("audioset", str(tmp_path), 2, edge_cases=False,
-                                 clip_name_format="{ytid}_{start:06d}_{end:06d}.mp4")
+    summary = synthetic.generate(
+        "audioset",
+        str(tmp_path),
+        2,
+        edge_cases=False,
+        clip_name_format="{ytid}_{start:06d}_{end:06d}.mp4",
+    )
     for clip in summary["clips"]:
         name = f"{clip['ytid']}_{int(clip['start_s']):06d}_{int(clip['end_s']):06d}.mp4"
         assert os.path.isfile(os.path.join(summary["root"], clip["split"], name))
@@ -187,10 +202,13 @@ def test_epic_annotation_csvs(generated):
     assert any('"[' in line.decode() for line in raw_lines(files["train"]))
     for r in rows:
         assert HMS.match(r["start_timestamp"]) and HMS.match(r["stop_timestamp"])
-        assert r["narration_timestamp"] == "" or re.match(r"^\d\d:\d\d:\d\d\.\d{3}$",
-                                                          r["narration_timestamp"])
-        nouns, noun_classes = ast.literal_eval(r["all_nouns"]), ast.literal_eval(
-            r["all_noun_classes"])
+        assert r["narration_timestamp"] == "" or re.match(
+            r"^\d\d:\d\d:\d\d\.\d{3}$", r["narration_timestamp"]
+        )
+        nouns, noun_classes = (
+            ast.literal_eval(r["all_nouns"]),
+            ast.literal_eval(r["all_noun_classes"]),
+        )
         assert nouns[0] == r["noun"] and noun_classes[0] == int(r["noun_class"])
         assert len(nouns) == len(noun_classes)
         assert 0 <= int(r["verb_class"]) < 97 and 0 <= int(r["noun_class"]) < 300
@@ -234,8 +252,9 @@ def test_epic_hdf5_audio_matches_the_mp4(generated):
         video = with_audio[0]
         track = f[video["video_id"]][:]
     assert track.dtype == np.float32 and track.ndim == 1
-    decoded = media.read_audio(os.path.join(summary["root"], video["path"]), 0.0,
-                               len(track) / 24000, sample_rate=24000)
+    decoded = media.read_audio(
+        os.path.join(summary["root"], video["path"]), 0.0, len(track) / 24000, sample_rate=24000
+    )
     assert np.corrcoef(decoded, track)[0, 1] > 0.9
 
 
@@ -326,7 +345,8 @@ def tree_digest(root):
             if name != synthetic.SUMMARY_FILE:
                 with open(os.path.join(folder, name), "rb") as f:
                     digest[os.path.relpath(os.path.join(folder, name), root)] = hashlib.md5(
-                        f.read()).hexdigest()
+                        f.read()
+                    ).hexdigest()
     return digest
 
 
@@ -342,8 +362,15 @@ def test_deterministic_given_seed(tmp_path):
 
 
 def test_cli_prints_what_it_wrote(tmp_path, capsys):
-    synthetic.main(["--dataset=vggsound", f"--out={tmp_path}", "--num_clips=2",
-                    "--no_edge_cases", "--num_classes=2"])
+    synthetic.main(
+        [
+            "--dataset=vggsound",
+            f"--out={tmp_path}",
+            "--num_clips=2",
+            "--no_edge_cases",
+            "--num_classes=2",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "vggsound.csv" in printed and synthetic.SUMMARY_FILE in printed
     with open(tmp_path / synthetic.SUMMARY_FILE) as f:

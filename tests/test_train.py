@@ -14,31 +14,40 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 import train_fixtures
+
 from mbt import train
 
 NUM_STEPS = 8
 
 
 def _config():
-    return train_fixtures.tiny_config(**{'num_train_steps': NUM_STEPS, 'mixup.alpha': 0.5,
-                                         'mixup.mixmod': True, 'label_smoothing': 0.1,
-                                         'checkpoint.every_steps': 4, 'checkpoint.keep': 2,
-                                         'eval_every_steps': 4, 'log_every_steps': 2})
+    return train_fixtures.tiny_config(
+        **{
+            "num_train_steps": NUM_STEPS,
+            "mixup.alpha": 0.5,
+            "mixup.mixmod": True,
+            "label_smoothing": 0.1,
+            "checkpoint.every_steps": 4,
+            "checkpoint.keep": 2,
+            "eval_every_steps": 4,
+            "log_every_steps": 2,
+        }
+    )
 
 
 def _params_close(a, b, atol=1e-6):
     flat_a, tree_a = jax.tree_util.tree_flatten(a)
     flat_b, tree_b = jax.tree_util.tree_flatten(b)
     assert tree_a == tree_b
-    return all(np.allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
-               for x, y in zip(flat_a, flat_b))
+    return all(
+        np.allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0) for x, y in zip(flat_a, flat_b)
+    )
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     data = train_fixtures.InMemoryData()
     result = train.train_and_evaluate(_config(), workdir, data)
     return workdir, data, result
@@ -48,13 +57,13 @@ def test_loss_decreases_on_a_fixed_batch():
     data = train_fixtures.InMemoryData()
     setup = train.get_setup(_config(), data)
     state = setup.init()
-    batch = next(data.batches('train', 'train', 16, seed=0))
-    no_mixing = {'rgb': np.float32(1.0), 'spectrogram': np.float32(1.0)}
+    batch = next(data.batches("train", "train", 16, seed=0))
+    no_mixing = {"rgb": np.float32(1.0), "spectrogram": np.float32(1.0)}
     device_batch = setup.device_batch(batch, train._TRAIN_KEYS)
     losses = []
     for _ in range(6):
         state, metrics = setup.train_step(state, device_batch, no_mixing)
-        losses.append(float(metrics['loss']))
+        losses.append(float(metrics["loss"]))
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.7 * losses[0], losses
     assert int(state.step) == 6
@@ -62,63 +71,69 @@ def test_loss_decreases_on_a_fixed_batch():
 
 def test_training_evaluates_tests_and_writes_results(uninterrupted):
     workdir, data, result = uninterrupted
-    assert result['step'] == NUM_STEPS and not result['stopped_early']
-    assert int(result['final_state'].step) == NUM_STEPS
-    with open(os.path.join(workdir, 'results_test.json')) as f:
+    assert result["step"] == NUM_STEPS and not result["stopped_early"]
+    assert int(result["final_state"].step) == NUM_STEPS
+    with open(os.path.join(workdir, "results_test.json")) as f:
         saved = json.load(f)
-    assert saved['split'] == 'test' and saved['step'] == NUM_STEPS
+    assert saved["split"] == "test" and saved["step"] == NUM_STEPS
     # 10 test videos x 2 views, padded to batches of 8: padding must not count.
-    assert saved['metrics']['num_examples'] == 10 and saved['metrics']['num_views'] == 20
-    assert saved['metrics']['top1'] == pytest.approx(result['test']['top1'])
-    assert os.path.exists(os.path.join(workdir, 'results_validation.json'))
+    assert saved["metrics"]["num_examples"] == 10 and saved["metrics"]["num_views"] == 20
+    assert saved["metrics"]["top1"] == pytest.approx(result["test"]["top1"])
+    assert os.path.exists(os.path.join(workdir, "results_validation.json"))
     # The class patterns are easy: the tiny model must beat chance (1/4) clearly.
-    assert result['test']['top1'] >= 0.6
+    assert result["test"]["top1"] >= 0.6
     # Checkpoints every 4 steps, keep the last 2; TensorBoard events in the workdir.
-    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
-    events = [name for name in os.listdir(workdir) if name.startswith('events.out.tfevents')]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+    events = [name for name in os.listdir(workdir) if name.startswith("events.out.tfevents")]
     assert events
     from tensorboard.backend.event_processing import event_accumulator
+
     accumulator = event_accumulator.EventAccumulator(workdir)
     accumulator.Reload()
-    tags = set(accumulator.Tags()['tensors']) | set(accumulator.Tags()['scalars'])
-    assert {'train/loss', 'train/learning_rate', 'train/grad_norm', 'eval/top1',
-            'test/top1'} <= tags, tags
-    logged_steps = [event.step for event in accumulator.Tensors('train/loss')]
+    tags = set(accumulator.Tags()["tensors"]) | set(accumulator.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "eval/top1",
+        "test/top1",
+    } <= tags, tags
+    logged_steps = [event.step for event in accumulator.Tensors("train/loss")]
     assert logged_steps == [2, 4, 6, 8]
-    assert [event.step for event in accumulator.Tensors('eval/top1')] == [4, 8]
+    assert [event.step for event in accumulator.Tensors("eval/top1")] == [4, 8]
 
 
 def test_evaluate_mode_restores_the_checkpoint_and_reproduces_the_test(uninterrupted):
     workdir, data, result = uninterrupted
-    again = train.evaluate(_config(), workdir, 'test', data)
-    assert again['top1'] == pytest.approx(result['test']['top1'])
-    assert again['loss'] == pytest.approx(result['test']['loss'], rel=1e-5)
+    again = train.evaluate(_config(), workdir, "test", data)
+    assert again["top1"] == pytest.approx(result["test"]["top1"])
+    assert again["loss"] == pytest.approx(result["test"]["loss"], rel=1e-5)
 
 
-def test_evaluate_mode_tests_a_scenic_checkpoint_when_the_workdir_has_none(uninterrupted,
-                                                                          tmp_path):
-    from mbt import pretrained
+def test_evaluate_mode_tests_a_scenic_checkpoint_when_the_workdir_has_none(uninterrupted, tmp_path):
     from test_scenic_checkpoint import write_scenic_checkpoint
+
+    from mbt import pretrained
+
     _, data, result = uninterrupted
-    params = jax.device_get(result['final_state'].params)
-    checkpoint = write_scenic_checkpoint(tmp_path / 'scenic', params, 500, 'params')
+    params = jax.device_get(result["final_state"].params)
+    checkpoint = write_scenic_checkpoint(tmp_path / "scenic", params, 500, "params")
     config = _config()
     config.init_from = pretrained.default_init_from_config()
     config.init_from.checkpoint_path = str(checkpoint)
-    empty_workdir = str(tmp_path / 'eval_only')
-    with pytest.raises(FileNotFoundError, match='restore_output_projection=True'):
-        train.evaluate(config, empty_workdir, 'test', data)
+    empty_workdir = str(tmp_path / "eval_only")
+    with pytest.raises(FileNotFoundError, match="restore_output_projection=True"):
+        train.evaluate(config, empty_workdir, "test", data)
     config.init_from.restore_output_projection = True
-    again = train.evaluate(config, empty_workdir, 'test', data)
-    assert again['top1'] == pytest.approx(result['test']['top1'])
-    assert again['loss'] == pytest.approx(result['test']['loss'], rel=1e-5)
-    with open(os.path.join(empty_workdir, 'results_test.json')) as f:
-        assert json.load(f)['step'] == 0
-    assert os.path.exists(os.path.join(empty_workdir, 'init_report.txt'))
+    again = train.evaluate(config, empty_workdir, "test", data)
+    assert again["top1"] == pytest.approx(result["test"]["top1"])
+    assert again["loss"] == pytest.approx(result["test"]["loss"], rel=1e-5)
+    with open(os.path.join(empty_workdir, "results_test.json")) as f:
+        assert json.load(f)["step"] == 0
+    assert os.path.exists(os.path.join(empty_workdir, "init_report.txt"))
 
 
-def test_sigterm_saves_and_a_resumed_run_matches_the_uninterrupted_one(uninterrupted,
-                                                                       tmp_path):
+def test_sigterm_saves_and_a_resumed_run_matches_the_uninterrupted_one(uninterrupted, tmp_path):
     _, _, reference = uninterrupted
     workdir = str(tmp_path)
     data = train_fixtures.InMemoryData()
@@ -128,16 +143,16 @@ def test_sigterm_saves_and_a_resumed_run_matches_the_uninterrupted_one(uninterru
             os.kill(os.getpid(), signal.SIGTERM)
 
     first = train.train_and_evaluate(_config(), workdir, data, on_step=send_sigterm)
-    assert first['stopped_early'] and first['step'] == 3
-    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
-    assert not os.path.exists(os.path.join(workdir, 'results_test.json'))
+    assert first["stopped_early"] and first["step"] == 3
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
+    assert not os.path.exists(os.path.join(workdir, "results_test.json"))
 
     resumed = train.train_and_evaluate(_config(), workdir, data)
     # The resumed run asked the input for batch 3 onwards (the input position was saved).
     assert data.start_batches == [0, 3]
-    assert resumed['step'] == NUM_STEPS
-    assert _params_close(resumed['final_state'].params, reference['final_state'].params)
-    assert resumed['test']['loss'] == pytest.approx(reference['test']['loss'], rel=1e-5)
+    assert resumed["step"] == NUM_STEPS
+    assert _params_close(resumed["final_state"].params, reference["final_state"].params)
+    assert resumed["test"]["loss"] == pytest.approx(reference["test"]["loss"], rel=1e-5)
 
 
 class _NaNAfter(train_fixtures.InMemoryData):
@@ -148,21 +163,22 @@ class _NaNAfter(train_fixtures.InMemoryData):
         self.bad_batch = bad_batch
 
     def _train(self, labels, batch_size, seed, start_batch):
-        for index, batch in enumerate(super()._train(labels, batch_size, seed, start_batch),
-                                      start=start_batch):
+        for index, batch in enumerate(
+            super()._train(labels, batch_size, seed, start_batch), start=start_batch
+        ):
             if index == self.bad_batch:
-                batch['spectrogram'][0, 0, 0, 0] = np.nan
+                batch["spectrogram"][0, 0, 0, 0] = np.nan
             yield batch
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path)
-    with pytest.raises(train.NonFiniteLossError, match='step 6.*last good checkpoint is step 4'):
+    with pytest.raises(train.NonFiniteLossError, match="step 6.*last good checkpoint is step 4"):
         train.train_and_evaluate(_config(), workdir, _NaNAfter(bad_batch=5))
-    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4']
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
 
 
-_NO_TF_SCRIPT = '''
+_NO_TF_SCRIPT = """
 import importlib.abc, sys
 
 class BlockTensorFlow(importlib.abc.MetaPathFinder):
@@ -178,39 +194,53 @@ assert type(writer).__name__ == '_LoggingWriter', writer
 train.make_progress_reporter(10, writer)(1)
 assert not [m for m in sys.modules if m.startswith('tensorflow')]
 print('ok')
-'''
+"""
 
 
 def test_trainer_imports_and_logs_without_tensorflow(tmp_path):
-    result = subprocess.run([sys.executable, '-c', _NO_TF_SCRIPT, str(tmp_path)],
-                            capture_output=True, text=True, timeout=300,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TF_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith('ok')
+    assert result.stdout.strip().endswith("ok")
 
 
 def test_init_from_a_vit_checkpoint_loads_the_weights_with_the_state_shardings(tmp_path):
     # The tiny ViT of the pretrained-weights tests matches the tiny MBT here (width 16,
     # 2 heads, MLP 32, 8x8 patches).
-    from test_vit_init import make_vit, write_vit_npz
+    from test_vit_init import make_vit
+    from test_vit_init import write_vit_npz
+
     vit = make_vit(layers=2)
     config = _config()
-    config.init_from = {'checkpoint_path': write_vit_npz(tmp_path / 'vit.npz', vit),
-                        'checkpoint_format': 'auto', 'inflation': 'central_frame',
-                        'temporal_posemb': 'tile', 'restore_output_projection': False,
-                        'input_shapes': None, 'seed': 0}
+    config.init_from = {
+        "checkpoint_path": write_vit_npz(tmp_path / "vit.npz", vit),
+        "checkpoint_format": "auto",
+        "inflation": "central_frame",
+        "temporal_posemb": "tile",
+        "restore_output_projection": False,
+        "input_shapes": None,
+        "seed": 0,
+    }
     data = train_fixtures.InMemoryData()
     setup = train.get_setup(config, data)
     assert setup is train.get_setup(_config(), data)  # init_from needs no new compile
     state = train.initial_state(setup, config, str(tmp_path))
-    dense = 'Transformer/encoderblock_1_spectrogram/MlpBlock_0/Dense_0/kernel'
+    dense = "Transformer/encoderblock_1_spectrogram/MlpBlock_0/Dense_0/kernel"
     node = state.params
-    for part in dense.split('/'):
+    for part in dense.split("/"):
         node = node[part]
-    np.testing.assert_array_equal(
-        node, vit['Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel'])
-    assert node.sharding == setup.state_shardings.params['Transformer'][
-        'encoderblock_1_spectrogram']['MlpBlock_0']['Dense_0']['kernel']
-    with open(tmp_path / 'init_report.txt') as f:
-        assert 'loaded' in f.read()
+    np.testing.assert_array_equal(node, vit["Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel"])
+    assert (
+        node.sharding
+        == setup.state_shardings.params["Transformer"]["encoderblock_1_spectrogram"]["MlpBlock_0"][
+            "Dense_0"
+        ]["kernel"]
+    )
+    with open(tmp_path / "init_report.txt") as f:
+        assert "loaded" in f.read()

@@ -18,11 +18,17 @@ import pytest
 from flax import serialization
 
 from mbt import models
-from mbt.pretrained import default_init_from_config, formats, init_from, vit_init
+from mbt.pretrained import default_init_from_config
+from mbt.pretrained import formats
+from mbt.pretrained import init_from
+from mbt.pretrained import vit_init
 
 D, HEADS, MLP, PATCH, GRID, CLASSES = 16, 2, 32, 8, 4, 5
-VIT_RENAMES = {"MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
-               "LayerNorm_1": "LayerNorm_2", "MlpBlock_0": "MlpBlock_3"}
+VIT_RENAMES = {
+    "MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
+    "LayerNorm_1": "LayerNorm_2",
+    "MlpBlock_0": "MlpBlock_3",
+}
 RGB_SHAPE = (4, 16, 16, 3)  # per example → tubelets (2, 8, 8): grid (2, 2, 2)
 SPEC_SHAPE = (32, 16, 1)  # → patches (8, 8): grid (4, 2)
 
@@ -31,16 +37,26 @@ def make_vit(seed=0, layers=2, posemb=None):
     """Canonical tiny ViT weights in Scenic naming (flat keys), with a CLS position."""
     rng = np.random.default_rng(seed)
     normal = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
-    w = {"embedding/kernel": normal(PATCH, PATCH, 3, D), "embedding/bias": normal(D),
-         "cls": normal(1, 1, D),
-         "pos_embedding": normal(1, 1 + GRID * GRID, D) if posemb is None else posemb,
-         "Transformer/encoder_norm/scale": normal(D), "Transformer/encoder_norm/bias": normal(D),
-         "head/kernel": normal(D, CLASSES), "head/bias": normal(CLASSES),
-         "pre_logits/kernel": normal(D, D), "pre_logits/bias": normal(D)}
+    w = {
+        "embedding/kernel": normal(PATCH, PATCH, 3, D),
+        "embedding/bias": normal(D),
+        "cls": normal(1, 1, D),
+        "pos_embedding": normal(1, 1 + GRID * GRID, D) if posemb is None else posemb,
+        "Transformer/encoder_norm/scale": normal(D),
+        "Transformer/encoder_norm/bias": normal(D),
+        "head/kernel": normal(D, CLASSES),
+        "head/bias": normal(CLASSES),
+        "pre_logits/kernel": normal(D, D),
+        "pre_logits/bias": normal(D),
+    }
     for layer in range(layers):
         for key in sorted(vit_init.BLOCK_KEYS):
-            shape = {"query": (D, HEADS, D // HEADS), "key": (D, HEADS, D // HEADS),
-                     "value": (D, HEADS, D // HEADS), "out": (HEADS, D // HEADS, D)}
+            shape = {
+                "query": (D, HEADS, D // HEADS),
+                "key": (D, HEADS, D // HEADS),
+                "value": (D, HEADS, D // HEADS),
+                "out": (HEADS, D // HEADS, D),
+            }
             name = key.split("/")[1]
             if key.endswith("kernel"):
                 shape = shape.get(name) or ((D, MLP) if name == "Dense_0" else (MLP, D))
@@ -89,8 +105,11 @@ def write_flax_checkpoint(directory, w, step, layout="optimizer/target"):
         key = {"pos_embedding": "Transformer/posembed_input/pos_embedding"}.get(key, key)
         flat[key.replace("head/", "output_projection/")] = value
     params = formats.unflatten(flat)
-    state = ({"optimizer": {"target": params, "state": {"step": step}}, "global_step": step}
-             if layout == "optimizer/target" else {"params": params, "global_step": step})
+    state = (
+        {"optimizer": {"target": params, "state": {"step": step}}, "global_step": step}
+        if layout == "optimizer/target"
+        else {"params": params, "global_step": step}
+    )
     directory.mkdir(exist_ok=True)
     (directory / f"checkpoint_{step}").write_bytes(serialization.msgpack_serialize(state))
     return str(directory)
@@ -118,19 +137,21 @@ def fresh_params(model_config, input_shapes, fill=7.0):
     model = models.build_model(model_config, CLASSES)
     dummy = {m: jax.ShapeDtypeStruct((1,) + tuple(s), jnp.float32) for m, s in input_shapes.items()}
     abstract = jax.eval_shape(
-        lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False), dummy)
+        lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False), dummy
+    )
     return jax.tree.map(lambda s: np.full(s.shape, fill, s.dtype), abstract["params"])
 
 
 def full_config(model_config, checkpoint_path, **init_from_overrides):
-    config = ml_collections.ConfigDict({"model": model_config,
-                                        "init_from": default_init_from_config()})
+    config = ml_collections.ConfigDict(
+        {"model": model_config, "init_from": default_init_from_config()}
+    )
     config.init_from.checkpoint_path = checkpoint_path
     config.init_from.update(init_from_overrides)
     return config
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_apply(model):
     return jax.jit(lambda params, inputs: model.apply({"params": params}, inputs, train=False))
 
@@ -141,6 +162,7 @@ def vit_npz(tmp_path_factory):
 
 
 # --- formats -----------------------------------------------------------------------------
+
 
 def test_three_formats_detected_and_read_to_the_same_weights(tmp_path, vit_npz):
     w = make_vit()
@@ -156,13 +178,17 @@ def test_three_formats_detected_and_read_to_the_same_weights(tmp_path, vit_npz):
     reference = loaded[vit_npz]
     assert reference.num_layers == 2
     np.testing.assert_array_equal(reference.posemb_cls, w["pos_embedding"][0, 0])
-    np.testing.assert_array_equal(reference.posemb_grid,
-                                  w["pos_embedding"][0, 1:].reshape(GRID, GRID, D))
+    np.testing.assert_array_equal(
+        reference.posemb_grid, w["pos_embedding"][0, 1:].reshape(GRID, GRID, D)
+    )
     np.testing.assert_array_equal(
         reference.arrays["block_1/MultiHeadDotProductAttention_0/query/kernel"],
-        w["Transformer/encoderblock_1/MultiHeadDotProductAttention_0/query/kernel"])
-    assert reference.sources["block_1/LayerNorm_1/scale"] == \
-        "Transformer/encoderblock_1/LayerNorm_2/scale"
+        w["Transformer/encoderblock_1/MultiHeadDotProductAttention_0/query/kernel"],
+    )
+    assert (
+        reference.sources["block_1/LayerNorm_1/scale"]
+        == "Transformer/encoderblock_1/LayerNorm_2/scale"
+    )
     for path, vit in loaded.items():
         assert sorted(vit.arrays) == sorted(reference.arrays), path
         for key, value in reference.arrays.items():
@@ -170,8 +196,10 @@ def test_three_formats_detected_and_read_to_the_same_weights(tmp_path, vit_npz):
         np.testing.assert_array_equal(vit.posemb_grid, reference.posemb_grid)
     assert loaded[big_vision].posemb_cls is None  # big_vision adds no position to the CLS
     assert loaded[big_vision].unrecognised == ["opt/momentum/cls"]
-    assert loaded[big_vision].sources["block_1/LayerNorm_1/scale"] == \
-        "params/Transformer/encoderblock/LayerNorm_1/scale[1]"
+    assert (
+        loaded[big_vision].sources["block_1/LayerNorm_1/scale"]
+        == "params/Transformer/encoderblock/LayerNorm_1/scale[1]"
+    )
     assert loaded[big_vision].sources["pos_embedding"] == "params/pos_embedding"
     np.testing.assert_array_equal(loaded[str(flax_dir)].posemb_cls, reference.posemb_cls)
 
@@ -193,6 +221,7 @@ def test_unreadable_checkpoints_are_clear_errors(tmp_path):
 
 # --- mapping rules and report ------------------------------------------------------------
 
+
 def test_report_categories_copies_and_unused_keys(vit_npz):
     """3-layer bottleneck MBT from a 2-layer ViT, grids from config.dataset."""
     model_config = tiny_model_config(num_layers=3)
@@ -204,28 +233,43 @@ def test_report_categories_copies_and_unused_keys(vit_npz):
     flat_new, flat_fresh = formats.flatten(new), formats.flatten(params)
     assert [e.path for e in report.entries] == list(flat_fresh)  # every parameter, once
     assert jax.tree.structure(new) == jax.tree.structure(params)
-    assert all(flat_new[k].shape == v.shape and flat_new[k].dtype == np.float32
-               for k, v in flat_fresh.items())
+    assert all(
+        flat_new[k].shape == v.shape and flat_new[k].dtype == np.float32
+        for k, v in flat_fresh.items()
+    )
     expected = {}
     for path in flat_fresh:
         if path.startswith(("Transformer/encoderblock_0", "Transformer/encoderblock_1")):
             expected[path] = "loaded"
         elif path.startswith("Transformer/encoderblock_2"):
             expected[path] = "fresh"
-    expected.update({
-        "embedding/kernel": "inflated", "embedding/bias": "loaded",
-        "embedding_spectrogram/kernel": "resized", "embedding_spectrogram/bias": "loaded",
-        "Transformer/posembed_input/pos_embedding": "resized",
-        "Transformer/posembed_input_spectrogram/pos_embedding": "resized",
-        "bottleneck": "resized", "cls": "loaded", "clsspectrogram": "loaded",
-        "Transformer/encoder_norm/scale": "loaded", "Transformer/encoder_norm/bias": "loaded",
-        "output_projection/kernel": "fresh", "output_projection/bias": "fresh"})
+    expected.update(
+        {
+            "embedding/kernel": "inflated",
+            "embedding/bias": "loaded",
+            "embedding_spectrogram/kernel": "resized",
+            "embedding_spectrogram/bias": "loaded",
+            "Transformer/posembed_input/pos_embedding": "resized",
+            "Transformer/posembed_input_spectrogram/pos_embedding": "resized",
+            "bottleneck": "resized",
+            "cls": "loaded",
+            "clsspectrogram": "loaded",
+            "Transformer/encoder_norm/scale": "loaded",
+            "Transformer/encoder_norm/bias": "loaded",
+            "output_projection/kernel": "fresh",
+            "output_projection/bias": "fresh",
+        }
+    )
     assert {e.path: e.category for e in report.entries} == expected
     for path, category in expected.items():
         if category == "fresh":
             np.testing.assert_array_equal(flat_new[path], flat_fresh[path])
-    assert set(report.unused_checkpoint_keys) == {"head/kernel", "head/bias", "pre_logits/kernel",
-                                                  "pre_logits/bias"}
+    assert set(report.unused_checkpoint_keys) == {
+        "head/kernel",
+        "head/bias",
+        "pre_logits/kernel",
+        "pre_logits/bias",
+    }
     table = report.table()
     assert all(path in table for path in flat_fresh)
     assert "inflated 1" in report.summary() and "fresh" in str(report)
@@ -234,14 +278,19 @@ def test_report_categories_copies_and_unused_keys(vit_npz):
     vit_block = "Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel"
     for branch in ("encoderblock_1", "encoderblock_1_spectrogram"):
         np.testing.assert_array_equal(
-            flat_new[f"Transformer/{branch}/MlpBlock_0/Dense_0/kernel"], w[vit_block])
+            flat_new[f"Transformer/{branch}/MlpBlock_0/Dense_0/kernel"], w[vit_block]
+        )
         np.testing.assert_array_equal(  # LayerNorm_2 of vision_transformer → LayerNorm_1
             flat_new[f"Transformer/{branch}/LayerNorm_1/scale"],
-            w["Transformer/encoderblock_1/LayerNorm_1/scale"])
+            w["Transformer/encoderblock_1/LayerNorm_1/scale"],
+        )
     for cls in ("cls", "clsspectrogram"):  # every modality's CLS, not only rgb's
         np.testing.assert_array_equal(flat_new[cls], w["cls"])
-    np.testing.assert_allclose(flat_new["embedding_spectrogram/kernel"],
-                               w["embedding/kernel"].sum(axis=2, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(
+        flat_new["embedding_spectrogram/kernel"],
+        w["embedding/kernel"].sum(axis=2, keepdims=True),
+        rtol=1e-6,
+    )
     kernel_3d = flat_new["embedding/kernel"]
     np.testing.assert_array_equal(kernel_3d[1], w["embedding/kernel"])  # central frame t//2
     assert not kernel_3d[0].any()
@@ -290,17 +339,23 @@ def test_position_embeddings_from_a_constant_grid_and_temporal_options(tmp_path)
         np.testing.assert_allclose(table[1:], 0.5, rtol=1e-6)
     np.testing.assert_allclose(new["bottleneck"], 0.5, rtol=1e-6)
 
-    learned, report = init_from(full_config(model_config, path, temporal_posemb="learned"),
-                                params, shapes)
+    learned, report = init_from(
+        full_config(model_config, path, temporal_posemb="learned"), params, shapes
+    )
     frames = learned["Transformer"]["posembed_input"]["pos_embedding"][0, 1:].reshape(2, 4, D)
     step_offset = frames - 0.5  # per time step, the same offset at every spatial position
     np.testing.assert_allclose(step_offset, np.repeat(step_offset[:, :1], 4, axis=1), atol=1e-6)
     assert float(np.abs(step_offset[0] - step_offset[1]).max()) > 1e-3
-    assert "temporal" in report.entries[[e.path for e in report.entries].index(
-        "Transformer/posembed_input/pos_embedding")].note
+    assert (
+        "temporal"
+        in report.entries[
+            [e.path for e in report.entries].index("Transformer/posembed_input/pos_embedding")
+        ].note
+    )
 
-    untouched, report = init_from(full_config(model_config, path, temporal_posemb="none"),
-                                  params, shapes)
+    untouched, report = init_from(
+        full_config(model_config, path, temporal_posemb="none"), params, shapes
+    )
     assert report.category_of("Transformer/posembed_input/pos_embedding") == "fresh"
     np.testing.assert_array_equal(untouched["Transformer"]["posembed_input"]["pos_embedding"], 7.0)
     assert report.category_of("Transformer/posembed_input_spectrogram/pos_embedding") == "resized"
@@ -310,15 +365,18 @@ def test_big_vision_checkpoint_without_cls_position_gives_zero_cls_position(tmp_
     path = write_big_vision_npz(tmp_path / "bv.npz", make_vit())
     model_config = tiny_model_config(modalities=("spectrogram",))
     shapes = input_shapes_of(model_config)
-    new, report = init_from(full_config(model_config, path), fresh_params(model_config, shapes),
-                            shapes)
+    new, report = init_from(
+        full_config(model_config, path), fresh_params(model_config, shapes), shapes
+    )
     assert report.checkpoint_format == "big_vision_npz"
     np.testing.assert_array_equal(
-        new["Transformer"]["posembed_input_spectrogram"]["pos_embedding"][0, 0], 0.0)
+        new["Transformer"]["posembed_input_spectrogram"]["pos_embedding"][0, 0], 0.0
+    )
     np.testing.assert_array_equal(new["cls"], make_vit()["cls"])  # single modality: 'cls'
 
 
 # --- numerical equivalences (jitted forward passes) ---------------------------------------
+
 
 def test_central_frame_inflated_model_on_static_video_equals_2d_model(vit_npz):
     """rgb-only: tubelets (2, 8, 8) with central-frame inflation on a static 4-frame video give
@@ -326,19 +384,25 @@ def test_central_frame_inflated_model_on_static_video_equals_2d_model(vit_npz):
     base = dict(modalities=("rgb",), classifier="token")
     config_3d = tiny_model_config(**base)
     config_2d = tiny_model_config(**base)
-    config_2d.tokenizers.rgb = {"kind": "temporal_sampling", "patches": (PATCH, PATCH),
-                                "n_sampled_frames": 2}
+    config_2d.tokenizers.rgb = {
+        "kind": "temporal_sampling",
+        "patches": (PATCH, PATCH),
+        "n_sampled_frames": 2,
+    }
     frame = np.random.default_rng(3).normal(size=(2, 1) + RGB_SHAPE[1:]).astype(np.float32)
     video = {"rgb": np.repeat(frame, RGB_SHAPE[0], axis=1)}
     logits = {}
     for name, model_config in (("3d", config_3d), ("2d", config_2d)):
         shapes = input_shapes_of(model_config)
-        params, report = init_from(full_config(model_config, vit_npz,
-                                               restore_output_projection=True),
-                                   fresh_params(model_config, shapes), shapes)
+        params, report = init_from(
+            full_config(model_config, vit_npz, restore_output_projection=True),
+            fresh_params(model_config, shapes),
+            shapes,
+        )
         assert not report.by_category()["fresh"]  # everything comes from the ViT
-        logits[name] = np.asarray(jitted_apply(models.build_model(model_config, CLASSES))(
-            params, video))
+        logits[name] = np.asarray(
+            jitted_apply(models.build_model(model_config, CLASSES))(params, video)
+        )
     assert float(np.abs(logits["2d"]).max()) > 1e-2
     np.testing.assert_allclose(logits["3d"], logits["2d"], rtol=1e-4, atol=1e-4)
 
@@ -349,19 +413,23 @@ def test_one_channel_summed_kernel_equals_three_tiled_channels(vit_npz):
     for channels in (1, 3):
         model_config = tiny_model_config(modalities=("spectrogram",))
         shapes = {"spectrogram": SPEC_SHAPE[:2] + (channels,)}
-        params, report = init_from(full_config(model_config, vit_npz,
-                                               restore_output_projection=True),
-                                   fresh_params(model_config, shapes), shapes)
+        params, report = init_from(
+            full_config(model_config, vit_npz, restore_output_projection=True),
+            fresh_params(model_config, shapes),
+            shapes,
+        )
         expected = "resized" if channels == 1 else "loaded"
         assert report.category_of("embedding_spectrogram/kernel") == expected
         inputs = {"spectrogram": np.repeat(spectrogram, channels, axis=-1)}
-        logits[channels] = np.asarray(jitted_apply(models.build_model(model_config, CLASSES))(
-            params, inputs))
+        logits[channels] = np.asarray(
+            jitted_apply(models.build_model(model_config, CLASSES))(params, inputs)
+        )
     assert float(np.abs(logits[1]).max()) > 1e-2
     np.testing.assert_allclose(logits[1], logits[3], rtol=1e-4, atol=1e-4)
 
 
 # --- errors ------------------------------------------------------------------------------
+
 
 def test_errors_name_the_parameter_key_or_value(vit_npz):
     model_config = tiny_model_config()
@@ -375,26 +443,33 @@ def test_errors_name_the_parameter_key_or_value(vit_npz):
     with pytest.raises(ValueError, match=r"config\.init_from\.checkpoint_format='h5'"):
         init_from(full_config(model_config, vit_npz, checkpoint_format="h5"), params, shapes)
     with pytest.raises(ValueError, match="posembed_input_spectrogram"):
-        init_from(full_config(model_config, vit_npz), params,
-                  dict(shapes, spectrogram=(64, 16, 1)))
+        init_from(full_config(model_config, vit_npz), params, dict(shapes, spectrogram=(64, 16, 1)))
 
     small_patches = tiny_model_config()
     small_patches.tokenizers.spectrogram.patches = (4, 4)
     small_shapes = {"rgb": RGB_SHAPE, "spectrogram": (16, 8, 1)}
     with pytest.raises(ValueError, match=r"embedding_spectrogram/kernel.*patches"):
-        init_from(full_config(small_patches, vit_npz), fresh_params(small_patches, small_shapes),
-                  small_shapes)
+        init_from(
+            full_config(small_patches, vit_npz),
+            fresh_params(small_patches, small_shapes),
+            small_shapes,
+        )
 
     wide = tiny_model_config(hidden_size=32, num_heads=2)
     with pytest.raises(ValueError, match=r"embedding/kernel.*hidden_size"):
         init_from(full_config(wide, vit_npz), fresh_params(wide, shapes), shapes)
 
     seven_classes = jax.tree.map(lambda x: x, params)
-    seven_classes["output_projection"] = {"kernel": np.zeros((D, 7), np.float32),
-                                          "bias": np.zeros((7,), np.float32)}
+    seven_classes["output_projection"] = {
+        "kernel": np.zeros((D, 7), np.float32),
+        "bias": np.zeros((7,), np.float32),
+    }
     with pytest.raises(ValueError, match=r"output_projection/kernel.*\(16, 7\)"):
-        init_from(full_config(model_config, vit_npz, restore_output_projection=True),
-                  seven_classes, shapes)
+        init_from(
+            full_config(model_config, vit_npz, restore_output_projection=True),
+            seven_classes,
+            shapes,
+        )
 
 
 def test_pretrained_package_imports_without_tensorflow():
@@ -411,6 +486,11 @@ def test_pretrained_package_imports_without_tensorflow():
         import mbt.pretrained, mbt.pretrained.vit_init, mbt.pretrained.scenic_checkpoint
         print('ok')
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

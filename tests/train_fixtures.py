@@ -13,13 +13,14 @@ import numpy as np
 from mbt import config_validation
 from mbt import models
 
-RGB_SHAPE = (4, 16, 16, 3)       # [T, H, W, C]: tubelets 2x8x8 -> 2x2x2 = 8 tokens
-SPEC_SHAPE = (32, 16, 1)         # [time, mel, C]: patches 8x8 -> 4x2 = 8 tokens
+RGB_SHAPE = (4, 16, 16, 3)  # [T, H, W, C]: tubelets 2x8x8 -> 2x2x2 = 8 tokens
+SPEC_SHAPE = (32, 16, 1)  # [time, mel, C]: patches 8x8 -> 4x2 = 8 tokens
 
 
 @dataclasses.dataclass(frozen=True)
 class Meta:
     """Same fields as mbt.data.pipeline.DatasetMeta."""
+
     num_classes: int
     class_names: tuple
     class_splits: tuple | None
@@ -29,28 +30,46 @@ class Meta:
     num_examples: dict
 
     def __repr__(self):
-        return (f'Meta({self.num_classes}, {self.class_splits}, {self.multi_label}, '
-                f'{self.modalities}, {sorted(self.num_examples.items())})')
+        return (
+            f"Meta({self.num_classes}, {self.class_splits}, {self.multi_label}, "
+            f"{self.modalities}, {sorted(self.num_examples.items())})"
+        )
 
 
 class InMemoryData:
     """Synthetic examples held in memory; splits 'train', 'validation', 'test'."""
 
-    def __init__(self, num_classes=4, num_train=64, num_eval=10, num_test_views=2,
-                 class_splits=None, multi_label=False, noise=0.5, seed=0):
+    def __init__(
+        self,
+        num_classes=4,
+        num_train=64,
+        num_eval=10,
+        num_test_views=2,
+        class_splits=None,
+        multi_label=False,
+        noise=0.5,
+        seed=0,
+    ):
         self.meta = Meta(
-            num_classes=num_classes, class_names=tuple(f'c{i}' for i in range(num_classes)),
-            class_splits=class_splits, multi_label=multi_label,
-            modalities=('rgb', 'spectrogram'),
-            input_shapes={'rgb': RGB_SHAPE, 'spectrogram': SPEC_SHAPE},
-            num_examples={'train': num_train, 'validation': num_eval, 'test': num_eval})
+            num_classes=num_classes,
+            class_names=tuple(f"c{i}" for i in range(num_classes)),
+            class_splits=class_splits,
+            multi_label=multi_label,
+            modalities=("rgb", "spectrogram"),
+            input_shapes={"rgb": RGB_SHAPE, "spectrogram": SPEC_SHAPE},
+            num_examples={"train": num_train, "validation": num_eval, "test": num_eval},
+        )
         rng = np.random.default_rng(seed)
-        self._patterns = {'rgb': rng.normal(size=(num_classes,) + RGB_SHAPE),
-                          'spectrogram': rng.normal(size=(num_classes,) + SPEC_SHAPE)}
+        self._patterns = {
+            "rgb": rng.normal(size=(num_classes,) + RGB_SHAPE),
+            "spectrogram": rng.normal(size=(num_classes,) + SPEC_SHAPE),
+        }
         self._noise = noise
         self._num_test_views = num_test_views
-        self._labels = {split: np.random.default_rng(seed + 1 + i).integers(0, num_classes, n)
-                        for i, (split, n) in enumerate(self.meta.num_examples.items())}
+        self._labels = {
+            split: np.random.default_rng(seed + 1 + i).integers(0, num_classes, n)
+            for i, (split, n) in enumerate(self.meta.num_examples.items())
+        }
         self.start_batches = []  # start_batch of every 'train' request, for the tests
 
     def _label_rows(self, classes):
@@ -67,15 +86,15 @@ class InMemoryData:
         for name, patterns in self._patterns.items():
             noise = rng.normal(size=(len(classes),) + patterns.shape[1:]) * self._noise
             batch[name] = (patterns[classes] + noise).astype(np.float32)
-        batch['label'] = self._label_rows(classes)
+        batch["label"] = self._label_rows(classes)
         return batch
 
     def batches(self, split, mode, batch_size, *, seed, start_batch=0):
         labels = self._labels[split]
-        if mode == 'train':
+        if mode == "train":
             self.start_batches.append(start_batch)
             return self._train(labels, batch_size, seed, start_batch)
-        views = self._num_test_views if mode == 'test' else 1
+        views = self._num_test_views if mode == "test" else 1
         return self._one_pass(labels, batch_size, seed, views)
 
     def _train(self, labels, batch_size, seed, start_batch):
@@ -84,30 +103,32 @@ class InMemoryData:
             rng = np.random.default_rng([seed, index])
             rows = rng.integers(0, len(labels), batch_size)
             batch = self._examples(labels[rows], rng)
-            batch['batch_mask'] = np.ones(batch_size, np.float32)
-            batch['video_index'] = rows.astype(np.int32)
+            batch["batch_mask"] = np.ones(batch_size, np.float32)
+            batch["video_index"] = rows.astype(np.int32)
             yield batch
             index += 1
 
     def _one_pass(self, labels, batch_size, seed, views):
         video = np.repeat(np.arange(len(labels)), views)
-        rng = np.random.default_rng([seed, 10 ** 6])
+        rng = np.random.default_rng([seed, 10**6])
         for start in range(0, len(video), batch_size):
-            rows = video[start:start + batch_size]
+            rows = video[start : start + batch_size]
             pad = batch_size - len(rows)
             batch = self._examples(labels[rows], rng)
             mask = np.ones(batch_size, np.float32)
             if pad:
-                batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-                         for k, v in batch.items()}
-                mask[len(rows):] = 0
+                batch = {
+                    k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+                    for k, v in batch.items()
+                }
+                mask[len(rows) :] = 0
                 rows = np.concatenate([rows, np.zeros(pad, rows.dtype)])
-            batch['batch_mask'] = mask
-            batch['video_index'] = rows.astype(np.int32)
+            batch["batch_mask"] = mask
+            batch["video_index"] = rows.astype(np.int32)
             yield batch
 
 
-def tiny_model_config(modalities=('rgb', 'spectrogram')):
+def tiny_model_config(modalities=("rgb", "spectrogram")):
     config = models.default_mbt_config()
     config.modalities = tuple(modalities)
     config.variant = None
@@ -124,13 +145,14 @@ def tiny_sft_model_config():
     """Width-16 SFT on these inputs: 1 unimodal + sparse-pool + 1 joint block; 8 + 8 tokens
     pooled by 2 each."""
     from mbt.models import sft  # pylint: disable=g-import-not-at-top
+
     config = sft.default_config()
     config.variant = None
     config.hidden_size, config.num_heads, config.mlp_dim = 16, 2, 32
     config.n_layers_pre_fusion, config.n_layers_post_fusion = 1, 1
     config.tokenizers.rgb.patches = (2, 8, 8)
     config.tokenizers.spectrogram.patches = (8, 8)
-    config.pool_sizes = {'rgb': 2, 'spectrogram': 2}
+    config.pool_sizes = {"rgb": 2, "spectrogram": 2}
     return config
 
 
@@ -139,7 +161,8 @@ def tiny_config(**overrides):
     config = config_validation.trainer_config()
     config.model = tiny_model_config()
     config.dataset = ml_collections.ConfigDict(
-        dict(name='vggsound', modalities=('rgb', 'spectrogram')))
+        dict(name="vggsound", modalities=("rgb", "spectrogram"))
+    )
     config.batch_size = 16
     config.eval_batch_size = 8
     config.num_train_steps = 8
@@ -152,7 +175,7 @@ def tiny_config(**overrides):
     config.final_eval = True
     for key, value in overrides.items():
         node = config
-        parts = key.split('.')
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node[part]
         node[parts[-1]] = value

@@ -17,13 +17,13 @@ only): set --config.num_epochs for your budget.
 import importlib.util
 import os
 
-_TRAIN_SPLITS = {'mini': 'balanced_train', '500k': 'subset', 'full': 'unbalanced_train'}
-_EPOCHS = {'mini': 50.0, '500k': 10.0, 'full': 3.0}
+_TRAIN_SPLITS = {"mini": "balanced_train", "500k": "subset", "full": "unbalanced_train"}
+_EPOCHS = {"mini": 50.0, "500k": 10.0, "full": 3.0}
 
 
 def _recipe():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '_recipe.py')
-    spec = importlib.util.spec_from_file_location('mbt_config_recipe', path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "_recipe.py")
+    spec = importlib.util.spec_from_file_location("mbt_config_recipe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,10 +31,10 @@ def _recipe():
 
 def get_config(arg=None):
     recipe = _recipe()
-    subset, modality = recipe.parse_arg(arg, tuple(_TRAIN_SPLITS), 'mini')
-    config = recipe.set_modalities(recipe.mbt_b16_config('audioset'), modality)
+    subset, modality = recipe.parse_arg(arg, tuple(_TRAIN_SPLITS), "mini")
+    config = recipe.set_modalities(recipe.mbt_b16_config("audioset"), modality)
     config.dataset.train_split = _TRAIN_SPLITS[subset]
-    config.dataset.eval_split = 'eval'
-    config.dataset.test_split = 'eval'
+    config.dataset.eval_split = "eval"
+    config.dataset.test_split = "eval"
     config.num_epochs = _EPOCHS[subset]
     return config

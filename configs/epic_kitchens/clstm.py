@@ -20,8 +20,8 @@ from mbt.models import clstm
 
 
 def _mbt_config_module():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mbt_b16.py')
-    spec = importlib.util.spec_from_file_location('mbt_b16_epic_kitchens_config', path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mbt_b16.py")
+    spec = importlib.util.spec_from_file_location("mbt_b16_epic_kitchens_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,8 +33,8 @@ def get_config(arg=None):
     model.modalities = tuple(config.model.modalities)
     model.fusion_layer = 0
     config.model = model
-    config.optimizer.name = 'adamw'
+    config.optimizer.name = "adamw"
     config.optimizer.weight_decay = 1e-4
     config.lr.base_lr = 1e-3
-    config.init_from.checkpoint_path = None   # no ImageNet ViT weights fit a ConvLSTM
+    config.init_from.checkpoint_path = None  # no ImageNet ViT weights fit a ConvLSTM
     return config

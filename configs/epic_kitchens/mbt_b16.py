@@ -13,8 +13,8 @@ import os
 
 
 def _recipe():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '_recipe.py')
-    spec = importlib.util.spec_from_file_location('mbt_config_recipe', path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "_recipe.py")
+    spec = importlib.util.spec_from_file_location("mbt_config_recipe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -22,10 +22,9 @@ def _recipe():
 
 def get_config(arg=None):
     recipe = _recipe()
-    config = recipe.set_modalities(recipe.mbt_b16_config('epic_kitchens'),
-                                   (arg or 'av').strip())
-    config.dataset.train_split = 'train'
-    config.dataset.eval_split = 'validation'
-    config.dataset.test_split = 'validation'
-    config.loss.head_reduction = 'sum'
+    config = recipe.set_modalities(recipe.mbt_b16_config("epic_kitchens"), (arg or "av").strip())
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "validation"
+    config.dataset.test_split = "validation"
+    config.loss.head_reduction = "sum"
     return config

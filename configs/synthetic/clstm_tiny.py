@@ -14,8 +14,8 @@ from mbt.models import clstm
 
 
 def _base_config_module():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mbt_tiny.py')
-    spec = importlib.util.spec_from_file_location('mbt_tiny_base_config', path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mbt_tiny.py")
+    spec = importlib.util.spec_from_file_location("mbt_tiny_base_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -24,13 +24,13 @@ def _base_config_module():
 def get_config(arg=None):
     config = _base_config_module().get_config(arg)
     model = clstm.default_config()
-    model.modalities = ('rgb', 'spectrogram')
+    model.modalities = ("rgb", "spectrogram")
     model.num_layers = 2
     model.features = (16, 32)
     model.spatial_strides = (4, 2)
     model.fusion_layer = 0
     config.model = model
-    config.optimizer.name = 'adamw'
+    config.optimizer.name = "adamw"
     config.optimizer.weight_decay = 0.0
     config.lr.base_lr = 3e-3
     config.siblings = ()

@@ -16,7 +16,7 @@ from mbt import config_validation
 from mbt import models
 from mbt.data import pipeline
 
-SIBLINGS = ('mbt_tiny_audio.py', 'mbt_tiny_rgb.py')
+SIBLINGS = ("mbt_tiny_audio.py", "mbt_tiny_rgb.py")
 
 
 def get_config(arg=None):
@@ -26,9 +26,9 @@ def get_config(arg=None):
 
     config.dataset = pipeline.default_dataset_config()
     data = config.dataset
-    data.name = 'vggsound'
-    data.builder_config = 'tiny'          # stores 10 fps, 64 px, 2 s clips as generated
-    data.modalities = ('rgb', 'spectrogram')
+    data.name = "vggsound"
+    data.builder_config = "tiny"  # stores 10 fps, 64 px, 2 s clips as generated
+    data.modalities = ("rgb", "spectrogram")
     # 144 regular clips = 108 train / 36 test, plus 4 edge-case rows: the builder skips the
     # 2 train ones (missing, undecodable file) and keeps the 2 test ones (no audio, clip
     # shorter than its segment), so the built splits hold 108 train / 38 test videos.
@@ -39,7 +39,7 @@ def get_config(arg=None):
     data.stride = 2
     data.frame_size = 32
     data.min_resize = 36
-    data.audio_seconds = 1.0              # 100 log-mel frames
+    data.audio_seconds = 1.0  # 100 log-mel frames
     data.num_mel_bins = 32
     data.fft_length = 512
     data.spec_augment.enabled = False
@@ -49,11 +49,11 @@ def get_config(arg=None):
 
     config.model = models.default_mbt_config()
     model = config.model
-    model.modalities = ('rgb', 'spectrogram')
+    model.modalities = ("rgb", "spectrogram")
     model.variant = None
     model.hidden_size, model.num_layers, model.num_heads, model.mlp_dim = 32, 2, 2, 64
-    model.tokenizers.rgb.patches = (2, 8, 8)         # 2 x 4 x 4 = 32 tokens
-    model.tokenizers.spectrogram.patches = (20, 8)   # 5 x 4 = 20 tokens
+    model.tokenizers.rgb.patches = (2, 8, 8)  # 2 x 4 x 4 = 32 tokens
+    model.tokenizers.spectrogram.patches = (20, 8)  # 5 x 4 = 20 tokens
     model.fusion_layer = 1
     model.n_bottlenecks = 4
     model.stochastic_droplayer_rate = 0.0
@@ -62,10 +62,10 @@ def get_config(arg=None):
     config.eval_batch_size = 16
     config.num_epochs = 0
     config.num_train_steps = 300
-    config.optimizer.name = 'adamw'
+    config.optimizer.name = "adamw"
     config.optimizer.weight_decay = 1e-4
     config.optimizer.grad_clip_norm = 1.0
-    config.lr.schedule = 'warmup_cosine'
+    config.lr.schedule = "warmup_cosine"
     config.lr.base_lr = 3e-3
     config.lr.warmup_epochs = None
     config.lr.warmup_steps = 20
@@ -74,7 +74,7 @@ def get_config(arg=None):
     config.checkpoint.every_steps = 100
     config.log_every_steps = 25
     config.eval_every_steps = 0
-    config.final_eval = False             # VGGSound has no validation split: test only
+    config.final_eval = False  # VGGSound has no validation split: test only
 
     here = os.path.dirname(os.path.abspath(__file__))
     config.siblings = tuple(os.path.join(here, name) for name in SIBLINGS)

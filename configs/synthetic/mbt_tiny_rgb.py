@@ -11,8 +11,8 @@ import os
 
 
 def _base_config_module():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mbt_tiny.py')
-    spec = importlib.util.spec_from_file_location('mbt_tiny_base_config', path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mbt_tiny.py")
+    spec = importlib.util.spec_from_file_location("mbt_tiny_base_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -20,7 +20,7 @@ def _base_config_module():
 
 def get_config(arg=None):
     config = _base_config_module().get_config(arg)
-    config.model.modalities = ('rgb',)
-    config.dataset.modalities = ('rgb',)
+    config.model.modalities = ("rgb",)
+    config.dataset.modalities = ("rgb",)
     config.siblings = ()
     return config

@@ -15,8 +15,8 @@ from mbt.models import sft
 
 
 def _base_config_module():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mbt_tiny.py')
-    spec = importlib.util.spec_from_file_location('mbt_tiny_base_config', path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mbt_tiny.py")
+    spec = importlib.util.spec_from_file_location("mbt_tiny_base_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,15 +26,15 @@ def get_config(arg=None):
     config = _base_config_module().get_config(arg)
     base_model = config.model
     model = sft.default_config()
-    model.modalities = ('rgb', 'spectrogram')
+    model.modalities = ("rgb", "spectrogram")
     model.variant = None
     model.hidden_size, model.num_heads, model.mlp_dim = 32, 2, 64
-    model.tokenizers = base_model.tokenizers.to_dict()   # rgb 2x8x8 tubelets, spec 20x8
+    model.tokenizers = base_model.tokenizers.to_dict()  # rgb 2x8x8 tubelets, spec 20x8
     model.n_layers_pre_fusion = 1
     model.n_layers_post_fusion = 1
-    model.pool_type = 'max'
-    model.pool_sizes = {'rgb': 4, 'spectrogram': 4}
-    model.latent_mixup_alpha = 0.0   # off, as in the B/16 configs
+    model.pool_type = "max"
+    model.pool_sizes = {"rgb": 4, "spectrogram": 4}
+    model.latent_mixup_alpha = 0.0  # off, as in the B/16 configs
     config.model = model
     config.siblings = ()
     return config

@@ -20,8 +20,8 @@ from mbt.models import sft
 
 
 def _mbt_config_module():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mbt_b16.py')
-    spec = importlib.util.spec_from_file_location('mbt_b16_vggsound_config', path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mbt_b16.py")
+    spec = importlib.util.spec_from_file_location("mbt_b16_vggsound_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -29,7 +29,7 @@ def _mbt_config_module():
 
 def get_config(arg=None):
     config = _mbt_config_module().get_config(arg)
-    model = sft.default_config()              # B/16, 1 + 1 + 11 blocks, max pooling 16/16
+    model = sft.default_config()  # B/16, 1 + 1 + 11 blocks, max pooling 16/16
     model.modalities = tuple(config.model.modalities)
     model.pool_sizes = {m: 16 for m in model.modalities}
     model.stochastic_droplayer_rate = config.model.stochastic_droplayer_rate  # 0.3

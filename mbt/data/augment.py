@@ -20,183 +20,192 @@ import tensorflow as tf
 
 @dataclasses.dataclass(frozen=True)
 class RgbAugment:
-  """Training augmentation of RGB clips (each has an off switch).
+    """Training augmentation of RGB clips (each has an off switch).
 
-  Attributes:
-    random_flip: flip the whole clip left-right with probability 1/2.
-    scale_jitter: resize the short side to `min_resize × s`, s ~ U[scale_min, scale_max]
-      (kept ≥ the crop size), before the random crop; otherwise to `min_resize`.
-    scale_min, scale_max: range of s.
-    color: colour jitter (brightness, contrast, saturation, hue; one draw per clip) with
-      probability `color_prob`, then grey-scale with probability `color_drop_prob`.
-    brightness: max additive brightness change (images in [0, 1]).
-    contrast, saturation: max relative change, factor in [1 - x, 1 + x].
-    hue: max hue shift (fraction of the colour circle).
-  """
+    Attributes:
+      random_flip: flip the whole clip left-right with probability 1/2.
+      scale_jitter: resize the short side to `min_resize × s`, s ~ U[scale_min, scale_max]
+        (kept ≥ the crop size), before the random crop; otherwise to `min_resize`.
+      scale_min, scale_max: range of s.
+      color: colour jitter (brightness, contrast, saturation, hue; one draw per clip) with
+        probability `color_prob`, then grey-scale with probability `color_drop_prob`.
+      brightness: max additive brightness change (images in [0, 1]).
+      contrast, saturation: max relative change, factor in [1 - x, 1 + x].
+      hue: max hue shift (fraction of the colour circle).
+    """
 
-  random_flip: bool = True
-  scale_jitter: bool = True
-  scale_min: float = 0.9
-  scale_max: float = 1.33
-  color: bool = False
-  color_prob: float = 0.8
-  color_drop_prob: float = 0.1
-  brightness: float = 0.32
-  contrast: float = 0.32
-  saturation: float = 0.32
-  hue: float = 0.08
+    random_flip: bool = True
+    scale_jitter: bool = True
+    scale_min: float = 0.9
+    scale_max: float = 1.33
+    color: bool = False
+    color_prob: float = 0.8
+    color_drop_prob: float = 0.1
+    brightness: float = 0.32
+    contrast: float = 0.32
+    saturation: float = 0.32
+    hue: float = 0.08
 
 
 @dataclasses.dataclass(frozen=True)
 class SpecAugment:
-  """SpecAugment masks (Park et al. 2019) on a `[time, mel]` spectrogram.
+    """SpecAugment masks (Park et al. 2019) on a `[time, mel]` spectrogram.
 
-  Each mask's width is drawn uniformly from {0, ..., max width}, its start uniformly among
-  the positions where it fits; masked cells are set to `mask_value` (0 = the mean of a
-  normalised spectrogram).
-  """
+    Each mask's width is drawn uniformly from {0, ..., max width}, its start uniformly among
+    the positions where it fits; masked cells are set to `mask_value` (0 = the mean of a
+    normalised spectrogram).
+    """
 
-  num_freq_masks: int = 1
-  max_freq_width: int = 48
-  num_time_masks: int = 1
-  max_time_width: int = 192
-  mask_value: float = 0.0
+    num_freq_masks: int = 1
+    max_freq_width: int = 48
+    num_time_masks: int = 1
+    max_time_width: int = 192
+    mask_value: float = 0.0
 
 
 def _band_mask(length: int | tf.Tensor, count: int, max_width: int, seed: tf.Tensor) -> tf.Tensor:
-  """bool `[length]`, True inside `count` random bands of width ≤ max_width each."""
-  if count <= 0 or max_width <= 0:
-    return tf.zeros([length], tf.bool)
-  width_seed, start_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  max_width = tf.minimum(max_width, length)
-  widths = tf.random.stateless_uniform([count], width_seed, 0, max_width + 1, dtype=tf.int32)
-  # Start uniform in [0, length - width]: scale a uniform [0, 1) draw per band.
-  unit = tf.random.stateless_uniform([count], start_seed)
-  starts = tf.cast(unit * tf.cast(length - widths + 1, tf.float32), tf.int32)
-  positions = tf.range(length)[:, None]
-  inside = (positions >= starts[None, :]) & (positions < (starts + widths)[None, :])
-  return tf.reduce_any(inside, axis=1)
+    """bool `[length]`, True inside `count` random bands of width ≤ max_width each."""
+    if count <= 0 or max_width <= 0:
+        return tf.zeros([length], tf.bool)
+    width_seed, start_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    max_width = tf.minimum(max_width, length)
+    widths = tf.random.stateless_uniform([count], width_seed, 0, max_width + 1, dtype=tf.int32)
+    # Start uniform in [0, length - width]: scale a uniform [0, 1) draw per band.
+    unit = tf.random.stateless_uniform([count], start_seed)
+    starts = tf.cast(unit * tf.cast(length - widths + 1, tf.float32), tf.int32)
+    positions = tf.range(length)[:, None]
+    inside = (positions >= starts[None, :]) & (positions < (starts + widths)[None, :])
+    return tf.reduce_any(inside, axis=1)
 
 
 def spec_augment(spectrogram: tf.Tensor, seed: tf.Tensor, params: SpecAugment) -> tf.Tensor:
-  """Frequency and time masking.
+    """Frequency and time masking.
 
-  Args:
-    spectrogram: float `[time, mel]`.
-    seed: int `[2]` stateless seed.
-    params: mask counts and maximum widths.
+    Args:
+      spectrogram: float `[time, mel]`.
+      seed: int `[2]` stateless seed.
+      params: mask counts and maximum widths.
 
-  Returns:
-    float `[time, mel]` with masked rows/columns set to `params.mask_value`.
-  """
-  time_seed, freq_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  shape = tf.shape(spectrogram)
-  time_masked = _band_mask(shape[0], params.num_time_masks, params.max_time_width, time_seed)
-  freq_masked = _band_mask(shape[1], params.num_freq_masks, params.max_freq_width, freq_seed)
-  masked = time_masked[:, None] | freq_masked[None, :]
-  return tf.where(masked, tf.cast(params.mask_value, spectrogram.dtype), spectrogram)
-
-
-def crop_box(frame_hw: tf.Tensor, short_side: tf.Tensor, crop_size: int,
-             offset_fraction: tf.Tensor) -> tf.Tensor:
-  """Box in stored-frame pixels equal to a `crop_size`² crop after resizing.
-
-  Args:
-    frame_hw: int32 `[2]` stored frame height and width.
-    short_side: float scalar, the short side (pixels) the frame is resized to.
-    crop_size: side of the square crop in resized pixels.
-    offset_fraction: float `[2]` in [0, 1], where the crop sits along y and x
-      (0 = top/left, 0.5 = centre, 1 = bottom/right).
-
-  Returns:
-    int32 `[4]`: `[y, x, height, width]` in stored-frame pixels (inside the frame).
-  """
-  hw = tf.cast(frame_hw, tf.float32)
-  scale = short_side / tf.reduce_min(hw)
-  side = tf.clip_by_value(tf.round(crop_size / scale), 1.0, tf.reduce_min(hw))
-  offset = tf.round((hw - side) * offset_fraction)
-  side_i = tf.cast(side, tf.int32)
-  return tf.concat([tf.cast(offset, tf.int32), tf.stack([side_i, side_i])], axis=0)
+    Returns:
+      float `[time, mel]` with masked rows/columns set to `params.mask_value`.
+    """
+    time_seed, freq_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    shape = tf.shape(spectrogram)
+    time_masked = _band_mask(shape[0], params.num_time_masks, params.max_time_width, time_seed)
+    freq_masked = _band_mask(shape[1], params.num_freq_masks, params.max_freq_width, freq_seed)
+    masked = time_masked[:, None] | freq_masked[None, :]
+    return tf.where(masked, tf.cast(params.mask_value, spectrogram.dtype), spectrogram)
 
 
-def random_crop_params(frame_hw: tf.Tensor, min_resize: int, crop_size: int,
-                       params: RgbAugment, seed: tf.Tensor) -> tf.Tensor:
-  """Random training crop box `[y, x, height, width]` (int32) with scale jitter."""
-  scale_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  short_side = tf.constant(float(min_resize))
-  if params.scale_jitter:
-    short_side *= tf.random.stateless_uniform([], scale_seed, params.scale_min, params.scale_max)
-  short_side = tf.maximum(short_side, float(crop_size))
-  return crop_box(frame_hw, short_side, crop_size, tf.random.stateless_uniform([2], offset_seed))
+def crop_box(
+    frame_hw: tf.Tensor, short_side: tf.Tensor, crop_size: int, offset_fraction: tf.Tensor
+) -> tf.Tensor:
+    """Box in stored-frame pixels equal to a `crop_size`² crop after resizing.
+
+    Args:
+      frame_hw: int32 `[2]` stored frame height and width.
+      short_side: float scalar, the short side (pixels) the frame is resized to.
+      crop_size: side of the square crop in resized pixels.
+      offset_fraction: float `[2]` in [0, 1], where the crop sits along y and x
+        (0 = top/left, 0.5 = centre, 1 = bottom/right).
+
+    Returns:
+      int32 `[4]`: `[y, x, height, width]` in stored-frame pixels (inside the frame).
+    """
+    hw = tf.cast(frame_hw, tf.float32)
+    scale = short_side / tf.reduce_min(hw)
+    side = tf.clip_by_value(tf.round(crop_size / scale), 1.0, tf.reduce_min(hw))
+    offset = tf.round((hw - side) * offset_fraction)
+    side_i = tf.cast(side, tf.int32)
+    return tf.concat([tf.cast(offset, tf.int32), tf.stack([side_i, side_i])], axis=0)
+
+
+def random_crop_params(
+    frame_hw: tf.Tensor, min_resize: int, crop_size: int, params: RgbAugment, seed: tf.Tensor
+) -> tf.Tensor:
+    """Random training crop box `[y, x, height, width]` (int32) with scale jitter."""
+    scale_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    short_side = tf.constant(float(min_resize))
+    if params.scale_jitter:
+        short_side *= tf.random.stateless_uniform(
+            [], scale_seed, params.scale_min, params.scale_max
+        )
+    short_side = tf.maximum(short_side, float(crop_size))
+    return crop_box(frame_hw, short_side, crop_size, tf.random.stateless_uniform([2], offset_seed))
 
 
 _LUMA = (0.299, 0.587, 0.114)
 # RGB -> YIQ; a hue shift is a rotation of the (I, Q) chroma plane.
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
-                        [0.596, -0.274, -0.322],
-                        [0.211, -0.523, 0.312]], np.float32)
+_RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32
+)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
 def color_matrix(saturation: tf.Tensor, hue_turns: tf.Tensor) -> tf.Tensor:
-  """float32 `[3, 3]` acting on RGB column vectors: scale saturation, then rotate hue.
+    """float32 `[3, 3]` acting on RGB column vectors: scale saturation, then rotate hue.
 
-  Saturation blends each pixel with its grey value (0 = grey, 1 = unchanged); the hue
-  rotation turns the YIQ chroma plane by `hue_turns` × 360°, keeping the luma.
-  """
-  grey = tf.constant([_LUMA] * 3, tf.float32)  # every output channel = luma
-  saturate = saturation * tf.eye(3) + (1.0 - saturation) * grey
-  angle = 2.0 * np.pi * hue_turns
-  cos, sin = tf.cos(angle), tf.sin(angle)
-  rotate = tf.stack([tf.stack([1.0, 0.0, 0.0]), tf.stack([0.0, cos, -sin]),
-                     tf.stack([0.0, sin, cos])])
-  return tf.constant(_YIQ_TO_RGB) @ rotate @ tf.constant(_RGB_TO_YIQ) @ saturate
+    Saturation blends each pixel with its grey value (0 = grey, 1 = unchanged); the hue
+    rotation turns the YIQ chroma plane by `hue_turns` × 360°, keeping the luma.
+    """
+    grey = tf.constant([_LUMA] * 3, tf.float32)  # every output channel = luma
+    saturate = saturation * tf.eye(3) + (1.0 - saturation) * grey
+    angle = 2.0 * np.pi * hue_turns
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    rotate = tf.stack(
+        [tf.stack([1.0, 0.0, 0.0]), tf.stack([0.0, cos, -sin]), tf.stack([0.0, sin, cos])]
+    )
+    return tf.constant(_YIQ_TO_RGB) @ rotate @ tf.constant(_RGB_TO_YIQ) @ saturate
 
 
 def color_affine(frame_means: tf.Tensor, seed: tf.Tensor, params: RgbAugment):
-  """Colour augmentation of a clip as one affine map `y = M x + b` per pixel (one draw per clip).
+    """Colour augmentation of a clip as one affine map `y = M x + b` per pixel (one draw per clip).
 
-  With probability `color_prob`: brightness shift δ, contrast c about each frame's
-  per-channel mean m, then saturation and hue as a 3×3 colour matrix C (hue rotated in YIQ
-  rather than HSV); then grey-scale G with probability `color_drop_prob`. Composed:
-  M = G c C and b = G C ((1 - c) m + δ), so a clip costs one pass instead of several
-  colour-space conversions. The caller clips the result to [0, 1].
+    With probability `color_prob`: brightness shift δ, contrast c about each frame's
+    per-channel mean m, then saturation and hue as a 3×3 colour matrix C (hue rotated in YIQ
+    rather than HSV); then grey-scale G with probability `color_drop_prob`. Composed:
+    M = G c C and b = G C ((1 - c) m + δ), so a clip costs one pass instead of several
+    colour-space conversions. The caller clips the result to [0, 1].
 
-  Args:
-    frame_means: float32 `[T, 1, 1, 3]`, per-frame channel means of the clip in [0, 1].
-    seed: int `[2]` stateless seed.
-    params: jitter strengths and probabilities.
+    Args:
+      frame_means: float32 `[T, 1, 1, 3]`, per-frame channel means of the clip in [0, 1].
+      seed: int `[2]` stateless seed.
+      params: jitter strengths and probabilities.
 
-  Returns:
-    (M float32 `[3, 3]` acting on RGB column vectors, b float32 `[T, 1, 1, 3]`).
-  """
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+    Returns:
+      (M float32 `[3, 3]` acting on RGB column vectors, b float32 `[T, 1, 1, 3]`).
+    """
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
 
-  def uniform(seed_, low, high):
-    return tf.random.stateless_uniform([], seed_, low, high)
+    def uniform(seed_, low, high):
+        return tf.random.stateless_uniform([], seed_, low, high)
 
-  jitter = tf.random.stateless_uniform([], seeds[4]) < params.color_prob
-  delta = uniform(seeds[0], -params.brightness, params.brightness) if params.brightness else 0.0
-  contrast = uniform(seeds[1], 1 - params.contrast, 1 + params.contrast) if params.contrast else 1.0
-  matrix = contrast * color_matrix(
-      uniform(seeds[2], 1 - params.saturation, 1 + params.saturation) if params.saturation
-      else tf.constant(1.0),
-      uniform(seeds[3], -params.hue, params.hue) if params.hue else tf.constant(0.0))
-  offset = tf.einsum('thwc,dc->thwd', (1.0 - contrast) * frame_means + delta, matrix / contrast)
-  matrix = tf.where(jitter, matrix, tf.eye(3))
-  offset = tf.where(jitter, offset, tf.zeros_like(offset))
-  drop = tf.random.stateless_uniform([], seeds[5]) < params.color_drop_prob
-  grey = tf.where(drop, tf.constant([_LUMA] * 3, tf.float32), tf.eye(3))
-  return grey @ matrix, tf.einsum('thwc,dc->thwd', offset, grey)
+    jitter = tf.random.stateless_uniform([], seeds[4]) < params.color_prob
+    delta = uniform(seeds[0], -params.brightness, params.brightness) if params.brightness else 0.0
+    contrast = (
+        uniform(seeds[1], 1 - params.contrast, 1 + params.contrast) if params.contrast else 1.0
+    )
+    matrix = contrast * color_matrix(
+        uniform(seeds[2], 1 - params.saturation, 1 + params.saturation)
+        if params.saturation
+        else tf.constant(1.0),
+        uniform(seeds[3], -params.hue, params.hue) if params.hue else tf.constant(0.0),
+    )
+    offset = tf.einsum("thwc,dc->thwd", (1.0 - contrast) * frame_means + delta, matrix / contrast)
+    matrix = tf.where(jitter, matrix, tf.eye(3))
+    offset = tf.where(jitter, offset, tf.zeros_like(offset))
+    drop = tf.random.stateless_uniform([], seeds[5]) < params.color_drop_prob
+    grey = tf.where(drop, tf.constant([_LUMA] * 3, tf.float32), tf.eye(3))
+    return grey @ matrix, tf.einsum("thwc,dc->thwd", offset, grey)
 
 
 def color_jitter(clip: tf.Tensor, seed: tf.Tensor, params: RgbAugment) -> tf.Tensor:
-  """`color_affine` applied to a clip, float `[T, H, W, 3]` in [0, 1]; output clipped to [0, 1]."""
-  matrix, offset = color_affine(tf.reduce_mean(clip, axis=[1, 2], keepdims=True), seed, params)
-  return tf.clip_by_value(tf.einsum('thwc,dc->thwd', clip, matrix) + offset, 0.0, 1.0)
+    """`color_affine` applied to a clip, float `[T, H, W, 3]` in [0, 1]; output in [0, 1]."""
+    matrix, offset = color_affine(tf.reduce_mean(clip, axis=[1, 2], keepdims=True), seed, params)
+    return tf.clip_by_value(tf.einsum("thwc,dc->thwd", clip, matrix) + offset, 0.0, 1.0)
 
 
 def random_flip(clip: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Flips every frame of `[T, H, W, C]` left-right with probability 1/2."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(clip, axis=[2]), lambda: clip)
+    """Flips every frame of `[T, H, W, C]` left-right with probability 1/2."""
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flip, lambda: tf.reverse(clip, axis=[2]), lambda: clip)

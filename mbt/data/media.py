@@ -122,8 +122,9 @@ def _output_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return even(width * scale), even(short_side)
 
 
-def read_frames(path, start_s: float, end_s: float, fps: float = 25.0,
-                short_side: int | None = 256) -> np.ndarray:
+def read_frames(
+    path, start_s: float, end_s: float, fps: float = 25.0, short_side: int | None = 256
+) -> np.ndarray:
     """Frames of `[start_s, end_s)` sampled at `fps`, as uint8 RGB `[T, H, W, 3]`.
 
     Target times are t_k = start_s + k / fps, k < round((end_s - start_s) * fps); each gets
@@ -142,8 +143,9 @@ def read_frames(path, start_s: float, end_s: float, fps: float = 25.0,
         stream.thread_type = "AUTO"
         offset_s = _file_start_s(container)
         targets = offset_s + start_s + np.arange(num_wanted) / fps
-        width, height = _output_size(stream.codec_context.width, stream.codec_context.height,
-                                     short_side)
+        width, height = _output_size(
+            stream.codec_context.width, stream.codec_context.height, short_side
+        )
         rate = stream.average_rate or stream.guessed_rate
         default_frame_s = 1.0 / float(rate) if rate else 1.0 / fps
         try:
@@ -165,8 +167,14 @@ def _sample_frames(container, stream, targets, default_frame_s, width, height) -
             container.seek(int(seek_s / stream.time_base), stream=stream, backward=True)
         # Only after a seek can the first decoded frame be "too late": then go back further
         # (at worst to the start). From the start, early targets get the first frame.
-        picked = _pick_frames(container.decode(stream), targets, default_frame_s, width,
-                              height, may_be_late=seek_s > 0)
+        picked = _pick_frames(
+            container.decode(stream),
+            targets,
+            default_frame_s,
+            width,
+            height,
+            may_be_late=seek_s > 0,
+        )
         if picked is not None:
             return picked
         seek_s = seek_s - 2.0 if seek_s > 2.0 else 0.0
@@ -180,8 +188,9 @@ def _pick_frames(decoded, targets, default_frame_s, width, height, may_be_late):
     def rgb(frame, key):
         if key not in cache:
             cache.clear()  # frames are picked in order: only the latest is reused
-            cache[key] = frame.reformat(width=width, height=height, format="rgb24",
-                                        interpolation="AREA").to_ndarray()
+            cache[key] = frame.reformat(
+                width=width, height=height, format="rgb24", interpolation="AREA"
+            ).to_ndarray()
         return cache[key]
 
     prev, prev_t, prev_key, frame_s = None, None, None, default_frame_s
@@ -218,8 +227,9 @@ def read_audio(path, start_s: float, end_s: float, sample_rate: int = 16000) -> 
     """
     path = os.fspath(path)
     if end_s < start_s or sample_rate <= 0:
-        raise ValueError(f"bad audio request for {path}: start={start_s} end={end_s} "
-                         f"sample_rate={sample_rate}")
+        raise ValueError(
+            f"bad audio request for {path}: start={start_s} end={end_s} sample_rate={sample_rate}"
+        )
     num_wanted = _round_count((end_s - start_s) * sample_rate)
     with _open(path) as container:
         if not container.streams.audio:
@@ -232,8 +242,9 @@ def read_audio(path, start_s: float, end_s: float, sample_rate: int = 16000) -> 
         if stream.duration is not None and stream.time_base is not None:
             stream_end_s = _stream_start_s(stream) + float(stream.duration * stream.time_base)
         try:
-            chunks, first_s = _decode_audio(container, stream, offset_s + start_s,
-                                            offset_s + end_s, sample_rate)
+            chunks, first_s = _decode_audio(
+                container, stream, offset_s + start_s, offset_s + end_s, sample_rate
+            )
         except av.FFmpegError as e:
             raise MediaError(f"cannot decode audio of {path}: {e}") from e
     out = np.zeros(num_wanted, np.float32)
@@ -241,13 +252,13 @@ def read_audio(path, start_s: float, end_s: float, sample_rate: int = 16000) -> 
         return out
     decoded = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if stream_end_s is not None:
-        decoded = decoded[:max(0, int(round((stream_end_s - first_s) * sample_rate)))]
+        decoded = decoded[: max(0, int(round((stream_end_s - first_s) * sample_rate)))]
     # Sample i of `decoded` is at presentation time first_s + i / sample_rate.
     shift = int(round((start_s + offset_s - first_s) * sample_rate))
     src_lo, dst_lo = max(shift, 0), max(-shift, 0)
     count = min(len(decoded) - src_lo, num_wanted - dst_lo)
     if count > 0:
-        out[dst_lo:dst_lo + count] = decoded[src_lo:src_lo + count]
+        out[dst_lo : dst_lo + count] = decoded[src_lo : src_lo + count]
     return np.clip(out, -1.0, 1.0)
 
 
@@ -282,23 +293,34 @@ def _fraction_rate(fps) -> fractions.Fraction:
     return fractions.Fraction(fps).limit_denominator(1001)
 
 
-def write_clip(path, frames: np.ndarray, fps: float, audio: np.ndarray | None,
-               sample_rate: int = 16000, video_codec: str = "h264", *, crf: int = 18,
-               preset: str = "veryfast") -> None:
+def write_clip(
+    path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None,
+    sample_rate: int = 16000,
+    video_codec: str = "h264",
+    *,
+    crf: int = 18,
+    preset: str = "veryfast",
+) -> None:
     """Write an mp4: `frames` uint8 `[T, H, W, 3]` (H, W even) at `fps` as H.264 or HEVC
     yuv420p, and `audio` (float `[samples]` mono, or None for no audio stream) as AAC.
     `crf` and `preset` are the x264/x265 quality and speed settings."""
     path = os.fspath(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames for {path} must be uint8 [T, H, W, 3], got "
-                         f"{frames.dtype} {frames.shape}")
+        raise ValueError(
+            f"frames for {path} must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}"
+        )
     if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"frames for {path} must have even height and width, got "
-                         f"{frames.shape[1:3]}")
+        raise ValueError(
+            f"frames for {path} must have even height and width, got {frames.shape[1:3]}"
+        )
     if video_codec not in _VIDEO_CODECS:
-        raise ValueError(f"video_codec={video_codec!r} for {path}; allowed: "
-                         f"{sorted(_VIDEO_CODECS)}")
+        raise ValueError(
+            f"video_codec={video_codec!r} for {path}; allowed: {sorted(_VIDEO_CODECS)}"
+        )
     rate = _fraction_rate(fps)
     with av.open(path, mode="w", format="mp4") as container:
         vstream = container.add_stream(_VIDEO_CODECS[video_codec], rate=rate)
@@ -330,7 +352,7 @@ def _encode_audio(container, stream, audio, sample_rate, path) -> None:
     audio = np.clip(audio, -1.0, 1.0)
     frame_size = stream.codec_context.frame_size or 1024
     for lo in range(0, len(audio), frame_size):
-        chunk = np.ascontiguousarray(audio[lo:lo + frame_size])[None, :]
+        chunk = np.ascontiguousarray(audio[lo : lo + frame_size])[None, :]
         frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
         frame.sample_rate = sample_rate
         frame.pts = lo
@@ -346,8 +368,9 @@ def write_wav(path, audio: np.ndarray, sample_rate: int) -> None:
     if audio.ndim == 1:
         audio = audio[:, None]
     if audio.ndim != 2:
-        raise ValueError(f"audio for {path} must be [samples] or [samples, channels], got "
-                         f"{audio.shape}")
+        raise ValueError(
+            f"audio for {path} must be [samples] or [samples, channels], got {audio.shape}"
+        )
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
     with wave.open(path, "wb") as out:
         out.setnchannels(audio.shape[1])

@@ -59,7 +59,9 @@ import logging
 import math
 import os
 import shutil
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -72,15 +74,15 @@ from mbt.data import sources
 
 _LOG = logging.getLogger(__name__)
 
-DATASETS = ('audioset', 'vggsound', 'epic_kitchens', 'scenic_tfrecord')
-MODES = ('train', 'eval', 'test')
-MODALITIES = ('rgb', 'spectrogram')
+DATASETS = ("audioset", "vggsound", "epic_kitchens", "scenic_tfrecord")
+MODES = ("train", "eval", "test")
+MODALITIES = ("rgb", "spectrogram")
 # (train, eval, test) split names used when the config leaves them ''.
 DEFAULT_SPLITS = {
-    'audioset': ('balanced_train', 'eval', 'eval'),
-    'vggsound': ('train', 'test', 'test'),
-    'epic_kitchens': ('train', 'validation', 'validation'),
-    'scenic_tfrecord': ('train', 'validation', 'test'),
+    "audioset": ("balanced_train", "eval", "eval"),
+    "vggsound": ("train", "test", "test"),
+    "epic_kitchens": ("train", "validation", "validation"),
+    "scenic_tfrecord": ("train", "validation", "test"),
 }
 STORED_SAMPLE_RATE = 16000
 _SEED_MIX = 1_000_003
@@ -88,435 +90,562 @@ _SEED_MIX = 1_000_003
 
 @dataclasses.dataclass(frozen=True)
 class DatasetMeta:
-  """What the trainer needs to know about the data.
+    """What the trainer needs to know about the data.
 
-  Attributes:
-    num_classes: length of the label vectors.
-    class_names: one name per label position.
-    class_splits: label group sizes (EPIC: (97, 300)) or None.
-    multi_label: labels are multi-hot (sigmoid loss) rather than one-hot.
-    modalities: modalities in the batches.
-    input_shapes: per-example shape of each modality, no batch dim, e.g.
-      {'rgb': (32, 224, 224, 3), 'spectrogram': (800, 128, 1)}.
-    num_examples: examples per split name (bad inputs already skipped by the builder).
-  """
+    Attributes:
+      num_classes: length of the label vectors.
+      class_names: one name per label position.
+      class_splits: label group sizes (EPIC: (97, 300)) or None.
+      multi_label: labels are multi-hot (sigmoid loss) rather than one-hot.
+      modalities: modalities in the batches.
+      input_shapes: per-example shape of each modality, no batch dim, e.g.
+        {'rgb': (32, 224, 224, 3), 'spectrogram': (800, 128, 1)}.
+      num_examples: examples per split name (bad inputs already skipped by the builder).
+    """
 
-  num_classes: int
-  class_names: tuple[str, ...]
-  class_splits: tuple[int, ...] | None
-  multi_label: bool
-  modalities: tuple[str, ...]
-  input_shapes: dict[str, tuple[int, ...]]
-  num_examples: dict[str, int]
+    num_classes: int
+    class_names: tuple[str, ...]
+    class_splits: tuple[int, ...] | None
+    multi_label: bool
+    modalities: tuple[str, ...]
+    input_shapes: dict[str, tuple[int, ...]]
+    num_examples: dict[str, int]
 
 
 def default_dataset_config() -> ml_collections.ConfigDict:
-  """`config.dataset` with every key the pipeline reads, at MBT's values."""
-  c = ml_collections.ConfigDict()
-  c.name = 'audioset'
-  c.builder_config = ''
-  c.data_dir = ''
-  c.train_split = ''
-  c.eval_split = ''
-  c.test_split = ''
-  c.modalities = ('rgb', 'spectrogram')
-  c.video_fps = 0.0
-  c.num_frames = 32
-  c.stride = 2
-  c.frame_size = 224
-  c.min_resize = 256
-  c.audio_seconds = 8.0
-  c.sample_rate = STORED_SAMPLE_RATE
-  c.num_mel_bins = 128
-  c.window_ms = 25.0
-  c.hop_ms = 10.0
-  c.fft_length = 1024
-  c.fmin = 0.0
-  c.fmax = None
-  c.mel_power = 2.0
-  c.log_offset = 1e-6
-  c.spec_mean = 1.102
-  c.spec_std = 2.762
-  c.spec_channels = 1
-  c.use_precomputed_spectrogram = True
-  c.spec_augment = ml_collections.ConfigDict(dict(
-      enabled=True, num_freq_masks=1, max_freq_width=48, num_time_masks=1,
-      max_time_width=192))
-  c.rgb_augment = ml_collections.ConfigDict(dataclasses.asdict(augment.RgbAugment()))
-  c.num_test_clips = 4
-  c.num_spatial_crops = 1
-  c.shuffle_buffer = 256
-  c.synthetic = ml_collections.ConfigDict(dict(
-      num_clips=0, seed=0, num_classes=0, frame_size=64, fps=10.0, clip_seconds=2.0,
-      edge_cases=True))
-  c.tfrecord_pattern = ''
-  c.num_classes = 0
-  c.class_names = ()
-  c.multi_label = True
-  c.class_splits = ()
-  return c
+    """`config.dataset` with every key the pipeline reads, at MBT's values."""
+    c = ml_collections.ConfigDict()
+    c.name = "audioset"
+    c.builder_config = ""
+    c.data_dir = ""
+    c.train_split = ""
+    c.eval_split = ""
+    c.test_split = ""
+    c.modalities = ("rgb", "spectrogram")
+    c.video_fps = 0.0
+    c.num_frames = 32
+    c.stride = 2
+    c.frame_size = 224
+    c.min_resize = 256
+    c.audio_seconds = 8.0
+    c.sample_rate = STORED_SAMPLE_RATE
+    c.num_mel_bins = 128
+    c.window_ms = 25.0
+    c.hop_ms = 10.0
+    c.fft_length = 1024
+    c.fmin = 0.0
+    c.fmax = None
+    c.mel_power = 2.0
+    c.log_offset = 1e-6
+    c.spec_mean = 1.102
+    c.spec_std = 2.762
+    c.spec_channels = 1
+    c.use_precomputed_spectrogram = True
+    c.spec_augment = ml_collections.ConfigDict(
+        dict(
+            enabled=True, num_freq_masks=1, max_freq_width=48, num_time_masks=1, max_time_width=192
+        )
+    )
+    c.rgb_augment = ml_collections.ConfigDict(dataclasses.asdict(augment.RgbAugment()))
+    c.num_test_clips = 4
+    c.num_spatial_crops = 1
+    c.shuffle_buffer = 256
+    c.synthetic = ml_collections.ConfigDict(
+        dict(
+            num_clips=0,
+            seed=0,
+            num_classes=0,
+            frame_size=64,
+            fps=10.0,
+            clip_seconds=2.0,
+            edge_cases=True,
+        )
+    )
+    c.tfrecord_pattern = ""
+    c.num_classes = 0
+    c.class_names = ()
+    c.multi_label = True
+    c.class_splits = ()
+    return c
 
 
 def _as_dict(value: Any) -> Any:
-  if isinstance(value, ml_collections.ConfigDict):
-    return value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: _as_dict(v) for k, v in value.items()}
-  return value
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _as_dict(v) for k, v in value.items()}
+    return value
 
 
 def _merge(defaults: dict, given: Mapping, prefix: str) -> dict:
-  merged = dict(defaults)
-  for key, value in given.items():
-    if key not in defaults:
-      _LOG.warning('%s%s is not a key the input pipeline reads (ignored)', prefix, key)
-      merged[key] = value
-    elif isinstance(defaults[key], dict):
-      if not isinstance(value, Mapping):
-        raise ValueError(f'{prefix}{key} must be a dict with keys {sorted(defaults[key])}, '
-                         f'got {value!r}')
-      merged[key] = _merge(defaults[key], value, f'{prefix}{key}.')
-    else:
-      merged[key] = value
-  return merged
+    merged = dict(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            _LOG.warning("%s%s is not a key the input pipeline reads (ignored)", prefix, key)
+            merged[key] = value
+        elif isinstance(defaults[key], dict):
+            if not isinstance(value, Mapping):
+                raise ValueError(
+                    f"{prefix}{key} must be a dict with keys {sorted(defaults[key])}, got {value!r}"
+                )
+            merged[key] = _merge(defaults[key], value, f"{prefix}{key}.")
+        else:
+            merged[key] = value
+    return merged
 
 
 def dataset_values(config) -> dict:
-  """`config.dataset` merged over the defaults, as a plain dict (unknown keys warned)."""
-  given = config.get('dataset') if hasattr(config, 'get') else None
-  if given is None:
-    raise ValueError('config has no `dataset` section (start from default_dataset_config())')
-  values = _merge(_as_dict(default_dataset_config()), _as_dict(given), 'config.dataset.')
-  if values['name'] not in DATASETS:
-    raise ValueError(f'config.dataset.name={values["name"]!r} is not supported; allowed: '
-                     f'{DATASETS}')
-  modalities = values['modalities']
-  if isinstance(modalities, str):
-    modalities = (modalities,)
-  unknown = [m for m in modalities if m not in MODALITIES]
-  if unknown or not modalities:
-    raise ValueError(f'config.dataset.modalities={tuple(modalities)!r}: allowed values are '
-                     f'{MODALITIES} (at least one)')
-  values['modalities'] = tuple(dict.fromkeys(modalities))
-  return values
+    """`config.dataset` merged over the defaults, as a plain dict (unknown keys warned)."""
+    given = config.get("dataset") if hasattr(config, "get") else None
+    if given is None:
+        raise ValueError("config has no `dataset` section (start from default_dataset_config())")
+    values = _merge(_as_dict(default_dataset_config()), _as_dict(given), "config.dataset.")
+    if values["name"] not in DATASETS:
+        raise ValueError(
+            f"config.dataset.name={values['name']!r} is not supported; allowed: {DATASETS}"
+        )
+    modalities = values["modalities"]
+    if isinstance(modalities, str):
+        modalities = (modalities,)
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(
+            f"config.dataset.modalities={tuple(modalities)!r}: allowed values are "
+            f"{MODALITIES} (at least one)"
+        )
+    values["modalities"] = tuple(dict.fromkeys(modalities))
+    return values
 
 
 def _splits(values: dict) -> dict[str, str]:
-  """mode → split name."""
-  defaults = DEFAULT_SPLITS[values['name']]
-  return {mode: values[f'{mode}_split'] or default for mode, default in zip(MODES, defaults)}
+    """mode → split name."""
+    defaults = DEFAULT_SPLITS[values["name"]]
+    return {mode: values[f"{mode}_split"] or default for mode, default in zip(MODES, defaults)}
 
 
 _SOURCE_CACHE: dict[tuple, sources.ExampleSource] = {}
 
 
 def _source(values: dict) -> sources.ExampleSource:
-  name = values['name']
-  if name == 'scenic_tfrecord':
-    patterns = values['tfrecord_pattern']
-    if not patterns:
-      raise ValueError('config.dataset.tfrecord_pattern is required for scenic_tfrecord')
-    if isinstance(patterns, Mapping):
-      split_names = tuple(patterns)
-    else:
-      split_names = tuple(dict.fromkeys(_splits(values).values()))
-    key = (name, repr(patterns), split_names, values['num_classes'], tuple(values['class_names']),
-           values['multi_label'], tuple(values['class_splits']), values['video_fps'])
-    if key not in _SOURCE_CACHE:
-      _SOURCE_CACHE[key] = sources.scenic_source(
-          patterns, split_names, values['num_classes'], values['class_names'],
-          bool(values['multi_label']), values['class_splits'], values['video_fps'] or 25.0)
-    return _SOURCE_CACHE[key]
-  return sources.tfds_source(name, values['builder_config'] or None,
-                             values['data_dir'] or None, values['video_fps'] or None)
+    name = values["name"]
+    if name == "scenic_tfrecord":
+        patterns = values["tfrecord_pattern"]
+        if not patterns:
+            raise ValueError("config.dataset.tfrecord_pattern is required for scenic_tfrecord")
+        if isinstance(patterns, Mapping):
+            split_names = tuple(patterns)
+        else:
+            split_names = tuple(dict.fromkeys(_splits(values).values()))
+        key = (
+            name,
+            repr(patterns),
+            split_names,
+            values["num_classes"],
+            tuple(values["class_names"]),
+            values["multi_label"],
+            tuple(values["class_splits"]),
+            values["video_fps"],
+        )
+        if key not in _SOURCE_CACHE:
+            _SOURCE_CACHE[key] = sources.scenic_source(
+                patterns,
+                split_names,
+                values["num_classes"],
+                values["class_names"],
+                bool(values["multi_label"]),
+                values["class_splits"],
+                values["video_fps"] or 25.0,
+            )
+        return _SOURCE_CACHE[key]
+    return sources.tfds_source(
+        name,
+        values["builder_config"] or None,
+        values["data_dir"] or None,
+        values["video_fps"] or None,
+    )
 
 
 def clip_settings(values: dict, source: sources.ExampleSource) -> clips.ClipSettings:
-  """ClipSettings from merged `config.dataset` values (validated)."""
-  unavailable = [m for m in values['modalities'] if m not in source.modalities]
-  if unavailable:
-    raise ValueError(f'config.dataset.modalities={values["modalities"]!r}: {source.name} '
-                     f'provides only {source.modalities}')
-  log_mel = audio_lib.LogMelSettings(
-      sample_rate=int(values['sample_rate']), num_mel_bins=int(values['num_mel_bins']),
-      window_ms=float(values['window_ms']), hop_ms=float(values['hop_ms']),
-      fft_length=int(values['fft_length']), fmin=float(values['fmin']),
-      fmax=None if values['fmax'] is None else float(values['fmax']),
-      power=float(values['mel_power']), log_offset=float(values['log_offset']))
-  spec_aug = values['spec_augment']
-  settings = clips.ClipSettings(
-      modalities=values['modalities'], fps=source.fps, num_frames=int(values['num_frames']),
-      stride=int(values['stride']), crop_size=int(values['frame_size']),
-      min_resize=int(values['min_resize']), audio_seconds=float(values['audio_seconds']),
-      log_mel=log_mel, spec_mean=float(values['spec_mean']), spec_std=float(values['spec_std']),
-      spec_channels=int(values['spec_channels']),
-      use_precomputed_spectrogram=bool(values['use_precomputed_spectrogram']),
-      rgb_augment=augment.RgbAugment(**{
-          f.name: values['rgb_augment'][f.name] for f in dataclasses.fields(augment.RgbAugment)}),
-      spec_augment=augment.SpecAugment(
-          num_freq_masks=int(spec_aug['num_freq_masks']),
-          max_freq_width=int(spec_aug['max_freq_width']),
-          num_time_masks=int(spec_aug['num_time_masks']),
-          max_time_width=int(spec_aug['max_time_width'])) if spec_aug['enabled'] else None,
-      full_frame_decode=source.full_frame_decode)
-  clips.validate(settings)
-  if (source.stored_spectrogram_bins is not None and settings.use_precomputed_spectrogram
-      and 'spectrogram' in settings.modalities):
-    if settings.log_mel.num_mel_bins != source.stored_spectrogram_bins:
-      raise ValueError(
-          f'config.dataset.num_mel_bins={settings.log_mel.num_mel_bins} but {source.name} '
-          f'stores {source.stored_spectrogram_bins}-bin spectrograms (set '
-          'use_precomputed_spectrogram=False to compute them from the waveform)')
-    if settings.log_mel.hop_ms != 10.0:
-      raise ValueError(f'config.dataset.hop_ms={settings.log_mel.hop_ms} but stored '
-                       'spectrograms have 100 frames per second (hop 10 ms)')
-  if values['num_test_clips'] < 1:
-    raise ValueError(f'config.dataset.num_test_clips={values["num_test_clips"]} must be >= 1')
-  if values['num_spatial_crops'] not in (1, 3):
-    raise ValueError(f'config.dataset.num_spatial_crops={values["num_spatial_crops"]} must '
-                     'be 1 or 3')
-  return settings
+    """ClipSettings from merged `config.dataset` values (validated)."""
+    unavailable = [m for m in values["modalities"] if m not in source.modalities]
+    if unavailable:
+        raise ValueError(
+            f"config.dataset.modalities={values['modalities']!r}: {source.name} "
+            f"provides only {source.modalities}"
+        )
+    log_mel = audio_lib.LogMelSettings(
+        sample_rate=int(values["sample_rate"]),
+        num_mel_bins=int(values["num_mel_bins"]),
+        window_ms=float(values["window_ms"]),
+        hop_ms=float(values["hop_ms"]),
+        fft_length=int(values["fft_length"]),
+        fmin=float(values["fmin"]),
+        fmax=None if values["fmax"] is None else float(values["fmax"]),
+        power=float(values["mel_power"]),
+        log_offset=float(values["log_offset"]),
+    )
+    spec_aug = values["spec_augment"]
+    settings = clips.ClipSettings(
+        modalities=values["modalities"],
+        fps=source.fps,
+        num_frames=int(values["num_frames"]),
+        stride=int(values["stride"]),
+        crop_size=int(values["frame_size"]),
+        min_resize=int(values["min_resize"]),
+        audio_seconds=float(values["audio_seconds"]),
+        log_mel=log_mel,
+        spec_mean=float(values["spec_mean"]),
+        spec_std=float(values["spec_std"]),
+        spec_channels=int(values["spec_channels"]),
+        use_precomputed_spectrogram=bool(values["use_precomputed_spectrogram"]),
+        rgb_augment=augment.RgbAugment(
+            **{
+                f.name: values["rgb_augment"][f.name]
+                for f in dataclasses.fields(augment.RgbAugment)
+            }
+        ),
+        spec_augment=augment.SpecAugment(
+            num_freq_masks=int(spec_aug["num_freq_masks"]),
+            max_freq_width=int(spec_aug["max_freq_width"]),
+            num_time_masks=int(spec_aug["num_time_masks"]),
+            max_time_width=int(spec_aug["max_time_width"]),
+        )
+        if spec_aug["enabled"]
+        else None,
+        full_frame_decode=source.full_frame_decode,
+    )
+    clips.validate(settings)
+    if (
+        source.stored_spectrogram_bins is not None
+        and settings.use_precomputed_spectrogram
+        and "spectrogram" in settings.modalities
+    ):
+        if settings.log_mel.num_mel_bins != source.stored_spectrogram_bins:
+            raise ValueError(
+                f"config.dataset.num_mel_bins={settings.log_mel.num_mel_bins} but {source.name} "
+                f"stores {source.stored_spectrogram_bins}-bin spectrograms (set "
+                "use_precomputed_spectrogram=False to compute them from the waveform)"
+            )
+        if settings.log_mel.hop_ms != 10.0:
+            raise ValueError(
+                f"config.dataset.hop_ms={settings.log_mel.hop_ms} but stored "
+                "spectrograms have 100 frames per second (hop 10 ms)"
+            )
+    if values["num_test_clips"] < 1:
+        raise ValueError(f"config.dataset.num_test_clips={values['num_test_clips']} must be >= 1")
+    if values["num_spatial_crops"] not in (1, 3):
+        raise ValueError(
+            f"config.dataset.num_spatial_crops={values['num_spatial_crops']} must be 1 or 3"
+        )
+    return settings
 
 
-def _meta(values: dict, source: sources.ExampleSource,
-          settings: clips.ClipSettings) -> DatasetMeta:
-  return DatasetMeta(
-      num_classes=source.num_classes, class_names=source.class_names,
-      class_splits=source.class_splits, multi_label=source.multi_label,
-      modalities=settings.modalities, input_shapes=settings.input_shapes(),
-      num_examples=dict(source.split_sizes))
+def _meta(values: dict, source: sources.ExampleSource, settings: clips.ClipSettings) -> DatasetMeta:
+    return DatasetMeta(
+        num_classes=source.num_classes,
+        class_names=source.class_names,
+        class_splits=source.class_splits,
+        multi_label=source.multi_label,
+        modalities=settings.modalities,
+        input_shapes=settings.input_shapes(),
+        num_examples=dict(source.split_sizes),
+    )
 
 
 def get_dataset_meta(config) -> DatasetMeta:
-  """Classes, label layout, modalities, per-example input shapes and split sizes."""
-  values = dataset_values(config)
-  source = _source(values)
-  return _meta(values, source, clip_settings(values, source))
+    """Classes, label layout, modalities, per-example input shapes and split sizes."""
+    values = dataset_values(config)
+    source = _source(values)
+    return _meta(values, source, clip_settings(values, source))
 
 
 def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax  # lazily: the pipeline itself does not need JAX
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} must be in [0, process_count='
-                     f'{process_count})')
-  return process_index, process_count
+    if process_index is None or process_count is None:
+        import jax  # lazily: the pipeline itself does not need JAX
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index={process_index} must be in [0, process_count={process_count})"
+        )
+    return process_index, process_count
 
 
 def host_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """The contiguous example range [start, stop) of one host; sizes differ by at most 1."""
-  return (process_index * num_examples // process_count,
-          (process_index + 1) * num_examples // process_count)
+    """The contiguous example range [start, stop) of one host; sizes differ by at most 1."""
+    return (
+        process_index * num_examples // process_count,
+        (process_index + 1) * num_examples // process_count,
+    )
 
 
-def _resolve_split(values: dict, source: sources.ExampleSource, split: str | None,
-                   mode: str) -> str:
-  """A split name of the source: `split` itself, or the configured split for a role name
-  ('train' / 'eval' / 'test') the source lacks, or the configured split of `mode` for None."""
-  configured = _splits(values)
-  if split is None:
-    split = configured[mode]
-  elif split not in source.split_sizes and split in configured:
-    split = configured[split]
-  if split not in source.split_sizes:
-    raise ValueError(f'split {split!r} (config.dataset.{mode}_split) is not a split of '
-                     f'{source.name}; allowed: {sorted(source.split_sizes)}')
-  return split
+def _resolve_split(
+    values: dict, source: sources.ExampleSource, split: str | None, mode: str
+) -> str:
+    """A split name of the source: `split` itself, or the configured split for a role name
+    ('train' / 'eval' / 'test') the source lacks, or the configured split of `mode` for None."""
+    configured = _splits(values)
+    if split is None:
+        split = configured[mode]
+    elif split not in source.split_sizes and split in configured:
+        split = configured[split]
+    if split not in source.split_sizes:
+        raise ValueError(
+            f"split {split!r} (config.dataset.{mode}_split) is not a split of "
+            f"{source.name}; allowed: {sorted(source.split_sizes)}"
+        )
+    return split
 
 
 def _example_views(mode: str, values: dict) -> int:
-  return values['num_test_clips'] * values['num_spatial_crops'] if mode == 'test' else 1
+    return values["num_test_clips"] * values["num_spatial_crops"] if mode == "test" else 1
 
 
-def num_batches(config, split: str | None, mode: str, batch_size: int, *,
-                process_count: int | None = None) -> int | None:
-  """Batches per host in one eval/test pass (the same on every host); None for 'train'."""
-  if mode == 'train':
-    return None
-  values = dataset_values(config)
-  source = _source(values)
-  split = _resolve_split(values, source, split, mode)
-  if process_count is None:
-    _, process_count = _process_layout(None, None)
-  per_host = math.ceil(source.split_sizes[split] / process_count)
-  return math.ceil(per_host * _example_views(mode, values) / batch_size)
+def num_batches(
+    config, split: str | None, mode: str, batch_size: int, *, process_count: int | None = None
+) -> int | None:
+    """Batches per host in one eval/test pass (the same on every host); None for 'train'."""
+    if mode == "train":
+        return None
+    values = dataset_values(config)
+    source = _source(values)
+    split = _resolve_split(values, source, split, mode)
+    if process_count is None:
+        _, process_count = _process_layout(None, None)
+    per_host = math.ceil(source.split_sizes[split] / process_count)
+    return math.ceil(per_host * _example_views(mode, values) / batch_size)
 
 
 def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.autotune.enabled = True
-  options.experimental_optimization.map_parallelization = True
-  options.experimental_optimization.parallel_batch = True
-  return options
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = True
+    options.experimental_optimization.map_parallelization = True
+    options.experimental_optimization.parallel_batch = True
+    return options
 
 
 def _finish(view: dict, example: dict, source: sources.ExampleSource) -> dict:
-  return {
-      **view,
-      'label': sources.label_vector(example, source),
-      'batch_mask': tf.constant(1.0),
-      'video_index': tf.cast(example['video_index'], tf.int32),
-  }
+    return {
+        **view,
+        "label": sources.label_vector(example, source),
+        "batch_mask": tf.constant(1.0),
+        "video_index": tf.cast(example["video_index"], tf.int32),
+    }
 
 
 def _padding(element_spec: dict, count: int) -> tf.data.Dataset:
-  """`count` all-zero elements with batch_mask 0 and video_index -1."""
-  zeros = {k: tf.zeros(spec.shape, spec.dtype) for k, spec in element_spec.items()}
-  zeros['video_index'] = tf.constant(-1, tf.int32)
-  return tf.data.Dataset.from_tensors(zeros).repeat(count)
+    """`count` all-zero elements with batch_mask 0 and video_index -1."""
+    zeros = {k: tf.zeros(spec.shape, spec.dtype) for k, spec in element_spec.items()}
+    zeros["video_index"] = tf.constant(-1, tf.int32)
+    return tf.data.Dataset.from_tensors(zeros).repeat(count)
 
 
-def build_tf_dataset(config, split: str | None, mode: str, batch_size: int, *, seed: int = 0,
-                     start_batch: int = 0, process_index: int | None = None,
-                     process_count: int | None = None,
-                     source: sources.ExampleSource | None = None) -> tf.data.Dataset:
-  """The batched `tf.data.Dataset` behind `make_dataset` (same arguments).
+def build_tf_dataset(
+    config,
+    split: str | None,
+    mode: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_batch: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    source: sources.ExampleSource | None = None,
+) -> tf.data.Dataset:
+    """The batched `tf.data.Dataset` behind `make_dataset` (same arguments).
 
-  `source` overrides the source named by the config (e.g. `sources.memory_source`).
-  """
-  if mode not in MODES:
-    raise ValueError(f'mode={mode!r} is not one of {MODES}')
-  if batch_size < 1:
-    raise ValueError(f'batch_size={batch_size} must be >= 1')
-  if start_batch < 0:
-    raise ValueError(f'start_batch={start_batch} must be >= 0')
-  values = dataset_values(config)
-  source = source or _source(values)
-  settings = clip_settings(values, source)
-  split = _resolve_split(values, source, split, mode)
-  process_index, process_count = _process_layout(process_index, process_count)
-  total = source.split_sizes[split]
-  if total == 0:
-    raise ValueError(f'split {split!r} of {source.name} has no examples')
-  start, stop = host_range(total, process_index, process_count)
-  count = stop - start
-  if count:
-    examples = source.read(split, start, stop)
-  else:
-    examples = source.read(split, 0, 1).take(0)
-  examples = examples.map(lambda ex: sources.keep_needed(ex, settings.modalities))
+    `source` overrides the source named by the config (e.g. `sources.memory_source`).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if start_batch < 0:
+        raise ValueError(f"start_batch={start_batch} must be >= 0")
+    values = dataset_values(config)
+    source = source or _source(values)
+    settings = clip_settings(values, source)
+    split = _resolve_split(values, source, split, mode)
+    process_index, process_count = _process_layout(process_index, process_count)
+    total = source.split_sizes[split]
+    if total == 0:
+        raise ValueError(f"split {split!r} of {source.name} has no examples")
+    start, stop = host_range(total, process_index, process_count)
+    count = stop - start
+    if count:
+        examples = source.read(split, start, stop)
+    else:
+        examples = source.read(split, 0, 1).take(0)
+    examples = examples.map(lambda ex: sources.keep_needed(ex, settings.modalities))
 
-  if mode == 'train':
-    if count == 0:
-      raise ValueError(f'split {split!r} has {total} examples, fewer than the '
-                       f'{process_count} processes: host {process_index} has none to train on')
-    skipped = start_batch * batch_size
-    first_epoch, skip_in_epoch = divmod(skipped, count)
-    buffer = max(1, min(int(values['shuffle_buffer']), count))
-    base_seed = tf.constant([seed, process_index], tf.int64)
+    if mode == "train":
+        if count == 0:
+            raise ValueError(
+                f"split {split!r} has {total} examples, fewer than the "
+                f"{process_count} processes: host {process_index} has none to train on"
+            )
+        skipped = start_batch * batch_size
+        first_epoch, skip_in_epoch = divmod(skipped, count)
+        buffer = max(1, min(int(values["shuffle_buffer"]), count))
+        base_seed = tf.constant([seed, process_index], tf.int64)
 
-    def epoch(e):
-      shuffle_seed = (seed * _SEED_MIX + process_index) * _SEED_MIX + e
-      shuffled = examples.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-      return shuffled.enumerate().map(lambda i, ex: (e * count + i, ex))
+        def epoch(e):
+            shuffle_seed = (seed * _SEED_MIX + process_index) * _SEED_MIX + e
+            shuffled = examples.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+            return shuffled.enumerate().map(lambda i, ex: (e * count + i, ex))
 
-    def train_view(position, example):
-      example_seed = tf.random.experimental.stateless_fold_in(base_seed, position)
-      time_seed, view_seed = tf.unstack(
-          tf.random.experimental.stateless_split(example_seed, 2))
-      view = clips.make_view(example, settings,
-                             time_fraction=tf.random.stateless_uniform([], time_seed),
-                             crop_position=None, seed=view_seed)
-      return _finish(view, example, source)
+        def train_view(position, example):
+            example_seed = tf.random.experimental.stateless_fold_in(base_seed, position)
+            time_seed, view_seed = tf.unstack(
+                tf.random.experimental.stateless_split(example_seed, 2)
+            )
+            view = clips.make_view(
+                example,
+                settings,
+                time_fraction=tf.random.stateless_uniform([], time_seed),
+                crop_position=None,
+                seed=view_seed,
+            )
+            return _finish(view, example, source)
 
-    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    ds = ds.skip(skip_in_epoch)
-    ds = ds.map(train_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
-  else:
-    views = _example_views(mode, values)
-    clips_per_example = values['num_test_clips'] if mode == 'test' else 1
-    crops_per_example = values['num_spatial_crops'] if mode == 'test' else 1
+        ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+        ds = ds.skip(skip_in_epoch)
+        ds = ds.map(train_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        views = _example_views(mode, values)
+        clips_per_example = values["num_test_clips"] if mode == "test" else 1
+        crops_per_example = values["num_spatial_crops"] if mode == "test" else 1
 
-    def eval_view(view_id, example):
-      time_fraction, crop_position = clips.test_view_position(
-          view_id, clips_per_example, crops_per_example)
-      view = clips.make_view(example, settings, time_fraction=time_fraction,
-                             crop_position=crop_position, seed=None)
-      return _finish(view, example, source)
+        def eval_view(view_id, example):
+            time_fraction, crop_position = clips.test_view_position(
+                view_id, clips_per_example, crops_per_example
+            )
+            view = clips.make_view(
+                example,
+                settings,
+                time_fraction=time_fraction,
+                crop_position=crop_position,
+                seed=None,
+            )
+            return _finish(view, example, source)
 
-    ds = examples.flat_map(
-        lambda ex: tf.data.Dataset.range(views).map(lambda v: (v, ex)))
-    ds = ds.map(eval_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    per_host = math.ceil(total / process_count)
-    batches = math.ceil(per_host * views / batch_size)
-    ds = ds.concatenate(_padding(ds.element_spec, batches * batch_size - count * views))
-    ds = ds.batch(batch_size, drop_remainder=True).skip(start_batch)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+        ds = examples.flat_map(lambda ex: tf.data.Dataset.range(views).map(lambda v: (v, ex)))
+        ds = ds.map(eval_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        per_host = math.ceil(total / process_count)
+        batches = math.ceil(per_host * views / batch_size)
+        ds = ds.concatenate(_padding(ds.element_spec, batches * batch_size - count * views))
+        ds = ds.batch(batch_size, drop_remainder=True).skip(start_batch)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def make_dataset(config, split: str | None, mode: str, batch_size: int, *, seed: int = 0,
-                 start_batch: int = 0, process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Numpy batches of one host (docs/design.md).
+def make_dataset(
+    config,
+    split: str | None,
+    mode: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_batch: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches of one host (docs/design.md).
 
-  Args:
-    config: config with a `dataset` section (see the module docstring).
-    split: a split name of the dataset, a role name ('train'/'eval'/'test') meaning the
-      configured split, or None for the configured split of `mode`.
-    mode: 'train' (infinite, shuffled, augmented), 'eval' (one pass, centre view) or
-      'test' (one pass, several views per example).
-    batch_size: examples per batch on this host.
-    seed: shuffling and augmentation seed ('train').
-    start_batch: skip this many batches (resume); the result equals skipping them.
-    process_index, process_count: this host and the host count (default: JAX's).
+    Args:
+      config: config with a `dataset` section (see the module docstring).
+      split: a split name of the dataset, a role name ('train'/'eval'/'test') meaning the
+        configured split, or None for the configured split of `mode`.
+      mode: 'train' (infinite, shuffled, augmented), 'eval' (one pass, centre view) or
+        'test' (one pass, several views per example).
+      batch_size: examples per batch on this host.
+      seed: shuffling and augmentation seed ('train').
+      start_batch: skip this many batches (resume); the result equals skipping them.
+      process_index, process_count: this host and the host count (default: JAX's).
 
-  Yields:
-    dicts with `rgb` float32 `[B, T, H, W, 3]` in [-1, 1] and/or `spectrogram` float32
-    `[B, time, mel, C]`, `label` float32 `[B, num_classes]`, `batch_mask` float32 `[B]`
-    and `video_index` int32 `[B]`.
-  """
-  ds = build_tf_dataset(config, split, mode, batch_size, seed=seed, start_batch=start_batch,
-                        process_index=process_index, process_count=process_count)
-  return ds.as_numpy_iterator()
+    Yields:
+      dicts with `rgb` float32 `[B, T, H, W, 3]` in [-1, 1] and/or `spectrogram` float32
+      `[B, time, mel, C]`, `label` float32 `[B, num_classes]`, `batch_mask` float32 `[B]`
+      and `video_index` int32 `[B]`.
+    """
+    ds = build_tf_dataset(
+        config,
+        split,
+        mode,
+        batch_size,
+        seed=seed,
+        start_batch=start_batch,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return ds.as_numpy_iterator()
 
 
 def prepare_dataset(config, workdir: str) -> None:
-  """Generates and builds a synthetic local copy when `config.dataset.synthetic.num_clips > 0`.
+    """Generates and builds a synthetic local copy when `config.dataset.synthetic.num_clips > 0`.
 
-  The copy goes to `<workdir>/synthetic_src` (kept if already there) and is built with the
-  dataset's TFDS builder into `config.dataset.data_dir`; an empty data_dir is set to
-  `<workdir>/tfds` in `config` so later calls read from there. Nothing is rebuilt when the
-  builder finds the dataset prepared.
-  """
-  values = dataset_values(config)
-  synthetic = values['synthetic']
-  if synthetic['num_clips'] <= 0:
-    _LOG.info('config.dataset.synthetic.num_clips=0: no synthetic data to prepare.')
-    return
-  name = values['name']
-  if name not in sources.TFDS_DATASETS:
-    raise ValueError(f'synthetic data needs a TFDS dataset (config.dataset.name in '
-                     f'{sources.TFDS_DATASETS}), got {name!r}')
-  source_dir = os.path.join(workdir, 'synthetic_src')
-  # generate() writes its summary last: without it the copy is incomplete.
-  if os.path.isfile(os.path.join(source_dir, 'synthetic_summary.json')):
-    _LOG.info('Synthetic %s copy already in %s.', name, source_dir)
-  else:
-    from mbt.data import synthetic as synthetic_lib
-    _LOG.info('Generating %d synthetic %s clips in %s ...', synthetic['num_clips'], name,
-              source_dir)
-    shutil.rmtree(source_dir, ignore_errors=True)
-    summary = synthetic_lib.generate(
-        name, source_dir, int(synthetic['num_clips']), seed=int(synthetic['seed']),
-        num_classes=int(synthetic['num_classes']) or None,
-        frame_size=int(synthetic['frame_size']), fps=float(synthetic['fps']),
-        clip_seconds=float(synthetic['clip_seconds']), edge_cases=bool(synthetic['edge_cases']))
-    _LOG.info('Synthetic copy written: %s', summary.get('counts'))
-  data_dir = values['data_dir'] or os.path.join(workdir, 'tfds')
-  if not values['data_dir']:
-    config.dataset.data_dir = data_dir
-  builder = sources.tfds_builder(name, values['builder_config'] or None, data_dir)
-  if builder.is_prepared():
-    _LOG.info('%s/%s already built in %s.', builder.name, builder.builder_config.name, data_dir)
-    return
-  import tensorflow_datasets as tfds
-  _LOG.info('Building %s/%s from %s into %s ...', builder.name, builder.builder_config.name,
-            source_dir, data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=source_dir))
-  _LOG.info('Built %s: %s', builder.name,
-            {s: builder.info.splits[s].num_examples for s in builder.info.splits.keys()})
+    The copy goes to `<workdir>/synthetic_src` (kept if already there) and is built with the
+    dataset's TFDS builder into `config.dataset.data_dir`; an empty data_dir is set to
+    `<workdir>/tfds` in `config` so later calls read from there. Nothing is rebuilt when the
+    builder finds the dataset prepared.
+    """
+    values = dataset_values(config)
+    synthetic = values["synthetic"]
+    if synthetic["num_clips"] <= 0:
+        _LOG.info("config.dataset.synthetic.num_clips=0: no synthetic data to prepare.")
+        return
+    name = values["name"]
+    if name not in sources.TFDS_DATASETS:
+        raise ValueError(
+            f"synthetic data needs a TFDS dataset (config.dataset.name in "
+            f"{sources.TFDS_DATASETS}), got {name!r}"
+        )
+    source_dir = os.path.join(workdir, "synthetic_src")
+    # generate() writes its summary last: without it the copy is incomplete.
+    if os.path.isfile(os.path.join(source_dir, "synthetic_summary.json")):
+        _LOG.info("Synthetic %s copy already in %s.", name, source_dir)
+    else:
+        from mbt.data import synthetic as synthetic_lib
+
+        _LOG.info(
+            "Generating %d synthetic %s clips in %s ...", synthetic["num_clips"], name, source_dir
+        )
+        shutil.rmtree(source_dir, ignore_errors=True)
+        summary = synthetic_lib.generate(
+            name,
+            source_dir,
+            int(synthetic["num_clips"]),
+            seed=int(synthetic["seed"]),
+            num_classes=int(synthetic["num_classes"]) or None,
+            frame_size=int(synthetic["frame_size"]),
+            fps=float(synthetic["fps"]),
+            clip_seconds=float(synthetic["clip_seconds"]),
+            edge_cases=bool(synthetic["edge_cases"]),
+        )
+        _LOG.info("Synthetic copy written: %s", summary.get("counts"))
+    data_dir = values["data_dir"] or os.path.join(workdir, "tfds")
+    if not values["data_dir"]:
+        config.dataset.data_dir = data_dir
+    builder = sources.tfds_builder(name, values["builder_config"] or None, data_dir)
+    if builder.is_prepared():
+        _LOG.info("%s/%s already built in %s.", builder.name, builder.builder_config.name, data_dir)
+        return
+    import tensorflow_datasets as tfds
+
+    _LOG.info(
+        "Building %s/%s from %s into %s ...",
+        builder.name,
+        builder.builder_config.name,
+        source_dir,
+        data_dir,
+    )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=source_dir)
+    )
+    _LOG.info(
+        "Built %s: %s",
+        builder.name,
+        {s: builder.info.splits[s].num_examples for s in builder.info.splits.keys()},
+    )

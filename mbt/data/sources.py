@@ -12,78 +12,82 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 _LOG = logging.getLogger(__name__)
 
-TFDS_DATASETS = ('audioset', 'vggsound', 'epic_kitchens')
+TFDS_DATASETS = ("audioset", "vggsound", "epic_kitchens")
 # Stored keys the pipeline reads; the rest is dropped straight after reading.
-_KEPT_KEYS = ('rgb', 'audio', 'spectrogram', 'label', 'verb_label', 'noun_label', 'video_index')
+_KEPT_KEYS = ("rgb", "audio", "spectrogram", "label", "verb_label", "noun_label", "video_index")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExampleSource:
-  """A dataset the pipeline can read.
+    """A dataset the pipeline can read.
 
-  Attributes:
-    name: dataset name for messages.
-    class_names: all class names; for verb/noun labels the verbs then the nouns.
-    class_splits: sizes of the label groups (EPIC: (97, 300)) or None.
-    multi_label: several classes may be positive (AudioSet).
-    label_keys: stored label keys: ('label',) holding a class index or an index list, or
-      ('verb_label', 'noun_label') concatenated as one-hot blocks of `class_splits`.
-    modalities: modalities the stored examples can give ('rgb', 'spectrogram').
-    fps: frame rate of the stored frames.
-    split_sizes: examples per split.
-    read: `read(split, start, stop)` → dataset of the examples [start, stop) of `split`.
-    stored_spectrogram_bins: mel bins of a precomputed `spectrogram` the examples carry
-      (at 100 frames per second), None when they carry none.
-    full_frame_decode: JPEG frames are decoded whole and then cropped (the same pixels as
-      decoding every frame up front) rather than with `tf.io.decode_and_crop_jpeg`, whose
-      chroma upsampling can change the pixels at the crop's edge.
-  """
+    Attributes:
+      name: dataset name for messages.
+      class_names: all class names; for verb/noun labels the verbs then the nouns.
+      class_splits: sizes of the label groups (EPIC: (97, 300)) or None.
+      multi_label: several classes may be positive (AudioSet).
+      label_keys: stored label keys: ('label',) holding a class index or an index list, or
+        ('verb_label', 'noun_label') concatenated as one-hot blocks of `class_splits`.
+      modalities: modalities the stored examples can give ('rgb', 'spectrogram').
+      fps: frame rate of the stored frames.
+      split_sizes: examples per split.
+      read: `read(split, start, stop)` → dataset of the examples [start, stop) of `split`.
+      stored_spectrogram_bins: mel bins of a precomputed `spectrogram` the examples carry
+        (at 100 frames per second), None when they carry none.
+      full_frame_decode: JPEG frames are decoded whole and then cropped (the same pixels as
+        decoding every frame up front) rather than with `tf.io.decode_and_crop_jpeg`, whose
+        chroma upsampling can change the pixels at the crop's edge.
+    """
 
-  name: str
-  class_names: tuple[str, ...]
-  class_splits: tuple[int, ...] | None
-  multi_label: bool
-  label_keys: tuple[str, ...]
-  modalities: tuple[str, ...]
-  fps: float
-  split_sizes: Mapping[str, int]
-  read: Callable[[str, int, int], tf.data.Dataset]
-  stored_spectrogram_bins: int | None = None
-  full_frame_decode: bool = False
+    name: str
+    class_names: tuple[str, ...]
+    class_splits: tuple[int, ...] | None
+    multi_label: bool
+    label_keys: tuple[str, ...]
+    modalities: tuple[str, ...]
+    fps: float
+    split_sizes: Mapping[str, int]
+    read: Callable[[str, int, int], tf.data.Dataset]
+    stored_spectrogram_bins: int | None = None
+    full_frame_decode: bool = False
 
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 def label_vector(example: Mapping[str, tf.Tensor], source: ExampleSource) -> tf.Tensor:
-  """float32 `[num_classes]`: multi-hot of the stored class index / index list, or for
-  verb/noun labels `[one-hot verb ; one-hot noun]`. Negative indices (no label) give zeros."""
-  if len(source.label_keys) == 1:
-    indices = tf.reshape(tf.cast(example[source.label_keys[0]], tf.int32), [-1])
-    hot = tf.one_hot(indices, source.num_classes, dtype=tf.float32)
-    return tf.minimum(tf.reduce_sum(hot, axis=0), 1.0)
-  blocks = [tf.one_hot(tf.cast(tf.reshape(example[key], []), tf.int32), size, dtype=tf.float32)
-            for key, size in zip(source.label_keys, source.class_splits)]
-  return tf.concat(blocks, axis=0)
+    """float32 `[num_classes]`: multi-hot of the stored class index / index list, or for
+    verb/noun labels `[one-hot verb ; one-hot noun]`. Negative indices (no label) give zeros."""
+    if len(source.label_keys) == 1:
+        indices = tf.reshape(tf.cast(example[source.label_keys[0]], tf.int32), [-1])
+        hot = tf.one_hot(indices, source.num_classes, dtype=tf.float32)
+        return tf.minimum(tf.reduce_sum(hot, axis=0), 1.0)
+    blocks = [
+        tf.one_hot(tf.cast(tf.reshape(example[key], []), tf.int32), size, dtype=tf.float32)
+        for key, size in zip(source.label_keys, source.class_splits)
+    ]
+    return tf.concat(blocks, axis=0)
 
 
 def keep_needed(example: dict, modalities: Sequence[str]) -> dict:
-  """Drops stored keys the selected modalities do not need (before shuffling/batching)."""
-  kept = {k: v for k, v in example.items() if k in _KEPT_KEYS}
-  if 'rgb' not in modalities:
-    kept.pop('rgb', None)
-  if 'spectrogram' not in modalities:
-    kept.pop('audio', None)
-    kept.pop('spectrogram', None)
-  return kept
+    """Drops stored keys the selected modalities do not need (before shuffling/batching)."""
+    kept = {k: v for k, v in example.items() if k in _KEPT_KEYS}
+    if "rgb" not in modalities:
+        kept.pop("rgb", None)
+    if "spectrogram" not in modalities:
+        kept.pop("audio", None)
+        kept.pop("spectrogram", None)
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,94 +95,124 @@ def keep_needed(example: dict, modalities: Sequence[str]) -> dict:
 
 
 def _builder_class(name: str):
-  import tensorflow_datasets as tfds
-  module = importlib.import_module(f'mbt.data.builders.{name}')
-  classes = [v for v in vars(module).values()
-             if isinstance(v, type) and issubclass(v, tfds.core.DatasetBuilder)
-             and v.__module__ == module.__name__]
-  if len(classes) != 1:
-    raise ValueError(f'mbt.data.builders.{name} should define one TFDS builder, found '
-                     f'{[c.__name__ for c in classes]}')
-  return classes[0]
+    import tensorflow_datasets as tfds
+
+    module = importlib.import_module(f"mbt.data.builders.{name}")
+    classes = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, type)
+        and issubclass(v, tfds.core.DatasetBuilder)
+        and v.__module__ == module.__name__
+    ]
+    if len(classes) != 1:
+        raise ValueError(
+            f"mbt.data.builders.{name} should define one TFDS builder, found "
+            f"{[c.__name__ for c in classes]}"
+        )
+    return classes[0]
 
 
 def tfds_builder(name: str, builder_config: str | None, data_dir: str | None):
-  """The TFDS builder of `mbt.data.builders.<name>` (registered by importing the module)."""
-  import tensorflow_datasets as tfds
-  if name not in TFDS_DATASETS:
-    raise ValueError(f'config.dataset.name={name!r} has no TFDS builder; allowed: '
-                     f'{TFDS_DATASETS}')
-  cls = _builder_class(name)
-  kwargs = {'config': builder_config} if builder_config else {}
-  try:
-    return tfds.builder(cls.name, data_dir=data_dir or None, **kwargs)
-  except ValueError as e:
-    names = [c.name for c in getattr(cls, 'BUILDER_CONFIGS', [])]
-    raise ValueError(f'config.dataset.builder_config={builder_config!r} is not a config of '
-                     f'{cls.name}; allowed: {names} ({e})') from None
+    """The TFDS builder of `mbt.data.builders.<name>` (registered by importing the module)."""
+    import tensorflow_datasets as tfds
+
+    if name not in TFDS_DATASETS:
+        raise ValueError(
+            f"config.dataset.name={name!r} has no TFDS builder; allowed: {TFDS_DATASETS}"
+        )
+    cls = _builder_class(name)
+    kwargs = {"config": builder_config} if builder_config else {}
+    try:
+        return tfds.builder(cls.name, data_dir=data_dir or None, **kwargs)
+    except ValueError as e:
+        names = [c.name for c in getattr(cls, "BUILDER_CONFIGS", [])]
+        raise ValueError(
+            f"config.dataset.builder_config={builder_config!r} is not a config of "
+            f"{cls.name}; allowed: {names} ({e})"
+        ) from None
 
 
 def _class_names(features) -> tuple[tuple[str, ...], tuple[int, ...] | None, bool, tuple[str, ...]]:
-  """(class names, class splits, multi-label, label keys) from a builder's features."""
-  import tensorflow_datasets as tfds
-  if 'verb_label' in features and 'noun_label' in features:
-    verbs, nouns = features['verb_label'].names, features['noun_label'].names
-    return (tuple(verbs) + tuple(nouns), (len(verbs), len(nouns)), False,
-            ('verb_label', 'noun_label'))
-  label = features['label']
-  if isinstance(label, tfds.features.Sequence):
-    return tuple(label.feature.names), None, True, ('label',)
-  return tuple(label.names), None, False, ('label',)
+    """(class names, class splits, multi-label, label keys) from a builder's features."""
+    import tensorflow_datasets as tfds
+
+    if "verb_label" in features and "noun_label" in features:
+        verbs, nouns = features["verb_label"].names, features["noun_label"].names
+        return (
+            tuple(verbs) + tuple(nouns),
+            (len(verbs), len(nouns)),
+            False,
+            ("verb_label", "noun_label"),
+        )
+    label = features["label"]
+    if isinstance(label, tfds.features.Sequence):
+        return tuple(label.feature.names), None, True, ("label",)
+    return tuple(label.names), None, False, ("label",)
 
 
-def tfds_source(name: str, builder_config: str | None, data_dir: str | None,
-                fps: float | None = None) -> ExampleSource:
-  """Source reading a prepared TFDS dataset built by `mbt.data.builders.<name>`.
+def tfds_source(
+    name: str, builder_config: str | None, data_dir: str | None, fps: float | None = None
+) -> ExampleSource:
+    """Source reading a prepared TFDS dataset built by `mbt.data.builders.<name>`.
 
-  JPEG frames are not decoded here (`SkipDecoding`): the pipeline decodes only the frames
-  it samples. `video_index` is recovered from TFDS's per-example ids (file name and record
-  number), so reading may interleave files and still report split positions.
-  """
-  import tensorflow_datasets as tfds
-  builder = tfds_builder(name, builder_config, data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-        f'TFDS dataset {builder.name}/{builder.builder_config.name} is not built in '
-        f'{builder.data_dir_root}: run mbt.data.pipeline.prepare_dataset (synthetic copy) or '
-        f'`tfds build mbt/data/builders/{name}.py --manual_dir=...` (config.dataset.data_dir)')
-  class_names, class_splits, multi_label, label_keys = _class_names(builder.info.features)
-  splits = builder.info.splits
-  split_sizes = {s: splits[s].num_examples for s in splits.keys()}
-  stored_fps = fps or getattr(builder.builder_config, 'fps', None)
-  if not stored_fps:
-    raise ValueError(f'{builder.name}: builder config has no fps; set config.dataset.video_fps')
+    JPEG frames are not decoded here (`SkipDecoding`): the pipeline decodes only the frames
+    it samples. `video_index` is recovered from TFDS's per-example ids (file name and record
+    number), so reading may interleave files and still report split positions.
+    """
+    import tensorflow_datasets as tfds
 
-  def read(split: str, start: int, stop: int) -> tf.data.Dataset:
-    info = splits[split]
-    offsets = np.concatenate([[0], np.cumsum(info.shard_lengths)[:-1]]).astype(np.int64)
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(list(info.filenames)), tf.constant(offsets)), default_value=-1)
+    builder = tfds_builder(name, builder_config, data_dir)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {builder.name}/{builder.builder_config.name} is not built in "
+            f"{builder.data_dir_root}: run mbt.data.pipeline.prepare_dataset (synthetic copy) or "
+            f"`tfds build mbt/data/builders/{name}.py --manual_dir=...` (config.dataset.data_dir)"
+        )
+    class_names, class_splits, multi_label, label_keys = _class_names(builder.info.features)
+    splits = builder.info.splits
+    split_sizes = {s: splits[s].num_examples for s in splits.keys()}
+    stored_fps = fps or getattr(builder.builder_config, "fps", None)
+    if not stored_fps:
+        raise ValueError(f"{builder.name}: builder config has no fps; set config.dataset.video_fps")
 
-    def add_index(example):
-      # tfds_id = '<shard file name>__<record number in the shard>'
-      tfds_id = example.pop('tfds_id')
-      shard = tf.strings.regex_replace(tfds_id, r'__[0-9]+$', '')
-      record = tf.strings.to_number(tf.strings.regex_replace(tfds_id, r'^.*__', ''), tf.int64)
-      example['video_index'] = table.lookup(shard) + record
-      return example
+    def read(split: str, start: int, stop: int) -> tf.data.Dataset:
+        info = splits[split]
+        offsets = np.concatenate([[0], np.cumsum(info.shard_lengths)[:-1]]).astype(np.int64)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(info.filenames)), tf.constant(offsets)
+            ),
+            default_value=-1,
+        )
 
-    ds = builder.as_dataset(
-        split=f'{split}[{start}:{stop}]', shuffle_files=False,
-        decoders={'rgb': tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(add_tfds_id=True, interleave_cycle_length=4))
-    return ds.map(add_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        def add_index(example):
+            # tfds_id = '<shard file name>__<record number in the shard>'
+            tfds_id = example.pop("tfds_id")
+            shard = tf.strings.regex_replace(tfds_id, r"__[0-9]+$", "")
+            record = tf.strings.to_number(tf.strings.regex_replace(tfds_id, r"^.*__", ""), tf.int64)
+            example["video_index"] = table.lookup(shard) + record
+            return example
 
-  return ExampleSource(
-      name=f'{builder.name}/{builder.builder_config.name}', class_names=class_names,
-      class_splits=class_splits, multi_label=multi_label, label_keys=label_keys,
-      modalities=('rgb', 'spectrogram'), fps=float(stored_fps), split_sizes=split_sizes,
-      read=read)
+        ds = builder.as_dataset(
+            split=f"{split}[{start}:{stop}]",
+            shuffle_files=False,
+            decoders={"rgb": tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(add_tfds_id=True, interleave_cycle_length=4),
+        )
+        return ds.map(add_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return ExampleSource(
+        name=f"{builder.name}/{builder.builder_config.name}",
+        class_names=class_names,
+        class_splits=class_splits,
+        multi_label=multi_label,
+        label_keys=label_keys,
+        modalities=("rgb", "spectrogram"),
+        fps=float(stored_fps),
+        split_sizes=split_sizes,
+        read=read,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,121 +223,166 @@ _RECORD_COUNTS: dict[str, int] = {}
 
 
 def _record_count(path: str) -> int:
-  if path not in _RECORD_COUNTS:
-    _RECORD_COUNTS[path] = int(tf.data.TFRecordDataset(path).reduce(
-        np.int64(0), lambda count, _: count + 1).numpy())
-  return _RECORD_COUNTS[path]
+    if path not in _RECORD_COUNTS:
+        _RECORD_COUNTS[path] = int(
+            tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda count, _: count + 1).numpy()
+        )
+    return _RECORD_COUNTS[path]
 
 
 def _split_pattern(patterns, split: str) -> str:
-  if isinstance(patterns, str):
-    return patterns.format(split=split)
-  if split not in patterns:
-    raise ValueError(f'config.dataset.tfrecord_pattern has no entry for split {split!r}; '
-                     f'it has {sorted(patterns)}')
-  return patterns[split]
+    if isinstance(patterns, str):
+        return patterns.format(split=split)
+    if split not in patterns:
+        raise ValueError(
+            f"config.dataset.tfrecord_pattern has no entry for split {split!r}; "
+            f"it has {sorted(patterns)}"
+        )
+    return patterns[split]
 
 
-def scenic_source(patterns, splits: Sequence[str], num_classes: int,
-                  class_names: Sequence[str], multi_label: bool,
-                  class_splits: Sequence[int] | None, fps: float) -> ExampleSource:
-  """Source reading Scenic/DMVR SequenceExample TFRecords.
+def scenic_source(
+    patterns,
+    splits: Sequence[str],
+    num_classes: int,
+    class_names: Sequence[str],
+    multi_label: bool,
+    class_splits: Sequence[int] | None,
+    fps: float,
+) -> ExampleSource:
+    """Source reading Scenic/DMVR SequenceExample TFRecords.
 
-  Args:
-    patterns: a glob pattern with a `{split}` placeholder, or a mapping split → pattern.
-    splits: split names to offer (a mapping's keys by default).
-    num_classes, class_names, multi_label, class_splits: the label space (from the config;
-      the records hold only class indices). `class_names` may be empty: 'class_<i>'.
-    fps: frame rate of the stored frames.
-  """
-  from mbt.data import scenic_tfrecord
-  if num_classes <= 0:
-    raise ValueError('config.dataset.num_classes must be > 0 for scenic_tfrecord, got '
-                     f'{num_classes}')
-  names = tuple(class_names) or tuple(f'class_{i}' for i in range(num_classes))
-  if len(names) != num_classes:
-    raise ValueError(f'config.dataset.class_names has {len(names)} names but '
-                     f'config.dataset.num_classes={num_classes}')
-  layouts, split_files, split_sizes = {}, {}, {}
-  for split in splits:
-    pattern = _split_pattern(patterns, split)
-    layouts[split] = scenic_tfrecord.inspect_layout(pattern)
-    files = sorted(tf.io.gfile.glob(pattern))
-    split_files[split] = [(path, _record_count(path)) for path in files]
-    split_sizes[split] = sum(count for _, count in split_files[split])
-  offered = set()
-  for layout in layouts.values():
-    offered |= ({'rgb'} if layout.has_rgb else set())
-    offered |= ({'spectrogram'} if layout.has_waveform or layout.has_melspec else set())
+    Args:
+      patterns: a glob pattern with a `{split}` placeholder, or a mapping split → pattern.
+      splits: split names to offer (a mapping's keys by default).
+      num_classes, class_names, multi_label, class_splits: the label space (from the config;
+        the records hold only class indices). `class_names` may be empty: 'class_<i>'.
+      fps: frame rate of the stored frames.
+    """
+    from mbt.data import scenic_tfrecord
 
-  def read(split: str, start: int, stop: int) -> tf.data.Dataset:
-    # Skip on the serialized records: files before `start` are not opened, records before it
-    # in the first file are read but not parsed. Frames stay JPEG strings (decoded when a
-    # view is cut, after the shuffle buffer).
-    files, first = [], 0
-    for path, count in split_files[split]:
-      if first + count > start and first < stop:
+    if num_classes <= 0:
+        raise ValueError(
+            f"config.dataset.num_classes must be > 0 for scenic_tfrecord, got {num_classes}"
+        )
+    names = tuple(class_names) or tuple(f"class_{i}" for i in range(num_classes))
+    if len(names) != num_classes:
+        raise ValueError(
+            f"config.dataset.class_names has {len(names)} names but "
+            f"config.dataset.num_classes={num_classes}"
+        )
+    layouts, split_files, split_sizes = {}, {}, {}
+    for split in splits:
+        pattern = _split_pattern(patterns, split)
+        layouts[split] = scenic_tfrecord.inspect_layout(pattern)
+        files = sorted(tf.io.gfile.glob(pattern))
+        split_files[split] = [(path, _record_count(path)) for path in files]
+        split_sizes[split] = sum(count for _, count in split_files[split])
+    offered = set()
+    for layout in layouts.values():
+        offered |= {"rgb"} if layout.has_rgb else set()
+        offered |= {"spectrogram"} if layout.has_waveform or layout.has_melspec else set()
+
+    def read(split: str, start: int, stop: int) -> tf.data.Dataset:
+        # Skip on the serialized records: files before `start` are not opened, records before it
+        # in the first file are read but not parsed. Frames stay JPEG strings (decoded when a
+        # view is cut, after the shuffle buffer).
+        files, first = [], 0
+        for path, count in split_files[split]:
+            if first + count > start and first < stop:
+                if not files:
+                    skip = start - first
+                files.append(path)
+            first += count
         if not files:
-          skip = start - first
-        files.append(path)
-      first += count
-    if not files:
-      files, skip = [path for path, _ in split_files[split][:1]], 0
-    records = tf.data.TFRecordDataset(files).skip(skip).take(max(stop - start, 0))
-    layout = layouts[split]
-    return records.enumerate(start=start).map(
-        lambda i, serialized: {**scenic_tfrecord.parse_record(
-            serialized, layout, fps, decode_frames=False), 'video_index': i},
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            files, skip = [path for path, _ in split_files[split][:1]], 0
+        records = tf.data.TFRecordDataset(files).skip(skip).take(max(stop - start, 0))
+        layout = layouts[split]
+        return records.enumerate(start=start).map(
+            lambda i, serialized: {
+                **scenic_tfrecord.parse_record(serialized, layout, fps, decode_frames=False),
+                "video_index": i,
+            },
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
 
-  return ExampleSource(
-      name='scenic_tfrecord', class_names=names,
-      class_splits=tuple(class_splits) if class_splits else None, multi_label=multi_label,
-      label_keys=('label',), modalities=tuple(m for m in ('rgb', 'spectrogram') if m in offered),
-      fps=float(fps), split_sizes=split_sizes, read=read,
-      stored_spectrogram_bins=(scenic_tfrecord.MEL_BINS if any(
-          layout.has_melspec for layout in layouts.values()) else None),
-      full_frame_decode=True)
+    return ExampleSource(
+        name="scenic_tfrecord",
+        class_names=names,
+        class_splits=tuple(class_splits) if class_splits else None,
+        multi_label=multi_label,
+        label_keys=("label",),
+        modalities=tuple(m for m in ("rgb", "spectrogram") if m in offered),
+        fps=float(fps),
+        split_sizes=split_sizes,
+        read=read,
+        stored_spectrogram_bins=(
+            scenic_tfrecord.MEL_BINS
+            if any(layout.has_melspec for layout in layouts.values())
+            else None
+        ),
+        full_frame_decode=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # In memory (tests, notebooks)
 
 
-def memory_source(splits: Mapping[str, Sequence[Mapping[str, np.ndarray]]], *,
-                  class_names: Sequence[str], fps: float,
-                  class_splits: Sequence[int] | None = None, multi_label: bool = False,
-                  name: str = 'memory') -> ExampleSource:
-  """Source over in-memory stored example dicts (docs/design.md), split name → list.
+def memory_source(
+    splits: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+    *,
+    class_names: Sequence[str],
+    fps: float,
+    class_splits: Sequence[int] | None = None,
+    multi_label: bool = False,
+    name: str = "memory",
+) -> ExampleSource:
+    """Source over in-memory stored example dicts (docs/design.md), split name → list.
 
-  Each example needs `label` (an int index or int list) or `verb_label` + `noun_label`,
-  and `rgb` (JPEG strings `[T]` or uint8 `[T, H, W, 3]`) and/or `audio` (float32
-  `[samples]`, 16 kHz) and/or `spectrogram` (float32 `[frames, mel]`, 100 per second).
-  Examples of one split must hold the same keys with the same dtypes and ranks.
-  """
-  label_keys = ('verb_label', 'noun_label') if class_splits else ('label',)
-  first = next((ex for exs in splits.values() for ex in exs), None)
-  if first is None:
-    raise ValueError('memory_source needs at least one example')
-  offered = tuple(m for m, keys in (('rgb', ('rgb',)), ('spectrogram', ('audio', 'spectrogram')))
-                  if any(k in first for k in keys))
+    Each example needs `label` (an int index or int list) or `verb_label` + `noun_label`,
+    and `rgb` (JPEG strings `[T]` or uint8 `[T, H, W, 3]`) and/or `audio` (float32
+    `[samples]`, 16 kHz) and/or `spectrogram` (float32 `[frames, mel]`, 100 per second).
+    Examples of one split must hold the same keys with the same dtypes and ranks.
+    """
+    label_keys = ("verb_label", "noun_label") if class_splits else ("label",)
+    first = next((ex for exs in splits.values() for ex in exs), None)
+    if first is None:
+        raise ValueError("memory_source needs at least one example")
+    offered = tuple(
+        m
+        for m, keys in (("rgb", ("rgb",)), ("spectrogram", ("audio", "spectrogram")))
+        if any(k in first for k in keys)
+    )
 
-  def read(split: str, start: int, stop: int) -> tf.data.Dataset:
-    examples = list(splits[split])[start:stop]
+    def read(split: str, start: int, stop: int) -> tf.data.Dataset:
+        examples = list(splits[split])[start:stop]
 
-    def generate():
-      for i, ex in enumerate(examples):
-        yield {**{k: np.asarray(v) for k, v in ex.items()}, 'video_index': np.int64(start + i)}
+        def generate():
+            for i, ex in enumerate(examples):
+                yield {
+                    **{k: np.asarray(v) for k, v in ex.items()},
+                    "video_index": np.int64(start + i),
+                }
 
-    signature = {k: tf.TensorSpec([None] * np.ndim(v), tf.as_dtype(np.asarray(v).dtype))
-                 for k, v in first.items()}
-    signature['video_index'] = tf.TensorSpec([], tf.int64)
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+        signature = {
+            k: tf.TensorSpec([None] * np.ndim(v), tf.as_dtype(np.asarray(v).dtype))
+            for k, v in first.items()
+        }
+        signature["video_index"] = tf.TensorSpec([], tf.int64)
+        return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
-  spectrogram = first.get('spectrogram')
-  return ExampleSource(
-      stored_spectrogram_bins=None if spectrogram is None else int(np.shape(spectrogram)[1]),
-      name=name, class_names=tuple(class_names),
-      class_splits=tuple(class_splits) if class_splits else None, multi_label=multi_label,
-      label_keys=label_keys, modalities=offered, fps=float(fps),
-      split_sizes={s: len(v) for s, v in splits.items()}, read=read)
+    spectrogram = first.get("spectrogram")
+    return ExampleSource(
+        stored_spectrogram_bins=None if spectrogram is None else int(np.shape(spectrogram)[1]),
+        name=name,
+        class_names=tuple(class_names),
+        class_splits=tuple(class_splits) if class_splits else None,
+        multi_label=multi_label,
+        label_keys=label_keys,
+        modalities=offered,
+        fps=float(fps),
+        split_sizes={s: len(v) for s, v in splits.items()},
+        read=read,
+    )

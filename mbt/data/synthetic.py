@@ -56,9 +56,11 @@ AUDIOSET_CLIP_NAME = "{ytid}_{start_ms}_{end_ms}.mp4"  # audiosetdl-style, integ
 # "Y{ytid}.wav" (audio only); pass one as `clip_name_format`.
 VGGSOUND_ARCHIVE_DIR = "scratch/shared/beegfs/hchen/train_data/VGGSound_final/video"
 EPIC_NUM_VERBS, EPIC_NUM_NOUNS = 97, 300
-EPIC_HEADER = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,"
-               "stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,"
-               "noun_class,all_nouns,all_noun_classes").split(",")
+EPIC_HEADER = (
+    "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,"
+    "stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,"
+    "noun_class,all_nouns,all_noun_classes"
+).split(",")
 EPIC_SEGMENTS_PER_VIDEO = 5
 EPIC_HDF5_FILE = "EPIC-KITCHENS-100_audio.hdf5"
 EPIC_HDF5_RATE = 24000
@@ -69,18 +71,47 @@ _YTID_CHARS = string.ascii_letters + string.digits + "-_"
 _PRESET = "ultrafast"  # x264/x265 speed: these clips are throw-away test data
 
 _VGGSOUND_NAMES = (
-    "humming kettle", "marbles rolling, on wood", "bicycle bell ringing", "paper tearing",
-    "owl hooting", "typewriter clacking", "rain on tin roof", "zipper pulling",
-    "bubbles popping, underwater", "wind chimes", "coins dropping", "goat bleating",
+    "humming kettle",
+    "marbles rolling, on wood",
+    "bicycle bell ringing",
+    "paper tearing",
+    "owl hooting",
+    "typewriter clacking",
+    "rain on tin roof",
+    "zipper pulling",
+    "bubbles popping, underwater",
+    "wind chimes",
+    "coins dropping",
+    "goat bleating",
 )
 _AUDIOSET_NAMES = (
-    "Humming kettle", "Marble roll", "Bell, bicycle", "Paper tear", "Owl hoot", "Typewriter",
-    "Rain on roof", "Zipper", "Bubbles, underwater", "Wind chime", "Coin drop", "Goat bleat",
+    "Humming kettle",
+    "Marble roll",
+    "Bell, bicycle",
+    "Paper tear",
+    "Owl hoot",
+    "Typewriter",
+    "Rain on roof",
+    "Zipper",
+    "Bubbles, underwater",
+    "Wind chime",
+    "Coin drop",
+    "Goat bleat",
 )
 _VERBS = ("grab", "rinse", "stir", "slice", "pour", "fold", "shake", "peel", "wipe", "lift")
 _VERB_CATEGORIES = ("retrieve", "clean", "mix", "cut", "move", "leave")
-_NOUNS = ("pan", "bowl", "knife", "tap", "lid:pan", "sponge", "cup", "board:chopping",
-          "spoon", "jar")
+_NOUNS = (
+    "pan",
+    "bowl",
+    "knife",
+    "tap",
+    "lid:pan",
+    "sponge",
+    "cup",
+    "board:chopping",
+    "spoon",
+    "jar",
+)
 _NOUN_CATEGORIES = ("cookware", "utensils", "appliances", "cutlery", "containers")
 
 
@@ -126,11 +157,21 @@ class ClassGrid:
             "num_visual_patterns": self.num_patterns,
             "num_tones": self.num_tones,
             "classes": [
-                {"index": c, "name": names[c], "visual_pattern": self.pattern(c),
-                 "tone": self.tone(c)} for c in range(self.num_classes)],
+                {
+                    "index": c,
+                    "name": names[c],
+                    "visual_pattern": self.pattern(c),
+                    "tone": self.tone(c),
+                }
+                for c in range(self.num_classes)
+            ],
             "patterns": [
-                {"colour_rgb": [round(x, 4) for x in self.colour(p)],
-                 "orientation_deg": self.orientation_deg(p)} for p in range(self.num_patterns)],
+                {
+                    "colour_rgb": [round(x, 4) for x in self.colour(p)],
+                    "orientation_deg": self.orientation_deg(p),
+                }
+                for p in range(self.num_patterns)
+            ],
             "tones_hz": [round(self.tone_hz(q), 2) for q in range(self.num_tones)],
         }
 
@@ -145,8 +186,15 @@ class Event:
     tones: list[int]
 
 
-def render_frames(grid: ClassGrid, events: list[Event], num_frames: int, fps: float,
-                  height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def render_frames(
+    grid: ClassGrid,
+    events: list[Event],
+    num_frames: int,
+    fps: float,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """uint8 frames `[num_frames, height, width, 3]`: noisy grey plus each active grating."""
     times = np.arange(num_frames) / fps
     scale = min(height, width) / 64.0
@@ -165,7 +213,8 @@ def render_frames(grid: ClassGrid, events: list[Event], num_frames: int, fps: fl
             period = rng.uniform(10, 18) * scale
             speed = rng.uniform(0.5, 1.5) * rng.choice([-1, 1])  # cycles per second
             phase = (rng.uniform(0, 2 * np.pi) + 2 * np.pi * speed * times[lo:hi]).astype(
-                np.float32)
+                np.float32
+            )
             field = (2 * np.pi / period) * (x * np.cos(theta) + y * np.sin(theta))
             grating = np.sin(field[None] + phase[:, None, None]) * 0.5 + 0.5
             strength = rng.uniform(0.55, 0.9) * 150.0 / len(event.patterns)
@@ -175,15 +224,25 @@ def render_frames(grid: ClassGrid, events: list[Event], num_frames: int, fps: fl
     return (frames + 0.5).astype(np.uint8)
 
 
-def render_audio(grid: ClassGrid, events: list[Event], seconds: float, sample_rate: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def render_audio(
+    grid: ClassGrid, events: list[Event], seconds: float, sample_rate: int, rng: np.random.Generator
+) -> np.ndarray:
     """float32 mono `[round(seconds * sample_rate)]`: white noise plus each active tone."""
     # All random parameters are drawn before the noise, so one generator state renders the
     # same sound at any sample rate (EPIC's mp4 audio and its 24 kHz HDF5 copy).
     noise_level = rng.uniform(0.005, 0.03)
-    tones = [(event, q, rng.uniform(0.15, 0.35) / len(event.tones), rng.uniform(0.5, 3),
-              rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi))
-             for event in events for q in event.tones]
+    tones = [
+        (
+            event,
+            q,
+            rng.uniform(0.15, 0.35) / len(event.tones),
+            rng.uniform(0.5, 3),
+            rng.uniform(0, 2 * np.pi),
+            rng.uniform(0, 2 * np.pi),
+        )
+        for event in events
+        for q in event.tones
+    ]
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate
     audio = rng.normal(0, noise_level, t.shape)
     for event, q, amplitude, wobble_hz, wobble_phase, phase in tones:
@@ -220,9 +279,20 @@ def _ytids(rng: np.random.Generator, count: int) -> list[str]:
     return ids
 
 
-def _write_media(path: str, grid: ClassGrid, events: list[Event], seconds: float, fps: float,
-                 height: int, width: int, rng: np.random.Generator, *, with_audio: bool = True,
-                 audio_rate: int = YOUTUBE_AUDIO_RATE, video_codec: str = "h264") -> None:
+def _write_media(
+    path: str,
+    grid: ClassGrid,
+    events: list[Event],
+    seconds: float,
+    fps: float,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    *,
+    with_audio: bool = True,
+    audio_rate: int = YOUTUBE_AUDIO_RATE,
+    video_codec: str = "h264",
+) -> None:
     """Render and write one clip (mp4, or audio-only wav when `path` ends in .wav)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     frames = render_frames(grid, events, int(round(seconds * fps)), fps, height, width, rng)
@@ -230,8 +300,15 @@ def _write_media(path: str, grid: ClassGrid, events: list[Event], seconds: float
     if path.lower().endswith(".wav"):
         media.write_wav(path, audio, audio_rate)
     else:
-        media.write_clip(path, frames, fps, audio if with_audio else None, audio_rate,
-                         video_codec, preset=_PRESET)
+        media.write_clip(
+            path,
+            frames,
+            fps,
+            audio if with_audio else None,
+            audio_rate,
+            video_codec,
+            preset=_PRESET,
+        )
 
 
 def _write_garbage(path: str, rng: np.random.Generator) -> None:
@@ -271,8 +348,9 @@ def _vggsound_names(num_classes: int) -> list[str]:
     return sorted(names)  # the class index is the position in the sorted list
 
 
-def _generate_vggsound(out_dir, num_clips, seed, num_classes, frame_size, fps, clip_seconds,
-                       edge_cases) -> dict:
+def _generate_vggsound(
+    out_dir, num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases
+) -> dict:
     names = _vggsound_names(num_classes or 6)
     grid = ClassGrid(len(names))
     height, width = frame_size, _even(frame_size * 4 / 3)
@@ -293,24 +371,55 @@ def _generate_vggsound(out_dir, num_clips, seed, num_classes, frame_size, fps, c
         ytid, start = ytids[i], int(starts[i])
         name = f"{ytid}_{start:06d}.mp4"
         part = f"vggsound_{i % 2:02d}"
-        clips.append({
-            "id": f"{ytid}_{start:06d}", "ytid": ytid, "start_s": float(start),
-            "end_s": float(start + clip_seconds), "split": split, "labels": [c],
-            "label_names": [names[c]], "path": os.path.join(part, VGGSOUND_ARCHIVE_DIR, name),
-            "file_seconds": (round(0.6 * clip_seconds, 3)
-                             if edge == "clip_shorter_than_segment" else clip_seconds),
-            "has_audio": True, "edge_case": edge})
+        clips.append(
+            {
+                "id": f"{ytid}_{start:06d}",
+                "ytid": ytid,
+                "start_s": float(start),
+                "end_s": float(start + clip_seconds),
+                "split": split,
+                "labels": [c],
+                "label_names": [names[c]],
+                "path": os.path.join(part, VGGSOUND_ARCHIVE_DIR, name),
+                "file_seconds": (
+                    round(0.6 * clip_seconds, 3)
+                    if edge == "clip_shorter_than_segment"
+                    else clip_seconds
+                ),
+                "has_audio": True,
+                "edge_case": edge,
+            }
+        )
     for i, clip in enumerate(clips):
-        _write_youtube_clip(out_dir, clip, grid, fps, height, width, clip["file_seconds"],
-                            _clip_rng(seed, "vggsound", i))
+        _write_youtube_clip(
+            out_dir,
+            clip,
+            grid,
+            fps,
+            height,
+            width,
+            clip["file_seconds"],
+            _clip_rng(seed, "vggsound", i),
+        )
     csv_path = os.path.join(out_dir, "vggsound.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\r\n")
         for clip in sorted(clips, key=lambda r: r["ytid"]):
-            writer.writerow([clip["ytid"], int(clip["start_s"]), clip["label_names"][0],
-                             clip["split"]])
-    return _youtube_summary("vggsound", out_dir, grid, names, clips,
-                            {"csv": csv_path}, frame_size, fps, clip_seconds, seed)
+            writer.writerow(
+                [clip["ytid"], int(clip["start_s"]), clip["label_names"][0], clip["split"]]
+            )
+    return _youtube_summary(
+        "vggsound",
+        out_dir,
+        grid,
+        names,
+        clips,
+        {"csv": csv_path},
+        frame_size,
+        fps,
+        clip_seconds,
+        seed,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -327,7 +436,7 @@ def _audioset_ontology(rng: np.random.Generator) -> tuple[list[str], list[str]]:
     while len(mids) < AUDIOSET_NUM_CLASSES:
         k = len(mids)
         if k % 11 == 7:
-            mid = f"/t/dd{rng.integers(0, 10 ** 5):05d}"
+            mid = f"/t/dd{rng.integers(0, 10**5):05d}"
         elif k % 13 == 5:
             mid = "/g/11" + "".join(rng.choice(list(chars), 6))
         else:
@@ -340,15 +449,30 @@ def _audioset_ontology(rng: np.random.Generator) -> tuple[list[str], list[str]]:
 
 def _audioset_clip_name(fmt: str, ytid: str, start_s: float, end_s: float) -> str:
     try:
-        return fmt.format(ytid=ytid, start_ms=int(round(start_s * 1000)),
-                          end_ms=int(round(end_s * 1000)), start=int(start_s), end=int(end_s))
+        return fmt.format(
+            ytid=ytid,
+            start_ms=int(round(start_s * 1000)),
+            end_ms=int(round(end_s * 1000)),
+            start=int(start_s),
+            end=int(end_s),
+        )
     except (KeyError, ValueError, IndexError) as e:
-        raise ValueError(f"clip_name_format={fmt!r}: fields are ytid, start_ms, end_ms, start,"
-                         f" end ({e})") from e
+        raise ValueError(
+            f"clip_name_format={fmt!r}: fields are ytid, start_ms, end_ms, start, end ({e})"
+        ) from e
 
 
-def _generate_audioset(out_dir, num_clips, seed, num_classes, frame_size, fps, clip_seconds,
-                       edge_cases, clip_name_format) -> dict:
+def _generate_audioset(
+    out_dir,
+    num_clips,
+    seed,
+    num_classes,
+    frame_size,
+    fps,
+    clip_seconds,
+    edge_cases,
+    clip_name_format,
+) -> dict:
     rng = np.random.default_rng([seed, 0])
     mids, all_names = _audioset_ontology(rng)
     grid = ClassGrid(num_classes or 6)
@@ -383,25 +507,58 @@ def _generate_audioset(out_dir, num_clips, seed, num_classes, frame_size, fps, c
         if edge == "clip_shorter_than_segment":
             file_seconds = round(0.6 * seconds, 3)
         name = _audioset_clip_name(fmt, ytids[i], start, end)
-        clips.append({
-            "id": ytids[i], "ytid": ytids[i], "start_s": start, "end_s": end, "split": split,
-            "labels": labels, "label_names": [all_names[c] for c in labels],
-            "mids": [mids[c] for c in labels], "path": os.path.join(split, name),
-            "file_seconds": file_seconds, "has_audio": True,
-            "edge_case": edge or ("short_segment" if i in short_rows else None)})
+        clips.append(
+            {
+                "id": ytids[i],
+                "ytid": ytids[i],
+                "start_s": start,
+                "end_s": end,
+                "split": split,
+                "labels": labels,
+                "label_names": [all_names[c] for c in labels],
+                "mids": [mids[c] for c in labels],
+                "path": os.path.join(split, name),
+                "file_seconds": file_seconds,
+                "has_audio": True,
+                "edge_case": edge or ("short_segment" if i in short_rows else None),
+            }
+        )
     for i, clip in enumerate(clips):
-        _write_youtube_clip(out_dir, clip, grid, fps, height, width, clip["file_seconds"],
-                            _clip_rng(seed, "audioset", i))
-    files = {"class_labels_indices": os.path.join(out_dir, "class_labels_indices.csv"),
-             "ontology": os.path.join(out_dir, "ontology.json")}
+        _write_youtube_clip(
+            out_dir,
+            clip,
+            grid,
+            fps,
+            height,
+            width,
+            clip["file_seconds"],
+            _clip_rng(seed, "audioset", i),
+        )
+    files = {
+        "class_labels_indices": os.path.join(out_dir, "class_labels_indices.csv"),
+        "ontology": os.path.join(out_dir, "ontology.json"),
+    }
     with open(files["class_labels_indices"], "w", newline="") as f:
         f.write("index,mid,display_name\n")
         for k, (mid, name) in enumerate(zip(mids, all_names)):
             f.write(f'{k},{mid},"{name}"\n')
     with open(files["ontology"], "w") as f:
-        json.dump([{"id": mid, "name": name, "description": f"Made-up class {name}.",
-                    "citation_uri": "", "positive_examples": [], "child_ids": [],
-                    "restrictions": []} for mid, name in zip(mids, all_names)], f, indent=1)
+        json.dump(
+            [
+                {
+                    "id": mid,
+                    "name": name,
+                    "description": f"Made-up class {name}.",
+                    "citation_uri": "",
+                    "positive_examples": [],
+                    "child_ids": [],
+                    "restrictions": [],
+                }
+                for mid, name in zip(mids, all_names)
+            ],
+            f,
+            indent=1,
+        )
     for split in AUDIOSET_SPLITS:
         rows = [clip for clip in clips if clip["split"] == split]
         files[split] = os.path.join(out_dir, f"{split}_segments.csv")
@@ -409,16 +566,29 @@ def _generate_audioset(out_dir, num_clips, seed, num_classes, frame_size, fps, c
         unique = len({m for r in rows for m in r["mids"]})
         with open(files[split], "w", newline="") as f:
             f.write("# Segments csv created Sun Mar  5 10:54:31 2017\n")
-            f.write(f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={unique}"
-                    f", num_positive_labels={positives}\n")
+            f.write(
+                f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={unique}"
+                f", num_positive_labels={positives}\n"
+            )
             f.write("# YTID, start_seconds, end_seconds, positive_labels\n")
             for r in rows:
-                f.write(f'{r["ytid"]}, {r["start_s"]:.3f}, {r["end_s"]:.3f}, '
-                        f'"{",".join(r["mids"])}"\n')
-    summary = _youtube_summary("audioset", out_dir, grid, all_names[:grid.num_classes], clips,
-                               files, frame_size, fps, clip_seconds, seed)
+                f.write(
+                    f'{r["ytid"]}, {r["start_s"]:.3f}, {r["end_s"]:.3f}, "{",".join(r["mids"])}"\n'
+                )
+    summary = _youtube_summary(
+        "audioset",
+        out_dir,
+        grid,
+        all_names[: grid.num_classes],
+        clips,
+        files,
+        frame_size,
+        fps,
+        clip_seconds,
+        seed,
+    )
     summary["clip_name_format"] = fmt
-    summary["mids"] = mids[:grid.num_classes]
+    summary["mids"] = mids[: grid.num_classes]
     return summary
 
 
@@ -433,21 +603,32 @@ def _write_youtube_clip(out_dir, clip, grid, fps, height, width, seconds, rng) -
     if clip["edge_case"] == "undecodable":
         _write_garbage(path, rng)
         return
-    event = Event(0.0, seconds, [grid.pattern(c) for c in clip["labels"]],
-                  [grid.tone(c) for c in clip["labels"]])
+    event = Event(
+        0.0,
+        seconds,
+        [grid.pattern(c) for c in clip["labels"]],
+        [grid.tone(c) for c in clip["labels"]],
+    )
     clip["has_audio"] = clip["edge_case"] != "no_audio"
-    _write_media(path, grid, [event], seconds, fps, height, width, rng,
-                 with_audio=clip["has_audio"])
+    _write_media(
+        path, grid, [event], seconds, fps, height, width, rng, with_audio=clip["has_audio"]
+    )
 
 
-def _youtube_summary(dataset, out_dir, grid, names, clips, files, frame_size, fps,
-                     clip_seconds, seed) -> dict:
+def _youtube_summary(
+    dataset, out_dir, grid, names, clips, files, frame_size, fps, clip_seconds, seed
+) -> dict:
     splits = sorted({c["split"] for c in clips})
     return {
-        "dataset": dataset, "root": os.path.abspath(out_dir), "seed": seed,
-        "frame_size": frame_size, "fps": fps, "clip_seconds": clip_seconds,
+        "dataset": dataset,
+        "root": os.path.abspath(out_dir),
+        "seed": seed,
+        "frame_size": frame_size,
+        "fps": fps,
+        "clip_seconds": clip_seconds,
         "audio_sample_rate": YOUTUBE_AUDIO_RATE,
-        "class_names": list(names), "num_classes": grid.num_classes,
+        "class_names": list(names),
+        "num_classes": grid.num_classes,
         "class_construction": grid.describe(list(names)),
         "files": {k: os.path.abspath(v) for k, v in files.items()},
         "clips": clips,
@@ -455,7 +636,8 @@ def _youtube_summary(dataset, out_dir, grid, names, clips, files, frame_size, fp
             "rows": len(clips),
             "regular_clips": sum(c["edge_case"] in (None, "short_segment") for c in clips),
             "files_on_disk": sum(c["edge_case"] != "missing_file" for c in clips),
-            **{f"rows_{s}": sum(c["split"] == s for c in clips) for s in splits}},
+            **{f"rows_{s}": sum(c["split"] == s for c in clips) for s in splits},
+        },
         "edge_cases": _edge_index(clips, "id"),
     }
 
@@ -509,8 +691,9 @@ def _epic_video_plan(num_segments: int):
     return plan
 
 
-def _generate_epic(out_dir, num_clips, seed, num_classes, frame_size, edge_cases,
-                   hdf5_audio) -> dict:
+def _generate_epic(
+    out_dir, num_clips, seed, num_classes, frame_size, edge_cases, hdf5_audio
+) -> dict:
     rng = np.random.default_rng([seed, 2])
     grid = ClassGrid(num_classes or 6)
     if grid.num_patterns > EPIC_NUM_VERBS or grid.num_tones > EPIC_NUM_NOUNS:
@@ -528,14 +711,24 @@ def _generate_epic(out_dir, num_clips, seed, num_classes, frame_size, edge_cases
         if k % 4 == 2:  # some narrations mention a second noun: the list gets a comma
             nouns.append(int(grid.num_tones + k % 7))
         narration_s = max(0.0, start - float(rng.uniform(0, 0.4)))
-        segments.append({
-            "narration_id": f"{video_id}_{k}", "participant_id": participant,
-            "video_id": video_id, "split": split, "start_s": start, "stop_s": stop,
-            "narration_timestamp": "" if k % 5 == 3 else _hms(narration_s, 3),
-            "start_frame": max(1, int(round(start * nominal))),
-            "stop_frame": int(round(stop * nominal)),
-            "verb_class": verb, "noun_class": noun, "all_noun_classes": nouns,
-            "action": c, "edge_case": edge})
+        segments.append(
+            {
+                "narration_id": f"{video_id}_{k}",
+                "participant_id": participant,
+                "video_id": video_id,
+                "split": split,
+                "start_s": start,
+                "stop_s": stop,
+                "narration_timestamp": "" if k % 5 == 3 else _hms(narration_s, 3),
+                "start_frame": max(1, int(round(start * nominal))),
+                "stop_frame": int(round(stop * nominal)),
+                "verb_class": verb,
+                "noun_class": noun,
+                "all_noun_classes": nouns,
+                "action": c,
+                "edge_case": edge,
+            }
+        )
 
     def timeline(count):
         """Segment (start, stop) pairs in 0.01 s steps, with background gaps between."""
@@ -547,37 +740,72 @@ def _generate_epic(out_dir, num_clips, seed, num_classes, frame_size, edge_cases
         return spans, round(t + 0.1, 2)
 
     remaining = num_clips
-    extra = [("P07_09", "P07", 59.94, "h264", 60, "train", "no_audio"),
-             ("P08_104", "P08", 50.0, "hevc", 50, "validation", "undecodable"),
-             ("P09_02", "P09", 59.94, "h264", 60, "train", "missing_file")] if edge_cases else []
+    extra = (
+        [
+            ("P07_09", "P07", 59.94, "h264", 60, "train", "no_audio"),
+            ("P08_104", "P08", 50.0, "hevc", 50, "validation", "undecodable"),
+            ("P09_02", "P09", 59.94, "h264", 60, "train", "missing_file"),
+        ]
+        if edge_cases
+        else []
+    )
     for index, (video_id, participant, fps, codec, nominal, split, *edge) in enumerate(
-            [p + (None,) for p in plan] + extra):
+        [p + (None,) for p in plan] + extra
+    ):
         edge = edge[0]
         count = min(EPIC_SEGMENTS_PER_VIDEO, remaining) if edge is None else 2
         remaining -= count if edge is None else 0
         spans, duration = timeline(count)
         first_segment = len(segments)
         for k, (start, stop) in enumerate(spans):
-            add_segment(video_id, participant, split, nominal, start, stop,
-                        action % grid.num_classes, k, edge)
+            add_segment(
+                video_id,
+                participant,
+                split,
+                nominal,
+                start,
+                stop,
+                action % grid.num_classes,
+                k,
+                edge,
+            )
             action += 1
         if edge_cases and index == 0:
             # The last narration runs past the end of the first video.
             start = duration + 0.2
             duration = round(start + 0.6, 2)
-            add_segment(video_id, participant, split, nominal, round(start, 2),
-                        round(start + 1.5, 2), action % grid.num_classes, len(spans),
-                        "clip_shorter_than_segment")
+            add_segment(
+                video_id,
+                participant,
+                split,
+                nominal,
+                round(start, 2),
+                round(start + 1.5, 2),
+                action % grid.num_classes,
+                len(spans),
+                "clip_shorter_than_segment",
+            )
             action += 1
         path = os.path.join(participant, "videos", f"{video_id}.MP4")
-        video = {"video_id": video_id, "participant_id": participant, "path": path,
-                 "fps": fps, "codec": codec, "duration_s": duration, "split": split,
-                 "has_audio": edge != "no_audio", "width": width, "height": height,
-                 "edge_case": edge}
+        video = {
+            "video_id": video_id,
+            "participant_id": participant,
+            "path": path,
+            "fps": fps,
+            "codec": codec,
+            "duration_s": duration,
+            "split": split,
+            "has_audio": edge != "no_audio",
+            "width": width,
+            "height": height,
+            "edge_case": edge,
+        }
         videos.append(video)
         clip_rng = _clip_rng(seed, "epic_kitchens", index)
-        events = [Event(s["start_s"], s["stop_s"], [s["verb_class"]], [s["noun_class"]])
-                  for s in segments[first_segment:]]
+        events = [
+            Event(s["start_s"], s["stop_s"], [s["verb_class"]], [s["noun_class"]])
+            for s in segments[first_segment:]
+        ]
         full_path = os.path.join(out_dir, path)
         if edge == "missing_file":
             continue
@@ -585,16 +813,25 @@ def _generate_epic(out_dir, num_clips, seed, num_classes, frame_size, edge_cases
             _write_garbage(full_path, clip_rng)
             continue
         os.makedirs(os.path.dirname(full_path), exist_ok=True)
-        frames = render_frames(grid, events, int(round(duration * fps)), fps, height, width,
-                               clip_rng)
+        frames = render_frames(
+            grid, events, int(round(duration * fps)), fps, height, width, clip_rng
+        )
         audio_rng = np.random.default_rng([seed, 2, index, 1])
         audio = render_audio(grid, events, duration, EPIC_AUDIO_RATE, audio_rng)
-        media.write_clip(full_path, frames, fps, audio if video["has_audio"] else None,
-                         EPIC_AUDIO_RATE, codec, preset=_PRESET)
+        media.write_clip(
+            full_path,
+            frames,
+            fps,
+            audio if video["has_audio"] else None,
+            EPIC_AUDIO_RATE,
+            codec,
+            preset=_PRESET,
+        )
         if video["has_audio"] and hdf5_audio:
             # The same sound at 24 kHz, as in the HDF5 alternative.
-            audio_tracks[video_id] = render_audio(grid, events, duration, EPIC_HDF5_RATE,
-                                                  np.random.default_rng([seed, 2, index, 1]))
+            audio_tracks[video_id] = render_audio(
+                grid, events, duration, EPIC_HDF5_RATE, np.random.default_rng([seed, 2, index, 1])
+            )
         video["duration_s"] = round(media.probe(full_path).duration_s, 6)
 
     files = _write_epic_csvs(out_dir, segments, videos, verb_rows, noun_rows)
@@ -607,26 +844,43 @@ def _generate_epic(out_dir, num_clips, seed, num_classes, frame_size, edge_cases
                 f.create_dataset(video_id, data=track)
     verbs_used = {grid.pattern(c) for c in range(grid.num_classes)}
     nouns_used = {grid.tone(c) for c in range(grid.num_classes)}
-    construction = grid.describe([f"{verb_rows[grid.pattern(c)][1]} {noun_rows[grid.tone(c)][1]}"
-                                  for c in range(grid.num_classes)])
+    construction = grid.describe(
+        [
+            f"{verb_rows[grid.pattern(c)][1]} {noun_rows[grid.tone(c)][1]}"
+            for c in range(grid.num_classes)
+        ]
+    )
     construction["rule"] += "; verb_class = visual pattern, noun_class = tone"
     return {
-        "dataset": "epic_kitchens", "root": os.path.abspath(out_dir), "seed": seed,
-        "frame_size": frame_size, "audio_sample_rate": EPIC_AUDIO_RATE,
+        "dataset": "epic_kitchens",
+        "root": os.path.abspath(out_dir),
+        "seed": seed,
+        "frame_size": frame_size,
+        "audio_sample_rate": EPIC_AUDIO_RATE,
         "hdf5_sample_rate": EPIC_HDF5_RATE if hdf5_audio else None,
-        "num_classes": grid.num_classes, "class_construction": construction,
-        "verb_classes_used": sorted(verbs_used), "noun_classes_used": sorted(nouns_used),
+        "num_classes": grid.num_classes,
+        "class_construction": construction,
+        "verb_classes_used": sorted(verbs_used),
+        "noun_classes_used": sorted(nouns_used),
         "files": {k: os.path.abspath(v) for k, v in files.items()},
-        "videos": videos, "segments": segments,
+        "videos": videos,
+        "segments": segments,
         "counts": {
-            "videos": len(videos), "segments": len(segments),
+            "videos": len(videos),
+            "segments": len(segments),
             "regular_segments": sum(s["edge_case"] is None for s in segments),
-            **{f"segments_{s}": sum(x["split"] == s for x in segments)
-               for s in ("train", "validation")}},
-        "edge_cases": {**_edge_index(videos, "video_id"),
-                       **_edge_index([s for s in segments
-                                      if s["edge_case"] == "clip_shorter_than_segment"],
-                                     "narration_id")},
+            **{
+                f"segments_{s}": sum(x["split"] == s for x in segments)
+                for s in ("train", "validation")
+            },
+        },
+        "edge_cases": {
+            **_edge_index(videos, "video_id"),
+            **_edge_index(
+                [s for s in segments if s["edge_case"] == "clip_shorter_than_segment"],
+                "narration_id",
+            ),
+        },
     }
 
 
@@ -647,12 +901,25 @@ def _write_epic_csvs(out_dir, segments, videos, verb_rows, noun_rows) -> dict:
                     continue
                 verb, noun = verb_rows[s["verb_class"]][1], noun_rows[s["noun_class"]][1]
                 all_nouns = [noun_rows[n][1] for n in s["all_noun_classes"]]
-                writer.writerow([
-                    s["narration_id"], s["participant_id"], s["video_id"],
-                    s["narration_timestamp"], _hms(s["start_s"], 2), _hms(s["stop_s"], 2),
-                    s["start_frame"], s["stop_frame"], f"{verb} {noun.split(':')[0]}", verb,
-                    s["verb_class"], noun, s["noun_class"], repr(all_nouns),
-                    repr(s["all_noun_classes"])])
+                writer.writerow(
+                    [
+                        s["narration_id"],
+                        s["participant_id"],
+                        s["video_id"],
+                        s["narration_timestamp"],
+                        _hms(s["start_s"], 2),
+                        _hms(s["stop_s"], 2),
+                        s["start_frame"],
+                        s["stop_frame"],
+                        f"{verb} {noun.split(':')[0]}",
+                        verb,
+                        s["verb_class"],
+                        noun,
+                        s["noun_class"],
+                        repr(all_nouns),
+                        repr(s["all_noun_classes"]),
+                    ]
+                )
     for name, rows in (("verb_classes", verb_rows), ("noun_classes", noun_rows)):
         with open(files[name], "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
@@ -663,8 +930,7 @@ def _write_epic_csvs(out_dir, segments, videos, verb_rows, noun_rows) -> dict:
         writer.writerow(["video_id", "duration", "fps", "resolution"])
         for v in videos:
             fps = float(media._fraction_rate(v["fps"]))
-            writer.writerow([v["video_id"], v["duration_s"], fps,
-                             f"{v['width']}x{v['height']}"])
+            writer.writerow([v["video_id"], v["duration_s"], fps, f"{v['width']}x{v['height']}"])
     return files
 
 
@@ -672,10 +938,20 @@ def _write_epic_csvs(out_dir, segments, videos, verb_rows, noun_rows) -> dict:
 # Entry points
 
 
-def generate(dataset: str, out_dir: str, num_clips: int, *, seed: int = 0,
-             num_classes: int | None = None, frame_size: int = 64, fps: float = 10.0,
-             clip_seconds: float = 2.0, edge_cases: bool = True, hdf5_audio: bool = False,
-             clip_name_format: str | None = None) -> dict:
+def generate(
+    dataset: str,
+    out_dir: str,
+    num_clips: int,
+    *,
+    seed: int = 0,
+    num_classes: int | None = None,
+    frame_size: int = 64,
+    fps: float = 10.0,
+    clip_seconds: float = 2.0,
+    edge_cases: bool = True,
+    hdf5_audio: bool = False,
+    clip_name_format: str | None = None,
+) -> dict:
     """Write a synthetic copy of `dataset` under `out_dir`; returns (and saves as
     `synthetic_summary.json`) what was written: files, classes, clips/segments, counts and
     edge cases. `num_clips` counts regular clips (EPIC: narrated segments); `num_classes`
@@ -686,14 +962,25 @@ def generate(dataset: str, out_dir: str, num_clips: int, *, seed: int = 0,
     _check_args(dataset, num_clips, num_classes, frame_size, fps, clip_seconds)
     os.makedirs(out_dir, exist_ok=True)
     if dataset == "vggsound":
-        summary = _generate_vggsound(out_dir, num_clips, seed, num_classes, frame_size, fps,
-                                     clip_seconds, edge_cases)
+        summary = _generate_vggsound(
+            out_dir, num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases
+        )
     elif dataset == "audioset":
-        summary = _generate_audioset(out_dir, num_clips, seed, num_classes, frame_size, fps,
-                                     clip_seconds, edge_cases, clip_name_format)
+        summary = _generate_audioset(
+            out_dir,
+            num_clips,
+            seed,
+            num_classes,
+            frame_size,
+            fps,
+            clip_seconds,
+            edge_cases,
+            clip_name_format,
+        )
     else:
-        summary = _generate_epic(out_dir, num_clips, seed, num_classes, frame_size,
-                                 edge_cases, hdf5_audio)
+        summary = _generate_epic(
+            out_dir, num_clips, seed, num_classes, frame_size, edge_cases, hdf5_audio
+        )
     with open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -713,10 +1000,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hdf5_audio", action="store_true")
     parser.add_argument("--clip_name_format", default=None)
     args = parser.parse_args(argv)
-    summary = generate(args.dataset, args.out, args.num_clips, seed=args.seed,
-                       num_classes=args.num_classes, frame_size=args.frame_size, fps=args.fps,
-                       clip_seconds=args.clip_seconds, edge_cases=not args.no_edge_cases,
-                       hdf5_audio=args.hdf5_audio, clip_name_format=args.clip_name_format)
+    summary = generate(
+        args.dataset,
+        args.out,
+        args.num_clips,
+        seed=args.seed,
+        num_classes=args.num_classes,
+        frame_size=args.frame_size,
+        fps=args.fps,
+        clip_seconds=args.clip_seconds,
+        edge_cases=not args.no_edge_cases,
+        hdf5_audio=args.hdf5_audio,
+        clip_name_format=args.clip_name_format,
+    )
     print(f"wrote a synthetic {args.dataset} copy to {summary['root']}")
     for key, path in summary["files"].items():
         print(f"  {key}: {path}")

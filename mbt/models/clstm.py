@@ -24,7 +24,8 @@ order i, g, f, o), then `output_projection`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,28 +37,32 @@ DOWNSAMPLES = ("pool", "conv")
 
 def default_config() -> ml_collections.ConfigDict:
     """Every `config.model` key of the C-LSTM with small defaults (3 layers, input /4 /2 /2)."""
-    return ml_collections.ConfigDict({
-        "name": "clstm",
-        "modalities": ("rgb", "spectrogram"),
-        "num_layers": 3,
-        "features": (32, 64, 128),  # per layer, or one int for all
-        "kernel_size": (3, 3),
-        "spatial_strides": (4, 2, 2),  # downsampling before each layer
-        "downsample": "pool",
-        "fusion_layer": 0,
-        "audio_map_size": None,  # (h, w) to resize each audio slice to; None keeps (time/T, mel)
-        "audio_slices": None,  # T for audio when no video-like modality sets it
-        "dropout_rate": 0.0,
-        "dtype": "float32",
-    })
+    return ml_collections.ConfigDict(
+        {
+            "name": "clstm",
+            "modalities": ("rgb", "spectrogram"),
+            "num_layers": 3,
+            "features": (32, 64, 128),  # per layer, or one int for all
+            "kernel_size": (3, 3),
+            "spatial_strides": (4, 2, 2),  # downsampling before each layer
+            "downsample": "pool",
+            "fusion_layer": 0,
+            "audio_map_size": None,  # (h, w) each audio slice is resized to; None: (time/T, mel)
+            "audio_slices": None,  # T for audio when no video-like modality sets it
+            "dropout_rate": 0.0,
+            "dtype": "float32",
+        }
+    )
 
 
 def per_layer(value: int | Sequence[int], num_layers: int, key: str) -> tuple[int, ...]:
     """One int per layer from an int or a sequence of `num_layers` ints (`key` names it)."""
     values = (value,) * num_layers if isinstance(value, int) else tuple(value)
     if len(values) != num_layers or any(not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"config.model.{key}={value!r} must be a positive int or "
-                         f"{num_layers} positive ints (one per layer)")
+        raise ValueError(
+            f"config.model.{key}={value!r} must be a positive int or "
+            f"{num_layers} positive ints (one per layer)"
+        )
     return values
 
 
@@ -66,8 +71,10 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
     get = model_config.get
     modalities = tuple(get("modalities") or ())
     if not modalities or len(set(modalities)) != len(modalities):
-        raise ValueError(f"config.model.modalities={modalities!r} must name one or more "
-                         "distinct modalities, e.g. ('rgb', 'spectrogram')")
+        raise ValueError(
+            f"config.model.modalities={modalities!r} must name one or more "
+            "distinct modalities, e.g. ('rgb', 'spectrogram')"
+        )
     num_layers = get("num_layers", 3)
     if not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"config.model.num_layers={num_layers!r} must be an integer >= 1")
@@ -81,8 +88,10 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.downsample={downsample!r}; allowed: {DOWNSAMPLES}")
     fusion_layer = get("fusion_layer", 0)
     if not isinstance(fusion_layer, int) or not 0 <= fusion_layer <= num_layers:
-        raise ValueError(f"config.model.fusion_layer={fusion_layer!r}; allowed: integers "
-                         f"0..{num_layers} (0 = fuse the inputs, {num_layers} = late fusion)")
+        raise ValueError(
+            f"config.model.fusion_layer={fusion_layer!r}; allowed: integers "
+            f"0..{num_layers} (0 = fuse the inputs, {num_layers} = late fusion)"
+        )
     map_size = get("audio_map_size")
     if map_size is not None and (len(tuple(map_size)) != 2 or min(map_size) < 1):
         raise ValueError(f"config.model.audio_map_size={map_size!r} must be None or (h, w)")
@@ -91,23 +100,29 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.dropout_rate={rate!r} must lie in [0, 1)")
 
 
-def audio_to_frames(spectrogram_BxTimexMelxC: jax.Array, num_frames: int,
-                    map_size: tuple[int, int] | None = None) -> jax.Array:
+def audio_to_frames(
+    spectrogram_BxTimexMelxC: jax.Array, num_frames: int, map_size: tuple[int, int] | None = None
+) -> jax.Array:
     """Cuts a spectrogram into `num_frames` consecutive slices `[B, T, time // T, mel, C]`.
 
     Trailing time bins beyond T·(time // T) are dropped. With `map_size` each slice is resized
     (bilinear) to `[B, T, h, w, C]`.
     """
     if spectrogram_BxTimexMelxC.ndim != 4:
-        raise ValueError("C-LSTM audio input must be [B, time, mel, C]; got shape "
-                         f"{spectrogram_BxTimexMelxC.shape}")
+        raise ValueError(
+            "C-LSTM audio input must be [B, time, mel, C]; got shape "
+            f"{spectrogram_BxTimexMelxC.shape}"
+        )
     batch, time_bins, mel_bins, channels = spectrogram_BxTimexMelxC.shape
     per_frame = time_bins // num_frames
     if per_frame < 1:
-        raise ValueError(f"spectrogram of {time_bins} time bins cannot be cut into {num_frames} "
-                         "frames; feed a longer spectrogram or fewer frames")
-    frames = spectrogram_BxTimexMelxC[:, :num_frames * per_frame].reshape(
-        batch, num_frames, per_frame, mel_bins, channels)
+        raise ValueError(
+            f"spectrogram of {time_bins} time bins cannot be cut into {num_frames} "
+            "frames; feed a longer spectrogram or fewer frames"
+        )
+    frames = spectrogram_BxTimexMelxC[:, : num_frames * per_frame].reshape(
+        batch, num_frames, per_frame, mel_bins, channels
+    )
     if map_size is not None:
         frames = resize_maps(frames, tuple(map_size))
     return frames
@@ -139,13 +154,21 @@ class ConvLSTMLayer(nn.Module):
         batch, frames, height, width, channels = x_BxTxHxWxC.shape
         if self.stride > 1:
             if min(height, width) < self.stride:
-                raise ValueError(f"{self.name}: maps of {height}×{width} cannot be downsampled by "
-                                 f"{self.stride}; lower config.model.spatial_strides")
+                raise ValueError(
+                    f"{self.name}: maps of {height}×{width} cannot be downsampled by "
+                    f"{self.stride}; lower config.model.spatial_strides"
+                )
             maps = x_BxTxHxWxC.reshape(batch * frames, height, width, channels)
             window = (self.stride, self.stride)
             if self.downsample == "conv":
-                maps = nn.Conv(self.features, window, strides=window, padding="VALID",
-                               dtype=self.dtype, name="downsample")(maps)
+                maps = nn.Conv(
+                    self.features,
+                    window,
+                    strides=window,
+                    padding="VALID",
+                    dtype=self.dtype,
+                    name="downsample",
+                )(maps)
             else:
                 maps = nn.max_pool(maps, window, strides=window, padding="VALID")
             x_BxTxHxWxC = maps.reshape((batch, frames) + maps.shape[1:])
@@ -181,16 +204,20 @@ class ConvLSTMClassifier(nn.Module):
         arrays = {m: jnp.asarray(inputs[m], dtype) for m in self.modalities}
         for m, x in arrays.items():
             if x.ndim not in (4, 5):
-                raise ValueError(f"C-LSTM input {m!r} must be video [B, T, H, W, C] or "
-                                 f"spectrogram [B, time, mel, C]; got shape {x.shape}")
+                raise ValueError(
+                    f"C-LSTM input {m!r} must be video [B, T, H, W, C] or "
+                    f"spectrogram [B, time, mel, C]; got shape {x.shape}"
+                )
         video_frames = {x.shape[1] for x in arrays.values() if x.ndim == 5}
         if len(video_frames) > 1:
             raise ValueError(f"C-LSTM video inputs disagree on frame count: {sorted(video_frames)}")
         num_frames = next(iter(video_frames)) if video_frames else self.audio_slices
         if num_frames is None:
             raise ValueError("config.model.audio_slices must be set when no modality is video")
-        return {m: x if x.ndim == 5 else audio_to_frames(x, num_frames, self.audio_map_size)
-                for m, x in arrays.items()}
+        return {
+            m: x if x.ndim == 5 else audio_to_frames(x, num_frames, self.audio_map_size)
+            for m, x in arrays.items()
+        }
 
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
@@ -200,9 +227,14 @@ class ConvLSTMClassifier(nn.Module):
         fusion_layer = self.fusion_layer if len(self.modalities) > 1 else 0
 
         def layer(index, name):
-            return ConvLSTMLayer(self.features[index], tuple(self.kernel_size),
-                                 self.spatial_strides[index], self.downsample,
-                                 dtype=jnp.dtype(self.dtype), name=name)
+            return ConvLSTMLayer(
+                self.features[index],
+                tuple(self.kernel_size),
+                self.spatial_strides[index],
+                self.downsample,
+                dtype=jnp.dtype(self.dtype),
+                name=name,
+            )
 
         for i in range(fusion_layer):
             streams = {m: layer(i, f"convlstm_{i}_{m}")(x) for m, x in streams.items()}

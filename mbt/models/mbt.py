@@ -48,8 +48,9 @@ class AddPositionEmbs(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        pos_1xLxD = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
-                               (1,) + x_BxLxD.shape[1:])
+        pos_1xLxD = self.param(
+            "pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x_BxLxD.shape[1:]
+        )
         return x_BxLxD + pos_1xLxD.astype(x_BxLxD.dtype)
 
 
@@ -77,27 +78,43 @@ class FusionEncoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens: dict[str, jax.Array], bottleneck_BxNxD: jax.Array | None, *,
-                 train: bool) -> jax.Array:
-        tokens = {m: AddPositionEmbs(name=f"posembed_input{suffix(m)}")(tokens[m])
-                  for m in self.modalities}
+    def __call__(
+        self, tokens: dict[str, jax.Array], bottleneck_BxNxD: jax.Array | None, *, train: bool
+    ) -> jax.Array:
+        tokens = {
+            m: AddPositionEmbs(name=f"posembed_input{suffix(m)}")(tokens[m])
+            for m in self.modalities
+        }
         block_cls = vit.encoder_block_class(self.remat)
         deterministic = not train
         multimodal = len(self.modalities) > 1
         joint_BxLxD = None  # concat fusion: the concatenated sequence once fusion has started
 
         for layer in range(self.num_layers):
+
             def block(name):
                 return block_cls(
-                    mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+                    mlp_dim=self.mlp_dim,
+                    num_heads=self.num_heads,
+                    dropout_rate=self.dropout_rate,
                     attention_dropout_rate=self.attention_dropout_rate,
-                    droplayer_p=vit.droplayer_rate(layer, self.num_layers,
-                                                   self.stochastic_droplayer_rate),
-                    attention=self.attention, dtype=self.dtype, name=name)
+                    droplayer_p=vit.droplayer_rate(
+                        layer,  # noqa: B023 (called within this iteration)
+                        self.num_layers,
+                        self.stochastic_droplayer_rate,
+                    ),
+                    attention=self.attention,
+                    dtype=self.dtype,
+                    name=name,
+                )
 
             shared = block(f"encoderblock_{layer}")
-            blocks = {m: shared if (m == PRIMARY or self.share_encoder)
-                      else block(f"encoderblock_{layer}{suffix(m)}") for m in self.modalities}
+            blocks = {
+                m: shared
+                if (m == PRIMARY or self.share_encoder)
+                else block(f"encoderblock_{layer}{suffix(m)}")
+                for m in self.modalities
+            }
             fused = multimodal and layer >= self.fusion_layer
             if self.fusion == "bottleneck" and not self.use_bottlenecks:
                 fused = False
@@ -108,8 +125,9 @@ class FusionEncoder(nn.Module):
                 bottleneck_outputs = []
                 for m in self.modalities:
                     n_own = tokens[m].shape[1]
-                    out = blocks[m](jnp.concatenate([tokens[m], bottleneck_BxNxD], axis=1),
-                                    deterministic)
+                    out = blocks[m](
+                        jnp.concatenate([tokens[m], bottleneck_BxNxD], axis=1), deterministic
+                    )
                     tokens[m] = out[:, :n_own]
                     bottleneck_outputs.append(out[:, n_own:])
                 bottleneck_BxNxD = jnp.mean(jnp.stack(bottleneck_outputs, axis=0), axis=0)
@@ -171,11 +189,17 @@ class MBT(nn.Module):
 
         tokens, num_tokens = {}, {}
         for m in self.modalities:
-            x = tokenizers.embed(jnp.asarray(inputs[m], dtype), specs[m], self.hidden_size,
-                                 name=f"embedding{suffix(m)}", dtype=dtype)
+            x = tokenizers.embed(
+                jnp.asarray(inputs[m], dtype),
+                specs[m],
+                self.hidden_size,
+                name=f"embedding{suffix(m)}",
+                dtype=dtype,
+            )
             if self.classifier == "token":
-                cls_1x1xD = self.param(cls_name(m, self.modalities), nn.initializers.zeros,
-                                       (1, 1, self.hidden_size))
+                cls_1x1xD = self.param(
+                    cls_name(m, self.modalities), nn.initializers.zeros, (1, 1, self.hidden_size)
+                )
                 cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x.dtype), (x.shape[0], 1, x.shape[2]))
                 x = jnp.concatenate([cls_Bx1xD, x], axis=1)
             tokens[m] = x
@@ -187,21 +211,34 @@ class MBT(nn.Module):
         if self.fusion == "bottleneck" and len(self.modalities) > 1:
             # Scenic adds one more bottleneck token when the classifier is 'token'.
             n = self.n_bottlenecks + (1 if self.classifier == "token" else 0)
-            bottleneck_1xNxD = self.param("bottleneck", nn.initializers.normal(stddev=0.02),
-                                          (1, n, self.hidden_size))
-            bottleneck_BxNxD = jnp.broadcast_to(bottleneck_1xNxD.astype(dtype),
-                                                (batch, n, self.hidden_size))
+            bottleneck_1xNxD = self.param(
+                "bottleneck", nn.initializers.normal(stddev=0.02), (1, n, self.hidden_size)
+            )
+            bottleneck_BxNxD = jnp.broadcast_to(
+                bottleneck_1xNxD.astype(dtype), (batch, n, self.hidden_size)
+            )
 
         encoded_BxLxD = FusionEncoder(
-            modalities=self.modalities, num_layers=self.num_layers, num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim, fusion=self.fusion, fusion_layer=self.fusion_layer,
-            share_encoder=self.share_encoder, use_bottlenecks=use_bottlenecks,
-            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            stochastic_droplayer_rate=self.stochastic_droplayer_rate, attention=self.attention,
-            remat=self.remat, dtype=dtype, name="Transformer")(tokens, bottleneck_BxNxD, train=train)
+            modalities=self.modalities,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            fusion=self.fusion,
+            fusion_layer=self.fusion_layer,
+            share_encoder=self.share_encoder,
+            use_bottlenecks=use_bottlenecks,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            stochastic_droplayer_rate=self.stochastic_droplayer_rate,
+            attention=self.attention,
+            remat=self.remat,
+            dtype=dtype,
+            name="Transformer",
+        )(tokens, bottleneck_BxNxD, train=train)
 
-        head = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                        name="output_projection")
+        head = nn.Dense(
+            self.num_classes, kernel_init=nn.initializers.zeros, name="output_projection"
+        )
         pre_logits = None
         if self.representation_size is not None:
             pre_logits = nn.Dense(self.representation_size, name="pre_logits")

@@ -36,32 +36,45 @@ POOL_TYPES = ("max", "avg", "topk")
 
 def default_config() -> ml_collections.ConfigDict:
     """Every `config.model` key of SFT, with ViT-B/16 widths and the paper's 1 + 1 + 11 layout."""
-    return ml_collections.ConfigDict({
-        "name": "sft",
-        "modalities": ("rgb", "spectrogram"),
-        "variant": "B/16",
-        "hidden_size": None, "num_heads": None, "mlp_dim": None,
-        # SFT's depth is n_layers_pre_fusion + 1 (sparse-pool block) + n_layers_post_fusion;
-        # num_layers may be left None (or must equal that sum).
-        "num_layers": None,
-        "tokenizers": {
-            "rgb": {"kind": "3d_conv", "patches": (2, 16, 16),
-                    "kernel_init": "central_frame_initializer"},
-            "spectrogram": {"kind": "2d", "patches": (16, 16)},
-        },
-        "n_layers_pre_fusion": 1, "n_layers_post_fusion": 11,
-        "pool_type": "max",
-        # rgb 8×224² with tubelets 2×16×16: 784 tokens → 49; spectrogram 800×128: 400 → 25.
-        "pool_sizes": {"rgb": 16, "spectrogram": 16},
-        "latent_mixup_alpha": 0.0,
-        "representation_size": None,
-        "dropout_rate": 0.0, "attention_dropout_rate": 0.0, "stochastic_droplayer_rate": 0.0,
-        "dtype": "float32", "remat": False, "attention": "fused",
-    })
+    return ml_collections.ConfigDict(
+        {
+            "name": "sft",
+            "modalities": ("rgb", "spectrogram"),
+            "variant": "B/16",
+            "hidden_size": None,
+            "num_heads": None,
+            "mlp_dim": None,
+            # SFT's depth is n_layers_pre_fusion + 1 (sparse-pool block) + n_layers_post_fusion;
+            # num_layers may be left None (or must equal that sum).
+            "num_layers": None,
+            "tokenizers": {
+                "rgb": {
+                    "kind": "3d_conv",
+                    "patches": (2, 16, 16),
+                    "kernel_init": "central_frame_initializer",
+                },
+                "spectrogram": {"kind": "2d", "patches": (16, 16)},
+            },
+            "n_layers_pre_fusion": 1,
+            "n_layers_post_fusion": 11,
+            "pool_type": "max",
+            # rgb 8×224² with tubelets 2×16×16: 784 tokens → 49; spectrogram 800×128: 400 → 25.
+            "pool_sizes": {"rgb": 16, "spectrogram": 16},
+            "latent_mixup_alpha": 0.0,
+            "representation_size": None,
+            "dropout_rate": 0.0,
+            "attention_dropout_rate": 0.0,
+            "stochastic_droplayer_rate": 0.0,
+            "dtype": "float32",
+            "remat": False,
+            "attention": "fused",
+        }
+    )
 
 
-def check_config(model_config: ml_collections.ConfigDict, modalities: tuple[str, ...],
-                 num_layers: int | None) -> None:
+def check_config(
+    model_config: ml_collections.ConfigDict, modalities: tuple[str, ...], num_layers: int | None
+) -> None:
     """Raises ValueError naming the `config.model` key of a bad SFT setting.
 
     `num_layers` is the explicitly configured (or preset) depth, or None when unset.
@@ -74,7 +87,8 @@ def check_config(model_config: ml_collections.ConfigDict, modalities: tuple[str,
     if num_layers is not None and num_layers != n_pre + 1 + n_post:
         raise ValueError(
             f"config.model.num_layers={num_layers} disagrees with n_layers_pre_fusion + 1 + "
-            f"n_layers_post_fusion = {n_pre + 1 + n_post}; set num_layers to None for SFT")
+            f"n_layers_post_fusion = {n_pre + 1 + n_post}; set num_layers to None for SFT"
+        )
     pool_type = get("pool_type", "max")
     if pool_type not in POOL_TYPES:
         raise ValueError(f"config.model.pool_type={pool_type!r}; allowed: {POOL_TYPES}")
@@ -82,15 +96,18 @@ def check_config(model_config: ml_collections.ConfigDict, modalities: tuple[str,
     for m in modalities:
         size = pool_sizes.get(m)
         if not isinstance(size, int) or size < 1:
-            raise ValueError(f"config.model.pool_sizes.{m}={size!r} must be a positive integer "
-                             "(tokens per pooling block)")
+            raise ValueError(
+                f"config.model.pool_sizes.{m}={size!r} must be a positive integer "
+                "(tokens per pooling block)"
+            )
     alpha = get("latent_mixup_alpha", 0.0) or 0.0
     if alpha < 0:
         raise ValueError(f"config.model.latent_mixup_alpha={alpha!r} must be >= 0 (0 = off)")
 
 
-def pool_tokens(tokens_BxNxD: jax.Array, pool_size: int, pool_type: str,
-                scores_BxN: jax.Array | None = None) -> jax.Array:
+def pool_tokens(
+    tokens_BxNxD: jax.Array, pool_size: int, pool_type: str, scores_BxN: jax.Array | None = None
+) -> jax.Array:
     """Pools a token sequence to `[batch, N // pool_size, D]`.
 
     `max` / `avg`: over consecutive blocks of `pool_size` tokens (kernel = stride); the last
@@ -100,15 +117,17 @@ def pool_tokens(tokens_BxNxD: jax.Array, pool_size: int, pool_type: str,
     batch, n, width = tokens_BxNxD.shape
     k = n // pool_size
     if k < 1:
-        raise ValueError(f"pool size {pool_size} exceeds the {n} tokens to pool; lower "
-                         "config.model.pool_sizes for this modality")
+        raise ValueError(
+            f"pool size {pool_size} exceeds the {n} tokens to pool; lower "
+            "config.model.pool_sizes for this modality"
+        )
     if pool_type == "topk":
         if scores_BxN is None:
             raise ValueError("pool_type 'topk' needs attention scores")
         _, top_BxK = jax.lax.top_k(scores_BxN, k)
         top_BxK = jnp.sort(top_BxK, axis=-1)
         return jnp.take_along_axis(tokens_BxNxD, top_BxK[..., None], axis=1)
-    blocks_BxKxSxD = tokens_BxNxD[:, :k * pool_size].reshape(batch, k, pool_size, width)
+    blocks_BxKxSxD = tokens_BxNxD[:, : k * pool_size].reshape(batch, k, pool_size, width)
     if pool_type == "max":
         return jnp.max(blocks_BxKxSxD, axis=2)
     if pool_type == "avg":
@@ -153,15 +172,18 @@ class LatentMixup(nn.Module):
         point_rng, lambda_rng = jax.random.split(self.make_rng("dropout"))
         self._point = jax.random.randint(point_rng, (), 0, self.num_points)
         keys = jax.random.split(lambda_rng, len(self.modalities))
-        self._lambdas = {m: jax.random.beta(key, self.alpha, self.alpha, dtype=jnp.float32)
-                         for m, key in zip(self.modalities, keys)}
+        self._lambdas = {
+            m: jax.random.beta(key, self.alpha, self.alpha, dtype=jnp.float32)
+            for m, key in zip(self.modalities, keys)
+        }
 
     def __call__(self, tokens: dict[str, jax.Array], point: int) -> dict[str, jax.Array]:
         mixed = {}
         for m, h in tokens.items():
             lam = self._lambdas[m].astype(h.dtype)
-            mixed[m] = jnp.where(self._point == point,
-                                 lam * h + (1 - lam) * jnp.roll(h, 1, axis=0), h)
+            mixed[m] = jnp.where(
+                self._point == point, lam * h + (1 - lam) * jnp.roll(h, 1, axis=0), h
+            )
         return mixed
 
     def lambdas(self) -> dict[str, jax.Array]:
@@ -205,24 +227,39 @@ class SparseFusionEncoder(nn.Module):
 
         def block(layer, name):
             return block_cls(
-                mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+                mlp_dim=self.mlp_dim,
+                num_heads=self.num_heads,
+                dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
                 droplayer_p=vit.droplayer_rate(layer, depth, self.stochastic_droplayer_rate),
-                attention=self.attention, dtype=self.dtype, name=name)
+                attention=self.attention,
+                dtype=self.dtype,
+                name=name,
+            )
 
         mixup = None
         if train and self.latent_mixup_alpha > 0:
             # Points: 0 = embedded tokens, i = after unimodal block i, last = after pooling.
-            mixup = LatentMixup(self.modalities, self.latent_mixup_alpha,
-                                num_points=self.n_layers_pre_fusion + 2, name="latent_mixup")
+            mixup = LatentMixup(
+                self.modalities,
+                self.latent_mixup_alpha,
+                num_points=self.n_layers_pre_fusion + 2,
+                name="latent_mixup",
+            )
 
-        tokens = {m: mbt_lib.AddPositionEmbs(name=f"posembed_input{mbt_lib.suffix(m)}")(tokens[m])
-                  for m in self.modalities}
+        tokens = {
+            m: mbt_lib.AddPositionEmbs(name=f"posembed_input{mbt_lib.suffix(m)}")(tokens[m])
+            for m in self.modalities
+        }
         if mixup is not None:
             tokens = mixup(tokens, 0)
         for layer in range(self.n_layers_pre_fusion):
-            tokens = {m: block(layer, f"encoderblock_{layer}{mbt_lib.suffix(m)}")(
-                tokens[m], deterministic) for m in self.modalities}
+            tokens = {
+                m: block(layer, f"encoderblock_{layer}{mbt_lib.suffix(m)}")(
+                    tokens[m], deterministic
+                )
+                for m in self.modalities
+            }
             if mixup is not None:
                 tokens = mixup(tokens, layer + 1)
 
@@ -230,19 +267,24 @@ class SparseFusionEncoder(nn.Module):
         cls, pooled = {}, {}
         for m in self.modalities:
             if tokens[m].shape[1] - 1 < pool_sizes[m]:
-                raise ValueError(f"config.model.pool_sizes.{m}={pool_sizes[m]} exceeds the "
-                                 f"{tokens[m].shape[1] - 1} tokens of modality {m!r}")
+                raise ValueError(
+                    f"config.model.pool_sizes.{m}={pool_sizes[m]} exceeds the "
+                    f"{tokens[m].shape[1] - 1} tokens of modality {m!r}"
+                )
             sparse_block = block(self.n_layers_pre_fusion, f"sparse_pool{mbt_lib.suffix(m)}")
             out_BxLxD = sparse_block(tokens[m], deterministic)
             scores_BxN = None
             if self.pool_type == "topk":
-                scores_BxN = cls_attention_scores(sparse_block.variables["params"], tokens[m],
-                                                  self.num_heads)
+                scores_BxN = cls_attention_scores(
+                    sparse_block.variables["params"], tokens[m], self.num_heads
+                )
             cls[m] = out_BxLxD[:, :1]
             pooled[m] = pool_tokens(out_BxLxD[:, 1:], pool_sizes[m], self.pool_type, scores_BxN)
         if mixup is not None:
-            mixed = mixup({m: jnp.concatenate([cls[m], pooled[m]], axis=1)
-                           for m in self.modalities}, self.n_layers_pre_fusion + 1)
+            mixed = mixup(
+                {m: jnp.concatenate([cls[m], pooled[m]], axis=1) for m in self.modalities},
+                self.n_layers_pre_fusion + 1,
+            )
             cls = {m: mixed[m][:, :1] for m in self.modalities}
             pooled = {m: mixed[m][:, 1:] for m in self.modalities}
 
@@ -250,8 +292,9 @@ class SparseFusionEncoder(nn.Module):
         self.sow("intermediates", "cls_at_fusion", {m: cls[m][:, 0] for m in self.modalities})
         self.sow("intermediates", "fused_cls", fused_cls_Bx1xD[:, 0])
 
-        joint_BxLxD = jnp.concatenate([fused_cls_Bx1xD] + [pooled[m] for m in self.modalities],
-                                      axis=1)
+        joint_BxLxD = jnp.concatenate(
+            [fused_cls_Bx1xD] + [pooled[m] for m in self.modalities], axis=1
+        )
         for j in range(self.n_layers_post_fusion):
             layer = self.n_layers_pre_fusion + 1 + j
             joint_BxLxD = block(layer, f"fused_encoderblock_{j}")(joint_BxLxD, deterministic)
@@ -304,31 +347,50 @@ class SparseFusionTransformer(nn.Module):
 
         tokens = {}
         for m in self.modalities:
-            x_BxNxD = tokenizers.embed(jnp.asarray(inputs[m], dtype), specs[m], self.hidden_size,
-                                       name=f"embedding{mbt_lib.suffix(m)}", dtype=dtype)
-            cls_1x1xD = self.param(mbt_lib.cls_name(m, self.modalities), nn.initializers.zeros,
-                                   (1, 1, self.hidden_size))
-            cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x_BxNxD.dtype),
-                                         (x_BxNxD.shape[0], 1, self.hidden_size))
+            x_BxNxD = tokenizers.embed(
+                jnp.asarray(inputs[m], dtype),
+                specs[m],
+                self.hidden_size,
+                name=f"embedding{mbt_lib.suffix(m)}",
+                dtype=dtype,
+            )
+            cls_1x1xD = self.param(
+                mbt_lib.cls_name(m, self.modalities),
+                nn.initializers.zeros,
+                (1, 1, self.hidden_size),
+            )
+            cls_Bx1xD = jnp.broadcast_to(
+                cls_1x1xD.astype(x_BxNxD.dtype), (x_BxNxD.shape[0], 1, self.hidden_size)
+            )
             tokens[m] = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1)
 
         encoded_BxLxD, lambdas, point = SparseFusionEncoder(
-            modalities=self.modalities, pool_sizes=self.pool_sizes, pool_type=self.pool_type,
-            num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+            modalities=self.modalities,
+            pool_sizes=self.pool_sizes,
+            pool_type=self.pool_type,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
             n_layers_pre_fusion=self.n_layers_pre_fusion,
             n_layers_post_fusion=self.n_layers_post_fusion,
-            latent_mixup_alpha=self.latent_mixup_alpha, dropout_rate=self.dropout_rate,
+            latent_mixup_alpha=self.latent_mixup_alpha,
+            dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
-            stochastic_droplayer_rate=self.stochastic_droplayer_rate, attention=self.attention,
-            remat=self.remat, dtype=dtype, name="Transformer")(tokens, train=train)
+            stochastic_droplayer_rate=self.stochastic_droplayer_rate,
+            attention=self.attention,
+            remat=self.remat,
+            dtype=dtype,
+            name="Transformer",
+        )(tokens, train=train)
         if lambdas is not None:
             self.sow("intermediates", "latent_mixup_lambda", lambdas)
             self.sow("intermediates", "latent_mixup_point", point)
 
         features_BxD = encoded_BxLxD[:, 0]
         if self.representation_size is not None:
-            features_BxD = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits")(
-                features_BxD))
-        logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                          name="output_projection")(features_BxD)
+            features_BxD = jnp.tanh(
+                nn.Dense(self.representation_size, name="pre_logits")(features_BxD)
+            )
+        logits = nn.Dense(
+            self.num_classes, kernel_init=nn.initializers.zeros, name="output_projection"
+        )(features_BxD)
         return logits.astype(jnp.float32)

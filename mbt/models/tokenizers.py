@@ -38,15 +38,20 @@ class TokenizerSpec:
             raise ValueError(f"{key}.kind={self.kind!r}; allowed: {KINDS}")
         want = 3 if self.kind == "3d_conv" else 2
         if len(self.patches) != want or any(int(p) < 1 for p in self.patches):
-            raise ValueError(f"{key}.patches={self.patches!r} must hold {want} positive sizes "
-                             f"for kind {self.kind!r}")
+            raise ValueError(
+                f"{key}.patches={self.patches!r} must hold {want} positive sizes "
+                f"for kind {self.kind!r}"
+            )
         if self.kind == "temporal_sampling" and not self.n_sampled_frames:
             raise ValueError(f"{key}.n_sampled_frames must be a positive int for temporal_sampling")
         if self.kernel_init not in KERNEL_INITS:
             raise ValueError(f"{key}.kernel_init={self.kernel_init!r}; allowed: {KERNEL_INITS}")
 
 
-def central_frame_initializer(base_init=nn.initializers.lecun_normal()):
+_LECUN_NORMAL = nn.initializers.lecun_normal()
+
+
+def central_frame_initializer(base_init=_LECUN_NORMAL):
     """3-D kernel init `[t, h, w, C, D]`: a 2-D kernel at time index t//2, zeros elsewhere.
 
     A tubelet model so initialised maps a static video to the same tokens as the 2-D model maps
@@ -60,7 +65,7 @@ def central_frame_initializer(base_init=nn.initializers.lecun_normal()):
     return init
 
 
-def average_frame_initializer(base_init=nn.initializers.lecun_normal()):
+def average_frame_initializer(base_init=_LECUN_NORMAL):
     """3-D kernel init `[t, h, w, C, D]`: a 2-D kernel tiled over time and divided by t."""
 
     def init(key, shape, dtype=jnp.float32):
@@ -95,8 +100,9 @@ def token_grid(spec: TokenizerSpec, input_shape: tuple[int, ...]) -> tuple[int, 
     return (t // pt, h // ph, w // pw)
 
 
-def embed(x: jax.Array, spec: TokenizerSpec, hidden_size: int, *, name: str,
-          dtype: Any = jnp.float32) -> jax.Array:
+def embed(
+    x: jax.Array, spec: TokenizerSpec, hidden_size: int, *, name: str, dtype: Any = jnp.float32
+) -> jax.Array:
     """Embeds one modality into `[batch, tokens, hidden_size]` with a strided convolution.
 
     Call inside a parent's `nn.compact` method: the convolution becomes the parent's submodule
@@ -118,9 +124,18 @@ def embed(x: jax.Array, spec: TokenizerSpec, hidden_size: int, *, name: str,
         x = x[:, :, :rows].reshape(batch, sampled * rows, width, channels)
         kernel_init = nn.initializers.lecun_normal()
     else:
-        kernel_init = {"central_frame_initializer": central_frame_initializer(),
-                       "average_frame_initializer": average_frame_initializer(),
-                       None: nn.initializers.lecun_normal()}[spec.kernel_init]
-    y = nn.Conv(hidden_size, spec.patches, strides=spec.patches, padding="VALID",
-                kernel_init=kernel_init, dtype=dtype, name=name)(x)
+        kernel_init = {
+            "central_frame_initializer": central_frame_initializer(),
+            "average_frame_initializer": average_frame_initializer(),
+            None: nn.initializers.lecun_normal(),
+        }[spec.kernel_init]
+    y = nn.Conv(
+        hidden_size,
+        spec.patches,
+        strides=spec.patches,
+        padding="VALID",
+        kernel_init=kernel_init,
+        dtype=dtype,
+        name=name,
+    )(x)
     return y.reshape(y.shape[0], -1, y.shape[-1])

@@ -2,7 +2,8 @@
 
 Parameter names follow Flax's `MultiHeadDotProductAttention` and Scenic's ViT so that ViT and
 Scenic MBT checkpoints map one-to-one: an encoder block holds `LayerNorm_0`,
-`MultiHeadDotProductAttention_0/{query,key,value,out}`, `LayerNorm_1`, `MlpBlock_0/{Dense_0,Dense_1}`.
+`MultiHeadDotProductAttention_0/{query,key,value,out}`, `LayerNorm_1`,
+`MlpBlock_0/{Dense_0,Dense_1}`.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def preset(variant: str) -> ViTSize:
     name, _, patch = variant.partition("/")
     if name not in _WIDTHS or not patch.isdigit():
         allowed = ", ".join(f"'{w}/16'" for w in _WIDTHS)
-        raise ValueError(f"config.model.variant={variant!r} is not a ViT preset; use one of {allowed} "
-                         "(any patch size after '/'), or None with explicit sizes")
+        raise ValueError(
+            f"config.model.variant={variant!r} is not a ViT preset; use one of {allowed} "
+            "(any patch size after '/'), or None with explicit sizes"
+        )
     return ViTSize(*_WIDTHS[name], patch=int(patch))
 
 
@@ -48,8 +51,15 @@ def _dtype(dtype: Any) -> jnp.dtype:
     return jnp.dtype(dtype) if dtype is not None else jnp.float32
 
 
-def einsum_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH, *, dropout_rate: float = 0.0,
-                     dropout_rng=None, deterministic: bool = True):
+def einsum_attention(
+    query_BxQxNxH,
+    key_BxKxNxH,
+    value_BxKxNxH,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng=None,
+    deterministic: bool = True,
+):
     """Plain softmax(q·kᵀ/√H)·v attention; the reference path, and the one that supports dropout.
 
     Returns `[batch, q_tokens, heads, head_dim]`. Softmax runs in float32 whatever the inputs.
@@ -87,8 +97,11 @@ class MultiHeadDotProductAttention(nn.Module):
             raise ValueError(f"hidden_size={width} is not divisible by num_heads={self.num_heads}")
         head_dim = width // self.num_heads
         dense = lambda name: nn.DenseGeneral(  # noqa: E731
-            features=(self.num_heads, head_dim), kernel_init=self.kernel_init,
-            dtype=self.dtype, name=name)
+            features=(self.num_heads, head_dim),
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name=name,
+        )
         query_BxLxNxH = dense("query")(x_BxLxD)
         key_BxLxNxH = dense("key")(x_BxLxD)
         value_BxLxNxH = dense("value")(x_BxLxD)
@@ -96,15 +109,27 @@ class MultiHeadDotProductAttention(nn.Module):
         needs_dropout = self.dropout_rate > 0.0 and not deterministic
         if self.implementation == "einsum" or needs_dropout:
             rng = self.make_rng("dropout") if needs_dropout else None
-            out_BxLxNxH = einsum_attention(query_BxLxNxH, key_BxLxNxH, value_BxLxNxH,
-                                           dropout_rate=self.dropout_rate, dropout_rng=rng,
-                                           deterministic=deterministic)
+            out_BxLxNxH = einsum_attention(
+                query_BxLxNxH,
+                key_BxLxNxH,
+                value_BxLxNxH,
+                dropout_rate=self.dropout_rate,
+                dropout_rng=rng,
+                deterministic=deterministic,
+            )
         elif self.implementation == "fused":
             out_BxLxNxH = jax.nn.dot_product_attention(query_BxLxNxH, key_BxLxNxH, value_BxLxNxH)
         else:
-            raise ValueError(f"config.model.attention={self.implementation!r}; use 'fused' or 'einsum'")
-        return nn.DenseGeneral(features=width, axis=(-2, -1), kernel_init=self.kernel_init,
-                               dtype=self.dtype, name="out")(out_BxLxNxH)
+            raise ValueError(
+                f"config.model.attention={self.implementation!r}; use 'fused' or 'einsum'"
+            )
+        return nn.DenseGeneral(
+            features=width,
+            axis=(-2, -1),
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name="out",
+        )(out_BxLxNxH)
 
 
 class MlpBlock(nn.Module):
@@ -118,8 +143,11 @@ class MlpBlock(nn.Module):
     def __call__(self, x_BxLxD: jax.Array, *, deterministic: bool) -> jax.Array:
         width = x_BxLxD.shape[-1]
         dense = lambda features: nn.Dense(  # noqa: E731
-            features, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6))
+            features,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6),
+        )
         h_BxLxF = nn.gelu(dense(self.mlp_dim)(x_BxLxD))
         h_BxLxF = nn.Dropout(self.dropout_rate)(h_BxLxF, deterministic=deterministic)
         y_BxLxD = dense(width)(h_BxLxF)
@@ -153,14 +181,18 @@ class EncoderBlock(nn.Module):
     def __call__(self, x_BxLxD: jax.Array, deterministic: bool) -> jax.Array:
         y = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
         y = MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
-            implementation=self.attention, dtype=self.dtype)(y, deterministic=deterministic)
+            num_heads=self.num_heads,
+            dropout_rate=self.attention_dropout_rate,
+            implementation=self.attention,
+            dtype=self.dtype,
+        )(y, deterministic=deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         x_BxLxD = x_BxLxD + y * self._keep_mask(y, deterministic)
 
         y = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
-        y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                     dtype=self.dtype)(y, deterministic=deterministic)
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype)(
+            y, deterministic=deterministic
+        )
         return x_BxLxD + y * self._keep_mask(y, deterministic)
 
 

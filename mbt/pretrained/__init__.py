@@ -22,7 +22,8 @@ restoring a Scenic MBT checkpoint for evaluation or prediction.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -34,19 +35,24 @@ from mbt.pretrained.report import InitReport
 
 def default_init_from_config() -> ml_collections.ConfigDict:
     """Every `config.init_from` key with its default (no checkpoint: nothing is loaded)."""
-    return ml_collections.ConfigDict({
-        "checkpoint_path": None,
-        "checkpoint_format": "auto",
-        "inflation": "central_frame",
-        "temporal_posemb": "tile",
-        "restore_output_projection": False,
-        "input_shapes": None,
-        "seed": 0,
-    })
+    return ml_collections.ConfigDict(
+        {
+            "checkpoint_path": None,
+            "checkpoint_format": "auto",
+            "inflation": "central_frame",
+            "temporal_posemb": "tile",
+            "restore_output_projection": False,
+            "input_shapes": None,
+            "seed": 0,
+        }
+    )
 
 
-def init_from(config: ml_collections.ConfigDict, params: Mapping[str, Any],
-              input_shapes: Mapping[str, Any] | None = None) -> tuple[dict, InitReport]:
+def init_from(
+    config: ml_collections.ConfigDict,
+    params: Mapping[str, Any],
+    input_shapes: Mapping[str, Any] | None = None,
+) -> tuple[dict, InitReport]:
     """Params initialised from `config.init_from.checkpoint_path`, and the report.
 
     `params`: the model's freshly initialised params (shapes, dtypes and values of the
@@ -60,34 +66,46 @@ def init_from(config: ml_collections.ConfigDict, params: Mapping[str, Any],
     if not path:
         raise ValueError("config.init_from.checkpoint_path is not set")
     if config.model.get("name", "mbt") != "mbt":
-        raise ValueError(f"config.init_from supports config.model.name='mbt' only; got "
-                         f"{config.model.name!r}")
+        raise ValueError(
+            f"config.init_from supports config.model.name='mbt' only; got {config.model.name!r}"
+        )
     checkpoint_format = settings.get("checkpoint_format", "auto") or "auto"
     if checkpoint_format not in formats.FORMATS:
-        raise ValueError(f"config.init_from.checkpoint_format={checkpoint_format!r}; allowed: "
-                         f"{formats.FORMATS}")
+        raise ValueError(
+            f"config.init_from.checkpoint_format={checkpoint_format!r}; allowed: {formats.FORMATS}"
+        )
     if checkpoint_format == "auto":
         checkpoint_format = formats.detect_format(path)
 
     if checkpoint_format == "scenic":
         new_params, report = scenic_checkpoint.init_from_scenic(
-            scenic_checkpoint.read_scenic_checkpoint(path), params,
-            restore_output_projection=bool(settings.get("restore_output_projection", False)))
+            scenic_checkpoint.read_scenic_checkpoint(path),
+            params,
+            restore_output_projection=bool(settings.get("restore_output_projection", False)),
+        )
     else:
         options = vit_init.Options(
             inflation=settings.get("inflation", "central_frame"),
             temporal_posemb=settings.get("temporal_posemb", "tile"),
             restore_output_projection=bool(settings.get("restore_output_projection", False)),
-            seed=int(settings.get("seed", 0) or 0))
+            seed=int(settings.get("seed", 0) or 0),
+        )
         options.validate()
         vit = vit_init.load_vit(path, checkpoint_format)
         shapes = input_shapes if input_shapes is not None else settings.get("input_shapes")
-        grids = vit_init.token_grids(config.model, formats.flatten(params), shapes,
-                                     config.get("dataset"))
+        grids = vit_init.token_grids(
+            config.model, formats.flatten(params), shapes, config.get("dataset")
+        )
         new_params, report = vit_init.map_vit_to_mbt(vit, params, config.model, grids, options)
     logging.info("%s", report.summary())
     return new_params, report
 
 
-__all__ = ["InitReport", "default_init_from_config", "init_from", "formats", "scenic_checkpoint",
-           "vit_init"]
+__all__ = [
+    "InitReport",
+    "default_init_from_config",
+    "init_from",
+    "formats",
+    "scenic_checkpoint",
+    "vit_init",
+]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flax import serialization
@@ -39,8 +40,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, path + "/"))
         else:
-            flat[path] = value if hasattr(value, "shape") and hasattr(value, "dtype") \
-                else np.asarray(value)
+            flat[path] = (
+                value if hasattr(value, "shape") and hasattr(value, "dtype") else np.asarray(value)
+            )
     return flat
 
 
@@ -78,7 +80,8 @@ def resolve_checkpoint_file(path: str) -> str:
     if not steps:
         raise FileNotFoundError(
             f"no msgpack checkpoint file 'checkpoint_<step>' in directory {path!r} (orbax "
-            "checkpoint directories are not read here; point at a flax msgpack file)")
+            "checkpoint directories are not read here; point at a flax msgpack file)"
+        )
     return os.path.join(path, steps[max(steps)])
 
 
@@ -90,8 +93,9 @@ def read_msgpack(path: str) -> dict[str, Any]:
     try:
         tree = serialization.msgpack_restore(data)
     except Exception as err:  # msgpack raises several unrelated types on garbage
-        raise ValueError(f"{file!r} is not a flax msgpack checkpoint ({type(err).__name__}: "
-                         f"{err})") from err
+        raise ValueError(
+            f"{file!r} is not a flax msgpack checkpoint ({type(err).__name__}: {err})"
+        ) from err
     if not isinstance(tree, dict):
         raise ValueError(f"{file!r} holds a {type(tree).__name__}, not a dict of parameters")
     return tree
@@ -114,9 +118,11 @@ def find_params(state: Mapping[str, Any], source: str = "checkpoint") -> tuple[d
             return dict(node), "/".join(location)
     if "Transformer" in state or any(str(k).startswith("embedding") for k in state):
         return dict(state), ""
-    raise ValueError(f"{source}: no parameters found; looked under "
-                     f"{['/'.join(loc) for loc in PARAMS_LOCATIONS]} and at the top level; "
-                     f"top-level keys are {sorted(state)[:20]}")
+    raise ValueError(
+        f"{source}: no parameters found; looked under "
+        f"{['/'.join(loc) for loc in PARAMS_LOCATIONS]} and at the top level; "
+        f"top-level keys are {sorted(state)[:20]}"
+    )
 
 
 def is_mbt_tree(params: Mapping[str, Any]) -> bool:
@@ -133,8 +139,11 @@ def is_mbt_tree(params: Mapping[str, Any]) -> bool:
     transformer = params.get("Transformer", {})
     if any(re.match(r"^(posembed_input_|encoderblock_\d+_)", n) for n in transformer):
         return True
-    kernel = params.get("embedding", {}).get("kernel") if isinstance(
-        params.get("embedding"), Mapping) else None
+    kernel = (
+        params.get("embedding", {}).get("kernel")
+        if isinstance(params.get("embedding"), Mapping)
+        else None
+    )
     return kernel is not None and np.ndim(kernel) == 5
 
 

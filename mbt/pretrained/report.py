@@ -50,19 +50,24 @@ class InitReport:
     def summary(self) -> str:
         """One line: counts per category and of unused checkpoint keys."""
         counts = ", ".join(f"{c} {len(p)}" for c, p in self.by_category().items())
-        return (f"init from {self.checkpoint_path} ({self.checkpoint_format}): {counts}; "
-                f"unused checkpoint keys {len(self.unused_checkpoint_keys)}")
+        return (
+            f"init from {self.checkpoint_path} ({self.checkpoint_format}): {counts}; "
+            f"unused checkpoint keys {len(self.unused_checkpoint_keys)}"
+        )
 
     def table(self) -> str:
         """A fixed-width table: parameter, shape, category, source key, note; then unused keys."""
         header = ("parameter", "shape", "category", "source", "note")
-        rows = [(e.path, "x".join(map(str, e.shape)) or "scalar", e.category, e.source, e.note)
-                for e in self.entries]
+        rows = [
+            (e.path, "x".join(map(str, e.shape)) or "scalar", e.category, e.source, e.note)
+            for e in self.entries
+        ]
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(4)]
         lines = [self.summary()]
         for row in [header] + rows:
-            lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4]))
-                         + "  " + row[4])
+            lines.append(
+                "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+            )
         if self.unused_checkpoint_keys:
             lines.append("unused checkpoint keys: " + ", ".join(self.unused_checkpoint_keys))
         return "\n".join(line.rstrip() for line in lines)

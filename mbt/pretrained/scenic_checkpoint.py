@@ -25,7 +25,8 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +41,16 @@ from mbt.pretrained.report import InitReport
 _VIDEO_LIKE = ("rgb", "flow")
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)(?:_([^/]+))?/")
 # Keys that only change computation, never parameter shapes: taken from hints or defaults.
-_FREE_KEYS = ("dropout_rate", "attention_dropout_rate", "stochastic_droplayer_rate", "dtype",
-              "remat", "attention", "test_with_bottlenecks", "name")
+_FREE_KEYS = (
+    "dropout_rate",
+    "attention_dropout_rate",
+    "stochastic_droplayer_rate",
+    "dtype",
+    "remat",
+    "attention",
+    "test_with_bottlenecks",
+    "name",
+)
 
 
 @dataclasses.dataclass
@@ -101,15 +110,24 @@ def _hint_sizes(hints) -> dict[str, int] | None:
     return dataclasses.asdict(sizes)
 
 
-def _input_shape_hint(modality: str, kind: str, patches: tuple[int, ...], tokens: int,
-                      channels: int, n_sampled: int | None) -> str:
+def _input_shape_hint(
+    modality: str,
+    kind: str,
+    patches: tuple[int, ...],
+    tokens: int,
+    channels: int,
+    n_sampled: int | None,
+) -> str:
     if kind == "2d":
-        examples = [f"[{tokens // (bins // patches[1]) * patches[0]}, {bins}, {channels}]"
-                    for bins in (128, 64) if bins % patches[1] == 0
-                    and tokens % (bins // patches[1]) == 0]
+        examples = [
+            f"[{tokens // (bins // patches[1]) * patches[0]}, {bins}, {channels}]"
+            for bins in (128, 64)
+            if bins % patches[1] == 0 and tokens % (bins // patches[1]) == 0
+        ]
         text = f"{tokens} patches of {patches[0]}x{patches[1]}"
-        return text + (f", e.g. input {' or '.join(examples)} (time, mel bins, channels)"
-                       if examples else "")
+        return text + (
+            f", e.g. input {' or '.join(examples)} (time, mel bins, channels)" if examples else ""
+        )
     frames_per_token = patches[0] if kind == "3d_conv" else None
     spatial = patches[-2:]
     candidates = []
@@ -121,12 +139,16 @@ def _input_shape_hint(modality: str, kind: str, patches: tuple[int, ...], tokens
             frames = steps * frames_per_token if frames_per_token else f">={steps}"
             candidates.append(f"[{frames}, {side * spatial[0]}, {side * spatial[1]}, {channels}]")
     text = f"{tokens} tokens of {'x'.join(map(str, patches))}"
-    return text + (f", e.g. input {' or '.join(candidates[:4])} (frames, height, width, channels)"
-                   if candidates else "")
+    return text + (
+        f", e.g. input {' or '.join(candidates[:4])} (frames, height, width, channels)"
+        if candidates
+        else ""
+    )
 
 
-def infer_model_config(params: Mapping[str, Any],
-                       hints: Mapping[str, Any] | None = None) -> InferredConfig:
+def infer_model_config(
+    params: Mapping[str, Any], hints: Mapping[str, Any] | None = None
+) -> InferredConfig:
     """`config.model` of a Scenic MBT params tree, from its shapes plus `hints` for the rest.
 
     `hints`: any `config.model` keys (e.g. the user's whole config); a hint that contradicts a
@@ -139,25 +161,32 @@ def infer_model_config(params: Mapping[str, Any],
     needs: list[str] = []
     from_hints: list[str] = []
 
-    embeddings = {("rgb" if k == "embedding/kernel" else k[len("embedding_"):-len("/kernel")]): k
-                  for k in shapes if re.match(r"^embedding(_[^/]+)?/kernel$", k)}
+    embeddings = {
+        ("rgb" if k == "embedding/kernel" else k[len("embedding_") : -len("/kernel")]): k
+        for k in shapes
+        if re.match(r"^embedding(_[^/]+)?/kernel$", k)
+    }
     if not embeddings:
-        raise ValueError("not an MBT params tree: no 'embedding' or 'embedding_<modality>' kernel; "
-                         f"top-level keys {sorted(params)[:20]}")
+        raise ValueError(
+            "not an MBT params tree: no 'embedding' or 'embedding_<modality>' kernel; "
+            f"top-level keys {sorted(params)[:20]}"
+        )
     modalities = sorted(embeddings, key=lambda m: (m != mbt_lib.PRIMARY, m))
     hinted_modalities = _hint(hints, "modalities")
     if hinted_modalities:
         if set(hinted_modalities) != set(modalities):
-            raise ValueError(f"config.model.modalities={tuple(hinted_modalities)} but the "
-                             f"checkpoint holds embeddings of {tuple(modalities)} "
-                             f"({sorted(embeddings.values())})")
+            raise ValueError(
+                f"config.model.modalities={tuple(hinted_modalities)} but the "
+                f"checkpoint holds embeddings of {tuple(modalities)} "
+                f"({sorted(embeddings.values())})"
+            )
         modalities = list(hinted_modalities)
     evidence["modalities"] = ", ".join(sorted(embeddings.values()))
 
     first = embeddings[modalities[0]]
     hidden = shapes[first][-1]
     evidence["hidden_size"] = first
-    for m, key in embeddings.items():
+    for key in embeddings.values():
         if shapes[key][-1] != hidden:
             raise ValueError(f"{key} has width {shapes[key][-1]} but {first} has {hidden}")
 
@@ -173,23 +202,31 @@ def infer_model_config(params: Mapping[str, Any],
     query = f"Transformer/{some_block}/MultiHeadDotProductAttention_0/query/kernel"
     dense = f"Transformer/{some_block}/MlpBlock_0/Dense_0/kernel"
     num_heads, mlp_dim = shapes[query][1], shapes[dense][1]
-    evidence.update(num_layers=f"Transformer/encoderblock_0..{num_layers - 1}",
-                    num_heads=query, mlp_dim=dense)
-    inferred = {"hidden_size": (hidden, first), "num_layers": (num_layers, evidence["num_layers"]),
-                "num_heads": (num_heads, query), "mlp_dim": (mlp_dim, dense)}
+    evidence.update(
+        num_layers=f"Transformer/encoderblock_0..{num_layers - 1}", num_heads=query, mlp_dim=dense
+    )
+    inferred = {
+        "hidden_size": (hidden, first),
+        "num_layers": (num_layers, evidence["num_layers"]),
+        "num_heads": (num_heads, query),
+        "mlp_dim": (mlp_dim, dense),
+    }
     hinted_sizes = _hint_sizes(hints)
     for key, (value, source) in inferred.items():
         if hinted_sizes is not None and hinted_sizes[key] != value:
-            raise ValueError(f"config.model.{key}={hinted_sizes[key]} (from the config's variant "
-                             f"or sizes) but the checkpoint's {source} has shape "
-                             f"{shapes.get(source, '')} → {key} {value}")
+            raise ValueError(
+                f"config.model.{key}={hinted_sizes[key]} (from the config's variant "
+                f"or sizes) but the checkpoint's {source} has shape "
+                f"{shapes.get(source, '')} → {key} {value}"
+            )
 
     classifier = "token" if "cls" in shapes else "gap"
     evidence["classifier"] = "cls present" if classifier == "token" else "no cls"
     classifier_tokens = 1 if classifier == "token" else 0
     representation_size = shapes["pre_logits/kernel"][1] if "pre_logits/kernel" in shapes else None
-    evidence["representation_size"] = ("pre_logits/kernel" if representation_size
-                                       else "no pre_logits")
+    evidence["representation_size"] = (
+        "pre_logits/kernel" if representation_size else "no pre_logits"
+    )
     if "output_projection/kernel" not in shapes:
         raise ValueError("the checkpoint has no output_projection/kernel: num_classes unknown")
     num_classes = shapes["output_projection/kernel"][-1]
@@ -205,14 +242,22 @@ def infer_model_config(params: Mapping[str, Any],
         channels[m] = kernel[-2]
         hinted = dict(hinted_tokenizers.get(m) or {})
         if len(kernel) == 5:
-            spec = {"kind": "3d_conv", "patches": tuple(kernel[:3]),
-                    "kernel_init": hinted.get("kernel_init", "central_frame_initializer")}
+            spec = {
+                "kind": "3d_conv",
+                "patches": tuple(kernel[:3]),
+                "kernel_init": hinted.get("kernel_init", "central_frame_initializer"),
+            }
         elif m in _VIDEO_LIKE or hinted.get("kind") == "temporal_sampling":
-            spec = {"kind": "temporal_sampling", "patches": tuple(kernel[:2]),
-                    "n_sampled_frames": hinted.get("n_sampled_frames")}
+            spec = {
+                "kind": "temporal_sampling",
+                "patches": tuple(kernel[:2]),
+                "n_sampled_frames": hinted.get("n_sampled_frames"),
+            }
             if not spec["n_sampled_frames"]:
-                needs.append(f"config.model.tokenizers.{m}.n_sampled_frames (a 2-D kernel on "
-                             f"video: the number of sampled frames is not in the parameters)")
+                needs.append(
+                    f"config.model.tokenizers.{m}.n_sampled_frames (a 2-D kernel on "
+                    f"video: the number of sampled frames is not in the parameters)"
+                )
             else:
                 from_hints.append(f"tokenizers.{m}.n_sampled_frames")
         else:
@@ -220,20 +265,30 @@ def infer_model_config(params: Mapping[str, Any],
         for key in ("kind", "patches"):
             given = hinted.get(key)
             if given is not None and tuple(np.atleast_1d(given)) != tuple(np.atleast_1d(spec[key])):
-                raise ValueError(f"config.model.tokenizers.{m}.{key}={given!r} but the "
-                                 f"checkpoint's {embeddings[m]} has shape {kernel} "
-                                 f"→ {key} {spec[key]!r}")
+                raise ValueError(
+                    f"config.model.tokenizers.{m}.{key}={given!r} but the "
+                    f"checkpoint's {embeddings[m]} has shape {kernel} "
+                    f"→ {key} {spec[key]!r}"
+                )
         tokenizer_cfg[m] = spec
         evidence[f"tokenizers.{m}"] = embeddings[m]
-        shape_hints[m] = _input_shape_hint(m, spec["kind"], spec["patches"], token_counts[m],
-                                           channels[m], spec.get("n_sampled_frames"))
+        shape_hints[m] = _input_shape_hint(
+            m,
+            spec["kind"],
+            spec["patches"],
+            token_counts[m],
+            channels[m],
+            spec.get("n_sampled_frames"),
+        )
 
     # Which layers each non-primary modality has its own block at (Scenic names: _<modality>).
     own = {m: owners.get(m, set()) for m in modalities if m != mbt_lib.PRIMARY}
     own_sets = {frozenset(s) for s in own.values()}
     if len(own_sets) > 1:
-        raise ValueError("modalities have their own encoder blocks at different layers: "
-                         + "; ".join(f"{m}: {sorted(s)}" for m, s in own.items()))
+        raise ValueError(
+            "modalities have their own encoder blocks at different layers: "
+            + "; ".join(f"{m}: {sorted(s)}" for m, s in own.items())
+        )
     own_layers = set(next(iter(own_sets))) if own_sets else set()
     multimodal = len(modalities) > 1
     hinted_fusion = _hint(hints, "fusion")
@@ -254,7 +309,8 @@ def infer_model_config(params: Mapping[str, Any],
         if own_layers:
             fusion, fusion_layer, share_encoder = "concat", len(own_layers), False
             evidence["fusion"] = evidence["fusion_layer"] = (
-                f"own blocks stop at Transformer/encoderblock_{len(own_layers) - 1}_*")
+                f"own blocks stop at Transformer/encoderblock_{len(own_layers) - 1}_*"
+            )
         else:
             share_encoder = True  # or concat from layer 0: the same parameters either way
     else:
@@ -263,68 +319,104 @@ def infer_model_config(params: Mapping[str, Any],
 
     if fusion is None:
         if multimodal and not hinted_fusion:
-            needs.append("config.model.fusion (no bottleneck parameter; per-modality blocks fit "
-                         "both 'cross' and 'concat')")
+            needs.append(
+                "config.model.fusion (no bottleneck parameter; per-modality blocks fit "
+                "both 'cross' and 'concat')"
+            )
         elif hinted_fusion:
             if hinted_fusion == "bottleneck" and multimodal:
-                raise ValueError("config.model.fusion='bottleneck' but the checkpoint has no "
-                                 "'bottleneck' parameter")
+                raise ValueError(
+                    "config.model.fusion='bottleneck' but the checkpoint has no "
+                    "'bottleneck' parameter"
+                )
             from_hints.append("fusion")
         fusion = hinted_fusion or "bottleneck"
     elif hinted_fusion and hinted_fusion != fusion:
-        raise ValueError(f"config.model.fusion={hinted_fusion!r} but the checkpoint "
-                         f"({evidence['fusion']}) says {fusion!r}")
+        raise ValueError(
+            f"config.model.fusion={hinted_fusion!r} but the checkpoint "
+            f"({evidence['fusion']}) says {fusion!r}"
+        )
     if fusion_layer is None:
         if multimodal and hinted_layer is None:
-            needs.append(f"config.model.fusion_layer ({fusion} fusion keeps every layer's "
-                         "parameters whatever the fusion layer, so it leaves no trace)")
+            needs.append(
+                f"config.model.fusion_layer ({fusion} fusion keeps every layer's "
+                "parameters whatever the fusion layer, so it leaves no trace)"
+            )
         elif hinted_layer is not None:
             from_hints.append("fusion_layer")
         fusion_layer = num_layers if hinted_layer is None else int(hinted_layer)
     elif hinted_layer is not None and int(hinted_layer) != fusion_layer:
-        raise ValueError(f"config.model.fusion_layer={hinted_layer} but the checkpoint "
-                         f"({evidence['fusion_layer']}) says {fusion_layer}")
+        raise ValueError(
+            f"config.model.fusion_layer={hinted_layer} but the checkpoint "
+            f"({evidence['fusion_layer']}) says {fusion_layer}"
+        )
 
     n_bottlenecks = None
     if "bottleneck" in shapes:
         n_bottlenecks = shapes["bottleneck"][1] - classifier_tokens
         hinted_n = _hint(hints, "n_bottlenecks")
         if hinted_n is not None and int(hinted_n) != n_bottlenecks:
-            raise ValueError(f"config.model.n_bottlenecks={hinted_n} but the checkpoint's "
-                             f"bottleneck has shape {shapes['bottleneck']} → {n_bottlenecks} "
-                             f"(+{classifier_tokens} with the token classifier)")
+            raise ValueError(
+                f"config.model.n_bottlenecks={hinted_n} but the checkpoint's "
+                f"bottleneck has shape {shapes['bottleneck']} → {n_bottlenecks} "
+                f"(+{classifier_tokens} with the token classifier)"
+            )
     if needs:
         raise ValueError("cannot infer from the checkpoint, please set: " + "; ".join(needs))
 
-    for key, value in (("classifier", classifier), ("representation_size", representation_size),
-                       ("share_encoder", share_encoder if multimodal else None)):
+    for key, value in (
+        ("classifier", classifier),
+        ("representation_size", representation_size),
+        ("share_encoder", share_encoder if multimodal else None),
+    ):
         given = _hint(hints, key)
-        if value is not None and hints is not None and key in hints and given != value \
-                and not (key == "share_encoder" and fusion == "concat" and fusion_layer == 0):
-            raise ValueError(f"config.model.{key}={given!r} but the checkpoint "
-                             f"({evidence[key]}) says {value!r}")
+        if (
+            value is not None
+            and hints is not None
+            and key in hints
+            and given != value
+            and not (key == "share_encoder" and fusion == "concat" and fusion_layer == 0)
+        ):
+            raise ValueError(
+                f"config.model.{key}={given!r} but the checkpoint ({evidence[key]}) says {value!r}"
+            )
 
     model = models.default_mbt_config()
     for key in _FREE_KEYS:
         given = _hint(hints, key)
         if given is not None:
             model[key] = given
-    model.update(dict(
-        modalities=tuple(modalities), variant=None, hidden_size=hidden, num_layers=num_layers,
-        num_heads=num_heads, mlp_dim=mlp_dim, fusion=fusion, fusion_layer=int(fusion_layer),
-        n_bottlenecks=n_bottlenecks if n_bottlenecks is not None else model.n_bottlenecks,
-        share_encoder=bool(share_encoder), classifier=classifier,
-        representation_size=representation_size))
+    model.update(
+        dict(
+            modalities=tuple(modalities),
+            variant=None,
+            hidden_size=hidden,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            fusion=fusion,
+            fusion_layer=int(fusion_layer),
+            n_bottlenecks=n_bottlenecks if n_bottlenecks is not None else model.n_bottlenecks,
+            share_encoder=bool(share_encoder),
+            classifier=classifier,
+            representation_size=representation_size,
+        )
+    )
     model.tokenizers = ml_collections.ConfigDict(tokenizer_cfg)
     models.validate_model_config(model)
-    return InferredConfig(model, num_classes, token_counts, channels, evidence, from_hints,
-                          shape_hints)
+    return InferredConfig(
+        model, num_classes, token_counts, channels, evidence, from_hints, shape_hints
+    )
 
 
 # --- checking and restoring -------------------------------------------------------------
 
-def dummy_input_shapes(model_config: ml_collections.ConfigDict, token_counts: Mapping[str, int],
-                       channels: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+
+def dummy_input_shapes(
+    model_config: ml_collections.ConfigDict,
+    token_counts: Mapping[str, int],
+    channels: Mapping[str, int],
+) -> dict[str, tuple[int, ...]]:
     """Smallest per-example input shapes that give each modality `token_counts[m]` tokens (a
     grid of one patch column), enough to build parameters of the right shapes."""
     sizes = models.resolve_sizes(model_config)
@@ -339,21 +431,29 @@ def dummy_input_shapes(model_config: ml_collections.ConfigDict, token_counts: Ma
         else:
             n = int(spec.n_sampled_frames)
             if tokens % n:
-                raise ValueError(f"modality {m!r}: {tokens} tokens are not a multiple of "
-                                 f"config.model.tokenizers.{m}.n_sampled_frames={n}")
+                raise ValueError(
+                    f"modality {m!r}: {tokens} tokens are not a multiple of "
+                    f"config.model.tokenizers.{m}.n_sampled_frames={n}"
+                )
             shapes[m] = (n, tokens // n * spec.patches[0], spec.patches[1], c)
     return shapes
 
 
-def expected_param_shapes(model_config: ml_collections.ConfigDict, num_classes: int,
-                          input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple]:
+def expected_param_shapes(
+    model_config: ml_collections.ConfigDict,
+    num_classes: int,
+    input_shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, tuple]:
     """`{path: shape}` of the params `build_model(model_config, num_classes)` creates for inputs
     of `input_shapes` (per example); computed abstractly, nothing is run."""
     model = models.build_model(model_config, num_classes)
-    inputs = {m: jax.ShapeDtypeStruct((1,) + tuple(input_shapes[m]), jnp.float32)
-              for m in model_config.modalities}
+    inputs = {
+        m: jax.ShapeDtypeStruct((1,) + tuple(input_shapes[m]), jnp.float32)
+        for m in model_config.modalities
+    }
     variables = jax.eval_shape(
-        lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False), inputs)
+        lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False), inputs
+    )
     return {k: tuple(v.shape) for k, v in formats.flatten(variables["params"]).items()}
 
 
@@ -376,8 +476,9 @@ def config_key_for(path: str) -> str:
     return "config.model.hidden_size"
 
 
-def check_shapes(checkpoint_shapes: Mapping[str, tuple], model_shapes: Mapping[str, tuple],
-                 source: str) -> None:
+def check_shapes(
+    checkpoint_shapes: Mapping[str, tuple], model_shapes: Mapping[str, tuple], source: str
+) -> None:
     """Raises ValueError naming every parameter whose presence or shape differs."""
     problems = []
     for path in sorted(set(checkpoint_shapes) | set(model_shapes)):
@@ -410,10 +511,14 @@ class RestoredModel:
     inferred: InferredConfig
 
 
-def load_scenic_mbt(path: str, model_config: ml_collections.ConfigDict | None = None,
-                    num_classes: int | None = None, *,
-                    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-                    hints: Mapping[str, Any] | None = None) -> RestoredModel:
+def load_scenic_mbt(
+    path: str,
+    model_config: ml_collections.ConfigDict | None = None,
+    num_classes: int | None = None,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    hints: Mapping[str, Any] | None = None,
+) -> RestoredModel:
     """Restores a Scenic MBT checkpoint into our MBT for evaluation, prediction or fine-tuning.
 
     With `model_config` the checkpoint must fit it (ValueError naming the first mismatching
@@ -421,25 +526,44 @@ def load_scenic_mbt(path: str, model_config: ml_collections.ConfigDict | None = 
     `input_shapes` (per example) additionally checks the position embeddings against real inputs.
     """
     checkpoint = read_scenic_checkpoint(path)
-    inferred = infer_model_config(checkpoint.params, model_config if model_config is not None
-                                  else hints)
+    inferred = infer_model_config(
+        checkpoint.params, model_config if model_config is not None else hints
+    )
     model_config = model_config if model_config is not None else inferred.model
     if num_classes is not None and int(num_classes) != inferred.num_classes:
-        raise ValueError(f"num_classes={num_classes} but the checkpoint's output_projection/kernel "
-                         f"has shape {checkpoint.params['output_projection']['kernel'].shape}")
+        raise ValueError(
+            f"num_classes={num_classes} but the checkpoint's output_projection/kernel "
+            f"has shape {checkpoint.params['output_projection']['kernel'].shape}"
+        )
     num_classes = inferred.num_classes
-    shapes = dict(input_shapes) if input_shapes else dummy_input_shapes(
-        model_config, inferred.token_counts, inferred.input_channels)
+    shapes = (
+        dict(input_shapes)
+        if input_shapes
+        else dummy_input_shapes(model_config, inferred.token_counts, inferred.input_channels)
+    )
     flat = formats.flatten(checkpoint.params)
-    check_shapes({k: tuple(v.shape) for k, v in flat.items()},
-                 expected_param_shapes(model_config, num_classes, shapes), checkpoint.path)
+    check_shapes(
+        {k: tuple(v.shape) for k, v in flat.items()},
+        expected_param_shapes(model_config, num_classes, shapes),
+        checkpoint.path,
+    )
     params = formats.unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
-    return RestoredModel(models.build_model(model_config, num_classes), params, model_config,
-                         num_classes, checkpoint.step, inferred)
+    return RestoredModel(
+        models.build_model(model_config, num_classes),
+        params,
+        model_config,
+        num_classes,
+        checkpoint.step,
+        inferred,
+    )
 
 
-def init_from_scenic(checkpoint: ScenicCheckpoint, params: Mapping[str, Any], *,
-                     restore_output_projection: bool = False) -> tuple[dict, InitReport]:
+def init_from_scenic(
+    checkpoint: ScenicCheckpoint,
+    params: Mapping[str, Any],
+    *,
+    restore_output_projection: bool = False,
+) -> tuple[dict, InitReport]:
     """Initialises a model's `params` from a Scenic MBT checkpoint (fine-tuning).
 
     Same-shaped parameters are loaded; parameters the checkpoint lacks stay fresh; the classifier
@@ -453,19 +577,28 @@ def init_from_scenic(checkpoint: ScenicCheckpoint, params: Mapping[str, Any], *,
         head = path.startswith("output_projection/")
         if head and not restore_output_projection:
             new_flat[path] = fresh
-            report.add(path, fresh.shape, "fresh", note="classifier left fresh "
-                       "(restore_output_projection=False)")
+            report.add(
+                path,
+                fresh.shape,
+                "fresh",
+                note="classifier left fresh (restore_output_projection=False)",
+            )
         elif path not in ckpt_flat:
             new_flat[path] = fresh
             report.add(path, fresh.shape, "fresh", note="not in the checkpoint")
         elif tuple(ckpt_flat[path].shape) != tuple(fresh.shape):
-            raise ValueError(f"{path}: checkpoint {checkpoint.path} has shape "
-                             f"{tuple(ckpt_flat[path].shape)} but the model wants "
-                             f"{tuple(fresh.shape)} [check {config_key_for(path)}]")
+            raise ValueError(
+                f"{path}: checkpoint {checkpoint.path} has shape "
+                f"{tuple(ckpt_flat[path].shape)} but the model wants "
+                f"{tuple(fresh.shape)} [check {config_key_for(path)}]"
+            )
         else:
             new_flat[path] = np.asarray(ckpt_flat[path], fresh.dtype)
             report.add(path, fresh.shape, "loaded", source=path)
     report.unused_checkpoint_keys = sorted(
-        k for k in ckpt_flat if k not in new_flat or
-        (k.startswith("output_projection/") and not restore_output_projection))
+        k
+        for k in ckpt_flat
+        if k not in new_flat
+        or (k.startswith("output_projection/") and not restore_output_projection)
+    )
     return formats.unflatten(new_flat), report

@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -37,13 +38,20 @@ INFLATIONS = ("central_frame", "average")
 TEMPORAL_POSEMBS = ("tile", "none", "learned")
 
 # vision_transformer block names → Scenic's.
-_VIT_BLOCK_RENAMES = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
-                      "LayerNorm_2": "LayerNorm_1", "MlpBlock_3": "MlpBlock_0"}
+_VIT_BLOCK_RENAMES = {
+    "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+    "LayerNorm_2": "LayerNorm_1",
+    "MlpBlock_3": "MlpBlock_0",
+}
 BLOCK_KEYS = frozenset(
     [f"LayerNorm_{i}/{p}" for i in (0, 1) for p in ("scale", "bias")]
-    + [f"MultiHeadDotProductAttention_0/{n}/{p}" for n in ("query", "key", "value", "out")
-       for p in ("kernel", "bias")]
-    + [f"MlpBlock_0/Dense_{i}/{p}" for i in (0, 1) for p in ("kernel", "bias")])
+    + [
+        f"MultiHeadDotProductAttention_0/{n}/{p}"
+        for n in ("query", "key", "value", "out")
+        for p in ("kernel", "bias")
+    ]
+    + [f"MlpBlock_0/Dense_{i}/{p}" for i in (0, 1) for p in ("kernel", "bias")]
+)
 
 
 @dataclasses.dataclass
@@ -77,14 +85,18 @@ class Options:
 
     def validate(self) -> None:
         if self.inflation not in INFLATIONS:
-            raise ValueError(f"config.init_from.inflation={self.inflation!r}; "
-                             f"allowed: {INFLATIONS}")
+            raise ValueError(
+                f"config.init_from.inflation={self.inflation!r}; allowed: {INFLATIONS}"
+            )
         if self.temporal_posemb not in TEMPORAL_POSEMBS:
-            raise ValueError(f"config.init_from.temporal_posemb={self.temporal_posemb!r}; "
-                             f"allowed: {TEMPORAL_POSEMBS}")
+            raise ValueError(
+                f"config.init_from.temporal_posemb={self.temporal_posemb!r}; "
+                f"allowed: {TEMPORAL_POSEMBS}"
+            )
 
 
 # --- reading -----------------------------------------------------------------------------
+
 
 def _square_side(n: int) -> int | None:
     side = math.isqrt(n)
@@ -92,8 +104,11 @@ def _square_side(n: int) -> int | None:
 
 
 def _canonical_block(raw: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-    renames = _VIT_BLOCK_RENAMES if any(k.startswith("MultiHeadDotProductAttention_1/")
-                                        for k in raw) else {}
+    renames = (
+        _VIT_BLOCK_RENAMES
+        if any(k.startswith("MultiHeadDotProductAttention_1/") for k in raw)
+        else {}
+    )
     block = {}
     for key, value in raw.items():
         head, _, rest = key.partition("/")
@@ -104,12 +119,13 @@ def _canonical_block(raw: dict[str, np.ndarray], where: str) -> dict[str, np.nda
     return block
 
 
-def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
-                          checkpoint_format: str) -> ViTWeights:
+def vit_weights_from_flat(
+    flat: Mapping[str, np.ndarray], path: str, checkpoint_format: str
+) -> ViTWeights:
     """Canonicalises the flat '/'-keyed arrays of any supported ViT checkpoint layout."""
     prefix = "params/" if any(k.startswith("params/") for k in flat) else ""
     unrecognised = [k for k in flat if not k.startswith(prefix)]  # big_vision optimizer state
-    flat = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+    flat = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
     arrays: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
 
@@ -136,7 +152,7 @@ def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
         elif key in ("Transformer/posembed_input/pos_embedding", "pos_embedding"):
             posemb_key = key
         elif key.startswith("Transformer/encoder_norm/"):
-            take(key[len("Transformer/"):], key)
+            take(key[len("Transformer/") :], key)
         elif re.match(r"^(head|output_projection)/(kernel|bias)$", key):
             take("head/" + key.split("/")[1], key)
         elif re.match(r"^pre_logits/(kernel|bias)$", key):
@@ -146,19 +162,25 @@ def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
 
     for required in ("embedding/kernel", "embedding/bias", "encoder_norm/scale"):
         if required not in arrays:
-            raise ValueError(f"{path}: not a ViT checkpoint in a known layout: no {required!r} "
-                             f"(format {checkpoint_format}; first keys {sorted(flat)[:8]})")
+            raise ValueError(
+                f"{path}: not a ViT checkpoint in a known layout: no {required!r} "
+                f"(format {checkpoint_format}; first keys {sorted(flat)[:8]})"
+            )
     if np.ndim(arrays["embedding/kernel"]) != 4:
-        raise ValueError(f"{path}: {sources['embedding/kernel']} has shape "
-                         f"{arrays['embedding/kernel'].shape}; a ViT patch kernel is "
-                         "[ph, pw, C, D]")
+        raise ValueError(
+            f"{path}: {sources['embedding/kernel']} has shape "
+            f"{arrays['embedding/kernel'].shape}; a ViT patch kernel is "
+            "[ph, pw, C, D]"
+        )
     layers = sorted(raw_blocks)
     if layers != list(range(len(layers))) or not layers:
         raise ValueError(f"{path}: encoder blocks {layers} are not numbered 0..L-1")
     for layer in layers:
         block = _canonical_block(raw_blocks[layer], f"{path}: Transformer/encoderblock_{layer}")
-        renames = {f"{_VIT_BLOCK_RENAMES.get(k.split('/')[0], k.split('/')[0])}/"
-                   f"{k.partition('/')[2]}": s for k, s in block_sources[layer].items()}
+        renames = {
+            f"{_VIT_BLOCK_RENAMES.get(k.split('/')[0], k.split('/')[0])}/{k.partition('/')[2]}": s
+            for k, s in block_sources[layer].items()
+        }
         for name, value in block.items():
             arrays[f"block_{layer}/{name}"] = value
             sources[f"block_{layer}/{name}"] = renames[name]
@@ -174,15 +196,18 @@ def vit_weights_from_flat(flat: Mapping[str, np.ndarray], path: str,
         elif _square_side(n):
             grid_tokens = posemb[0]
         else:
-            raise ValueError(f"{path}: {posemb_key} has shape {posemb.shape}: {n} positions are "
-                             "neither a square grid nor 1 + a square grid")
+            raise ValueError(
+                f"{path}: {posemb_key} has shape {posemb.shape}: {n} positions are "
+                "neither a square grid nor 1 + a square grid"
+            )
         side = _square_side(grid_tokens.shape[0])
         posemb_grid = grid_tokens.reshape(side, side, -1)
         sources["pos_embedding"] = prefix + posemb_key
     for value in arrays.values():
         value.flags.writeable = False
-    return ViTWeights(path, checkpoint_format, arrays, sources, len(layers), posemb_grid,
-                      posemb_cls, unrecognised)
+    return ViTWeights(
+        path, checkpoint_format, arrays, sources, len(layers), posemb_grid, posemb_cls, unrecognised
+    )
 
 
 def load_vit(path: str, checkpoint_format: str = "auto") -> ViTWeights:
@@ -194,11 +219,14 @@ def load_vit(path: str, checkpoint_format: str = "auto") -> ViTWeights:
     if checkpoint_format == "flax":
         params, _ = formats.find_params(formats.read_msgpack(path), path)
         return vit_weights_from_flat(formats.flatten(params), path, checkpoint_format)
-    raise ValueError(f"config.init_from.checkpoint_format={checkpoint_format!r} is not a ViT "
-                     "format; allowed: 'auto', 'vit_npz', 'big_vision_npz', 'flax'")
+    raise ValueError(
+        f"config.init_from.checkpoint_format={checkpoint_format!r} is not a ViT "
+        "format; allowed: 'auto', 'vit_npz', 'big_vision_npz', 'flax'"
+    )
 
 
 # --- array rules -------------------------------------------------------------------------
+
 
 def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
     """`[n_out, n_in]` linear interpolation with half-pixel centres and clamped edges."""
@@ -254,13 +282,17 @@ def inflate(kernel_HxWxCxD: np.ndarray, frames: int, inflation: str) -> np.ndarr
 
 # --- token grids -------------------------------------------------------------------------
 
+
 def _posemb_path(modality: str) -> str:
     return f"Transformer/posembed_input{mbt_lib.suffix(modality)}/pos_embedding"
 
 
-def token_grids(model_config: ml_collections.ConfigDict, flat_params: Mapping[str, Any],
-                input_shapes: Mapping[str, Any] | None = None,
-                dataset_config: Mapping[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
+def token_grids(
+    model_config: ml_collections.ConfigDict,
+    flat_params: Mapping[str, Any],
+    input_shapes: Mapping[str, Any] | None = None,
+    dataset_config: Mapping[str, Any] | None = None,
+) -> dict[str, tuple[int, ...]]:
     """Each modality's token grid: (rows, cols) for 2-D tokenizers, (time, rows, cols) for video.
 
     From `input_shapes[modality]` (per example, no batch) when given; otherwise from
@@ -283,8 +315,11 @@ def token_grids(model_config: ml_collections.ConfigDict, flat_params: Mapping[st
             cols = int(dataset_config["num_mel_bins"]) // spec.patches[1]
             if cols and tokens % cols == 0:
                 grid = (tokens // cols, cols)
-        elif spec.kind != "2d" and dataset_config.get("frame_size") and \
-                dataset_config.get("num_frames"):
+        elif (
+            spec.kind != "2d"
+            and dataset_config.get("frame_size")
+            and dataset_config.get("num_frames")
+        ):
             side = int(dataset_config["frame_size"])
             example = (int(dataset_config["num_frames"]), side, side)
             grid = tokenizers.token_grid(spec, example)
@@ -292,17 +327,20 @@ def token_grids(model_config: ml_collections.ConfigDict, flat_params: Mapping[st
             raise ValueError(
                 f"cannot tell the token grid of modality {m!r} ({tokens} tokens): set "
                 f"config.init_from.input_shapes.{m} to its per-example input shape (no batch), "
-                "or pass input_shapes to init_from")
+                "or pass input_shapes to init_from"
+            )
         if int(np.prod(grid)) != tokens:
             raise ValueError(
                 f"modality {m!r}: token grid {grid} from input shape {shape} holds "
                 f"{int(np.prod(grid))} tokens but the model's {_posemb_path(m)} has {tokens} "
-                "(plus the CLS position); the input shape does not match the model")
+                "(plus the CLS position); the input shape does not match the model"
+            )
         grids[m] = tuple(int(g) for g in grid)
     return grids
 
 
 # --- the mapping -------------------------------------------------------------------------
+
 
 class _Mapper:
     """Builds the new flat params and the report, one target parameter at a time."""
@@ -321,11 +359,20 @@ class _Mapper:
     def check_shape(self, path: str, value: np.ndarray, hint: str, source: str) -> None:
         want = tuple(self.target[path].shape)
         if tuple(value.shape) != want:
-            raise ValueError(f"{path}: checkpoint {self.vit.path} key {source!r} gives shape "
-                             f"{tuple(value.shape)} but the model's parameter is {want} ({hint})")
+            raise ValueError(
+                f"{path}: checkpoint {self.vit.path} key {source!r} gives shape "
+                f"{tuple(value.shape)} but the model's parameter is {want} ({hint})"
+            )
 
-    def set(self, path: str, value: np.ndarray, category: str, source: str = "",
-            note: str = "", hint: str = "") -> None:
+    def set(
+        self,
+        path: str,
+        value: np.ndarray,
+        category: str,
+        source: str = "",
+        note: str = "",
+        hint: str = "",
+    ) -> None:
         self.check_shape(path, value, hint or "config and checkpoint sizes differ", source)
         # No copy: branches initialised from one ViT block share its arrays (made read-only).
         self.decided[path] = (np.asarray(value, self.target[path].dtype), category, source, note)
@@ -345,26 +392,41 @@ def _map_embedding(mapper: _Mapper, modality: str, spec: tokenizers.TokenizerSpe
     source = mapper.src_key("embedding/kernel")
     patch_hint = f"config.model.tokenizers.{modality}.patches={spec.patches}"
     if kernel.shape[:2] != tuple(want[-4:-2]):
-        raise ValueError(f"{kernel_path}: checkpoint key {source!r} has {kernel.shape[0]}x"
-                         f"{kernel.shape[1]} patches but {patch_hint} asks for "
-                         f"{want[-4]}x{want[-3]}; use the checkpoint's patch size")
+        raise ValueError(
+            f"{kernel_path}: checkpoint key {source!r} has {kernel.shape[0]}x"
+            f"{kernel.shape[1]} patches but {patch_hint} asks for "
+            f"{want[-4]}x{want[-3]}; use the checkpoint's patch size"
+        )
     if kernel.shape[-1] != want[-1]:
-        raise ValueError(f"{kernel_path}: checkpoint key {source!r} has width {kernel.shape[-1]} "
-                         f"but config.model.hidden_size gives {want[-1]}")
+        raise ValueError(
+            f"{kernel_path}: checkpoint key {source!r} has width {kernel.shape[-1]} "
+            f"but config.model.hidden_size gives {want[-1]}"
+        )
     adapted, note = adapt_channels(kernel, want[-2])
     if len(want) == 5:
         inflated = inflate(adapted, want[0], mapper.options.inflation)
-        note = "; ".join(filter(None, [note, f"{mapper.options.inflation} inflation over "
-                                             f"{want[0]} frames"]))
+        note = "; ".join(
+            filter(None, [note, f"{mapper.options.inflation} inflation over {want[0]} frames"])
+        )
         mapper.set(kernel_path, inflated, "inflated", source, note, patch_hint)
     else:
         mapper.set(kernel_path, adapted, "resized" if note else "loaded", source, note, patch_hint)
-    mapper.set(bias_path, mapper.source("embedding/bias"), "loaded",
-               mapper.src_key("embedding/bias"), hint="config.model.hidden_size")
+    mapper.set(
+        bias_path,
+        mapper.source("embedding/bias"),
+        "loaded",
+        mapper.src_key("embedding/bias"),
+        hint="config.model.hidden_size",
+    )
 
 
-def _map_posemb(mapper: _Mapper, modality: str, grid: tuple[int, ...],
-                classifier_tokens: int, rng: np.random.Generator) -> None:
+def _map_posemb(
+    mapper: _Mapper,
+    modality: str,
+    grid: tuple[int, ...],
+    classifier_tokens: int,
+    rng: np.random.Generator,
+) -> None:
     path = _posemb_path(modality)
     vit = mapper.vit
     if vit.posemb_grid is None:
@@ -379,8 +441,9 @@ def _map_posemb(mapper: _Mapper, modality: str, grid: tuple[int, ...],
     notes = []
     changed = tuple(grid[-2:]) != source_grid.shape[:2]
     if changed:
-        notes.append(f"grid {source_grid.shape[0]}x{source_grid.shape[1]} -> "
-                     f"{grid[-2]}x{grid[-1]} bilinear")
+        notes.append(
+            f"grid {source_grid.shape[0]}x{source_grid.shape[1]} -> {grid[-2]}x{grid[-1]} bilinear"
+        )
     if len(grid) == 3:
         frames = grid[0]
         tokens = np.repeat(spatial[None], frames, axis=0)
@@ -400,13 +463,23 @@ def _map_posemb(mapper: _Mapper, modality: str, grid: tuple[int, ...],
         else:
             cls_position = vit.posemb_cls[None]
         tokens = np.concatenate([cls_position, tokens], axis=0)
-    mapper.set(path, tokens[None], "resized" if changed else "loaded", vit.sources["pos_embedding"],
-               "; ".join(notes), f"token grid {grid} of modality {modality!r}")
+    mapper.set(
+        path,
+        tokens[None],
+        "resized" if changed else "loaded",
+        vit.sources["pos_embedding"],
+        "; ".join(notes),
+        f"token grid {grid} of modality {modality!r}",
+    )
 
 
-def map_vit_to_mbt(vit: ViTWeights, params: Mapping[str, Any],
-                   model_config: ml_collections.ConfigDict, grids: Mapping[str, tuple[int, ...]],
-                   options: Options) -> tuple[dict[str, Any], InitReport]:
+def map_vit_to_mbt(
+    vit: ViTWeights,
+    params: Mapping[str, Any],
+    model_config: ml_collections.ConfigDict,
+    grids: Mapping[str, tuple[int, ...]],
+    options: Options,
+) -> tuple[dict[str, Any], InitReport]:
     """New MBT params (nested dict of numpy arrays) and the report of what each one got.
 
     `params`: the model's freshly initialised params (used for shapes, dtypes and fresh values);
@@ -426,8 +499,13 @@ def map_vit_to_mbt(vit: ViTWeights, params: Mapping[str, Any],
         cls_name = "cls" if (m == mbt_lib.PRIMARY or len(modalities) == 1) else f"cls{m}"
         if cls_name in flat_target:
             if "cls" in vit.arrays:
-                mapper.set(cls_name, mapper.source("cls"), "loaded", mapper.src_key("cls"),
-                           hint="config.model.hidden_size")
+                mapper.set(
+                    cls_name,
+                    mapper.source("cls"),
+                    "loaded",
+                    mapper.src_key("cls"),
+                    hint="config.model.hidden_size",
+                )
             else:
                 mapper.fresh(cls_name, "checkpoint has no CLS token")
 
@@ -442,11 +520,19 @@ def map_vit_to_mbt(vit: ViTWeights, params: Mapping[str, Any],
                 continue
             canonical = f"block_{layer}/{key}"
             value = mapper.source(canonical)
-            if value.shape != flat_target[path].shape and value.size == flat_target[path].size \
-                    and "MultiHeadDotProductAttention" in key:
+            if (
+                value.shape != flat_target[path].shape
+                and value.size == flat_target[path].size
+                and "MultiHeadDotProductAttention" in key
+            ):
                 value = value.reshape(flat_target[path].shape)  # heads fused in the checkpoint
-            mapper.set(path, value, "loaded", mapper.src_key(canonical),
-                       hint="config.model hidden_size / num_heads / mlp_dim")
+            mapper.set(
+                path,
+                value,
+                "loaded",
+                mapper.src_key(canonical),
+                hint="config.model hidden_size / num_heads / mlp_dim",
+            )
         elif path == "bottleneck":
             if vit.posemb_grid is None:
                 mapper.fresh(path, "checkpoint has no learned position embedding")
@@ -454,23 +540,34 @@ def map_vit_to_mbt(vit: ViTWeights, params: Mapping[str, Any],
             mapper.used.add("pos_embedding")
             n = flat_target[path].shape[1]
             grid_tokens = vit.posemb_grid.reshape(-1, vit.posemb_grid.shape[-1])
-            mapper.set(path, resize_tokens(grid_tokens, n)[None], "resized",
-                       vit.sources["pos_embedding"],
-                       f"position grid ({grid_tokens.shape[0]} tokens) resized linearly to {n}")
+            mapper.set(
+                path,
+                resize_tokens(grid_tokens, n)[None],
+                "resized",
+                vit.sources["pos_embedding"],
+                f"position grid ({grid_tokens.shape[0]} tokens) resized linearly to {n}",
+            )
         elif path.startswith("Transformer/encoder_norm/"):
-            canonical = path[len("Transformer/"):]
+            canonical = path[len("Transformer/") :]
             mapper.set(path, mapper.source(canonical), "loaded", mapper.src_key(canonical))
         elif path.startswith("output_projection/"):
             canonical = "head/" + path.split("/")[1]
             if not options.restore_output_projection:
                 mapper.fresh(path, "classifier left fresh (restore_output_projection=False)")
             elif canonical not in vit.arrays:
-                raise ValueError(f"config.init_from.restore_output_projection=True but "
-                                 f"{vit.path} has no classifier head "
-                                 "('head' / 'output_projection')")
+                raise ValueError(
+                    f"config.init_from.restore_output_projection=True but "
+                    f"{vit.path} has no classifier head "
+                    "('head' / 'output_projection')"
+                )
             else:
-                mapper.set(path, mapper.source(canonical), "loaded", mapper.src_key(canonical),
-                           hint="the checkpoint's classes differ from the model's num_classes")
+                mapper.set(
+                    path,
+                    mapper.source(canonical),
+                    "loaded",
+                    mapper.src_key(canonical),
+                    hint="the checkpoint's classes differ from the model's num_classes",
+                )
         elif path.startswith("pre_logits/"):
             value = vit.arrays.get(path)
             if value is not None and value.shape == flat_target[path].shape:

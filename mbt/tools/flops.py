@@ -33,7 +33,8 @@ import collections
 import dataclasses
 import math
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -61,8 +62,7 @@ class AnalyticCount:
 
     macs: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     tokens: dict[str, int] = dataclasses.field(default_factory=dict)
-    stages: dict[str, int] = dataclasses.field(
-        default_factory=lambda: collections.defaultdict(int))
+    stages: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -77,7 +77,9 @@ class AnalyticCount:
             self.stages[stage] += int(sum(other.values()))
 
 
-AnalyticFn = Callable[[ml_collections.ConfigDict, Mapping[str, tuple[int, ...]], int], AnalyticCount]
+AnalyticFn = Callable[
+    [ml_collections.ConfigDict, Mapping[str, tuple[int, ...]], int], AnalyticCount
+]
 ANALYTIC: dict[str, AnalyticFn] = {}
 
 
@@ -100,8 +102,10 @@ def analytic_fn(model_name: str) -> AnalyticFn | None:
 
 # --- analytic building blocks ---------------------------------------------------------------
 
-def encoder_block_macs(num_tokens: int, width: int, mlp_dim: int,
-                       num_key_tokens: int | None = None) -> dict[str, int]:
+
+def encoder_block_macs(
+    num_tokens: int, width: int, mlp_dim: int, num_key_tokens: int | None = None
+) -> dict[str, int]:
     """Multiply-adds of one pre-LN transformer block on one example.
 
     `num_tokens` queries attend to `num_key_tokens` keys (default: the same tokens, i.e.
@@ -110,14 +114,15 @@ def encoder_block_macs(num_tokens: int, width: int, mlp_dim: int,
     q, k, d = num_tokens, num_key_tokens if num_key_tokens is not None else num_tokens, width
     return {
         "qkv_out_projections": 2 * q * d * d + 2 * k * d * d,
-        "attention_logits": q * k * d,          # q·kᵀ summed over heads: Σ_heads q·k·(D/heads)
-        "attention_weighted_sum": q * k * d,    # weights·v
+        "attention_logits": q * k * d,  # q·kᵀ summed over heads: Σ_heads q·k·(D/heads)
+        "attention_weighted_sum": q * k * d,  # weights·v
         "mlp": 2 * q * d * mlp_dim,
     }
 
 
-def patch_embedding_macs(spec: tokenizers.TokenizerSpec, input_shape: tuple[int, ...],
-                         width: int) -> tuple[int, int]:
+def patch_embedding_macs(
+    spec: tokenizers.TokenizerSpec, input_shape: tuple[int, ...], width: int
+) -> tuple[int, int]:
     """(tokens, multiply-adds) of tokenising one example of `input_shape` (no batch axis)."""
     grid = tokenizers.token_grid(spec, tuple(input_shape))
     num_tokens = math.prod(grid)
@@ -126,27 +131,39 @@ def patch_embedding_macs(spec: tokenizers.TokenizerSpec, input_shape: tuple[int,
     return num_tokens, num_tokens * patch_volume * width
 
 
-def head_macs(model_config: ml_collections.ConfigDict, width: int, num_classes: int,
-              num_heads_applied: int) -> int:
+def head_macs(
+    model_config: ml_collections.ConfigDict, width: int, num_classes: int, num_heads_applied: int
+) -> int:
     """The classifier (and optional pre-logits layer) applied `num_heads_applied` times."""
     representation = model_config.get("representation_size")
-    per_head = (width * representation + representation * num_classes) if representation \
+    per_head = (
+        (width * representation + representation * num_classes)
+        if representation
         else width * num_classes
+    )
     return num_heads_applied * per_head
 
 
-def require_input_shapes(model_config: ml_collections.ConfigDict,
-                         input_shapes: Mapping[str, tuple[int, ...]]) -> None:
+def require_input_shapes(
+    model_config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[int, ...]]
+) -> None:
     """Raises ValueError naming the first configured modality without an input shape."""
     for m in model_config.modalities:
         if m not in input_shapes:
-            raise ValueError(f"no input shape for modality {m!r} (config.model.modalities); "
-                             f"have {sorted(input_shapes)}")
+            raise ValueError(
+                f"no input shape for modality {m!r} (config.model.modalities); "
+                f"have {sorted(input_shapes)}"
+            )
 
 
-def add_patch_embeddings(count: AnalyticCount, model_config: ml_collections.ConfigDict,
-                         input_shapes: Mapping[str, tuple[int, ...]], patch: int, width: int,
-                         stage: str | None = None) -> dict[str, int]:
+def add_patch_embeddings(
+    count: AnalyticCount,
+    model_config: ml_collections.ConfigDict,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    patch: int,
+    width: int,
+    stage: str | None = None,
+) -> dict[str, int]:
     """Adds every modality's patch-embedding MACs to `count`; returns `{modality: patch tokens}`."""
     require_input_shapes(model_config, input_shapes)
     tokens = {}
@@ -158,8 +175,11 @@ def add_patch_embeddings(count: AnalyticCount, model_config: ml_collections.Conf
 
 
 @register_analytic("mbt")
-def mbt_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[int, ...]],
-             num_classes: int) -> AnalyticCount:
+def mbt_macs(
+    model_config: ml_collections.ConfigDict,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+) -> AnalyticCount:
     """Inference multiply-adds of `mbt.models.mbt.MBT` for one example, as the model computes them.
 
     Before layer Lf every modality runs its own block on its own tokens (CLS included). From Lf:
@@ -182,7 +202,9 @@ def mbt_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str,
 
     multimodal = len(modalities) > 1
     # Inference: test_with_bottlenecks=False turns bottleneck fusion into late fusion.
-    fusing = multimodal and (fusion != "bottleneck" or model_config.get("test_with_bottlenecks", True))
+    fusing = multimodal and (
+        fusion != "bottleneck" or model_config.get("test_with_bottlenecks", True)
+    )
     n_bottleneck = int(model_config.get("n_bottlenecks", 4)) + (1 if classifier == "token" else 0)
     joint = sum(lengths.values())
     for layer in range(sizes.num_layers):
@@ -194,7 +216,7 @@ def mbt_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str,
                 count.add(encoder_block_macs(lengths[m] + n_bottleneck, width, mlp_dim))
                 count.tokens[f"{m}+bottleneck"] = lengths[m] + n_bottleneck
         elif fusion == "cross":
-            for m in modalities:
+            for _ in modalities:
                 count.add(encoder_block_macs(joint, width, mlp_dim))
             count.tokens["cross (per modality)"] = joint
         else:
@@ -208,14 +230,18 @@ def mbt_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str,
 def _sft_sizes(model_config: ml_collections.ConfigDict):
     """ViT widths of an SFT config (its depth is n_pre + 1 + n_post, not `num_layers`)."""
     resolved = ml_collections.ConfigDict(model_config.to_dict())
-    resolved.num_layers = (resolved.get("n_layers_pre_fusion", 1) + 1 +
-                           resolved.get("n_layers_post_fusion", 11))
+    resolved.num_layers = (
+        resolved.get("n_layers_pre_fusion", 1) + 1 + resolved.get("n_layers_post_fusion", 11)
+    )
     return models.resolve_sizes(resolved)
 
 
 @register_analytic("sft")
-def sft_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[int, ...]],
-             num_classes: int) -> AnalyticCount:
+def sft_macs(
+    model_config: ml_collections.ConfigDict,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+) -> AnalyticCount:
     """Inference multiply-adds of `mbt.models.sft.SparseFusionTransformer` for one example.
 
     Per modality m with N_m patch tokens (L_m = 1 + N_m with its CLS): the patch embedding,
@@ -233,8 +259,9 @@ def sft_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str,
     n_post = int(model_config.get("n_layers_post_fusion", 11))
     count = AnalyticCount()
     joint = 1  # the fused CLS
-    patches = add_patch_embeddings(count, model_config, input_shapes, sizes.patch, width,
-                                   stage="patch_embedding")
+    patches = add_patch_embeddings(
+        count, model_config, input_shapes, sizes.patch, width, stage="patch_embedding"
+    )
     for m in modalities:
         n = patches[m]
         length = n + 1
@@ -244,12 +271,14 @@ def sft_macs(model_config: ml_collections.ConfigDict, input_shapes: Mapping[str,
         count.add(encoder_block_macs(length, width, mlp_dim), "sparse_pool_blocks")
         pool_size = int(model_config.pool_sizes[m])
         if pool_size > n:
-            raise ValueError(f"config.model.pool_sizes.{m}={pool_size} exceeds the {n} tokens "
-                             f"of modality {m!r}")
+            raise ValueError(
+                f"config.model.pool_sizes.{m}={pool_size} exceeds the {n} tokens of modality {m!r}"
+            )
         if pool_type == "topk":
             # cls_attention_scores: CLS query and all keys projected again, then q·kᵀ.
-            count.add({"topk_scores": width * width + length * width * width + length * width},
-                      "pooling")
+            count.add(
+                {"topk_scores": width * width + length * width * width + length * width}, "pooling"
+            )
         else:
             count.add({}, "pooling")
         count.tokens[f"{m} pooled"] = n // pool_size
@@ -290,8 +319,11 @@ def resize_macs(shape: tuple[int, ...], target_hw: tuple[int, int]) -> int:
 
 
 @register_analytic("clstm")
-def clstm_macs(model_config: ml_collections.ConfigDict,
-               input_shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> AnalyticCount:
+def clstm_macs(
+    model_config: ml_collections.ConfigDict,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+) -> AnalyticCount:
     """Inference multiply-adds of `mbt.models.clstm.ConvLSTMClassifier` for one example.
 
     Streams: video-like inputs `[T, H, W, C]`, audio `[time, mel, C]` cut into T slices
@@ -343,8 +375,10 @@ def clstm_macs(model_config: ml_collections.ConfigDict,
         macs["convlstm_input_conv"] = taps * channels * 4 * out
         macs["convlstm_hidden_conv"] = taps * out * 4 * out
         count.add(macs, f"layer_{i}")
-        count.notes.append(f"layer {i} ({name}): {height}×{width} maps, {channels} → {out} "
-                           f"channels, {frames} steps")
+        count.notes.append(
+            f"layer {i} ({name}): {height}×{width} maps, {channels} → {out} "
+            f"channels, {frames} steps"
+        )
         return (frames, height, width, out)
 
     for i in range(fusion_layer):
@@ -361,12 +395,14 @@ def clstm_macs(model_config: ml_collections.ConfigDict,
             fused = run_layer(i, fused, "+".join(modalities))
         width_in = fused[-1]
     count.add({"head": width_in * num_classes}, "head")
-    count.notes.insert(0, f"time steps T = {num_frames}; fusion at layer {fusion_layer} of "
-                          f"{num_layers}")
+    count.notes.insert(
+        0, f"time steps T = {num_frames}; fusion at layer {fusion_layer} of {num_layers}"
+    )
     return count
 
 
 # --- XLA ------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class XlaReport:
@@ -390,17 +426,23 @@ class XlaReport:
     has_while_loop: bool = False
 
 
-def input_structs(input_shapes: Mapping[str, tuple[int, ...]], batch_size: int = 1,
-                  dtype=jnp.float32) -> dict[str, jax.ShapeDtypeStruct]:
+def input_structs(
+    input_shapes: Mapping[str, tuple[int, ...]], batch_size: int = 1, dtype=jnp.float32
+) -> dict[str, jax.ShapeDtypeStruct]:
     """Abstract inputs `{modality: [batch, *shape]}` for lowering without data."""
-    return {m: jax.ShapeDtypeStruct((batch_size,) + tuple(s), dtype) for m, s in input_shapes.items()}
+    return {
+        m: jax.ShapeDtypeStruct((batch_size,) + tuple(s), dtype) for m, s in input_shapes.items()
+    }
 
 
 def abstract_params(model, inputs: Mapping[str, jax.ShapeDtypeStruct]):
     """Parameter shapes of `model` from `jax.eval_shape` (nothing is allocated or computed)."""
+
     def init(x):
-        return model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-                          x, train=False)
+        return model.init(
+            {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, train=False
+        )
+
     return jax.eval_shape(init, dict(inputs))["params"]
 
 
@@ -422,8 +464,14 @@ def xla_model_config(model_config: ml_collections.ConfigDict) -> ml_collections.
     return config
 
 
-def xla_report(model, params, input_shapes: Mapping[str, tuple[int, ...]], *,
-               batch_size: int = 1, compile: bool = True) -> XlaReport:
+def xla_report(
+    model,
+    params,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    *,
+    batch_size: int = 1,
+    compile: bool = True,
+) -> XlaReport:
     """Lowers (and compiles, if `compile`) the inference forward pass; never runs it."""
     start = time.perf_counter()
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
@@ -431,19 +479,27 @@ def xla_report(model, params, input_shapes: Mapping[str, tuple[int, ...]], *,
     has_loop = "stablehlo.while" in lowered.as_text()
     if not compile:
         flops = float(_first(lowered.cost_analysis())["flops"])
-        return XlaReport(flops, batch_size, time.perf_counter() - start, compiled=False,
-                         has_while_loop=has_loop)
+        return XlaReport(
+            flops, batch_size, time.perf_counter() - start, compiled=False, has_while_loop=has_loop
+        )
     compiled = lowered.compile()
     flops = float(_first(compiled.cost_analysis())["flops"])
     memory = compiled.memory_analysis()
     get = lambda name: getattr(memory, name, None) if memory is not None else None  # noqa: E731
-    return XlaReport(flops, batch_size, time.perf_counter() - start, compiled=True,
-                     temp_bytes=get("temp_size_in_bytes"),
-                     argument_bytes=get("argument_size_in_bytes"),
-                     output_bytes=get("output_size_in_bytes"), has_while_loop=has_loop)
+    return XlaReport(
+        flops,
+        batch_size,
+        time.perf_counter() - start,
+        compiled=True,
+        temp_bytes=get("temp_size_in_bytes"),
+        argument_bytes=get("argument_size_in_bytes"),
+        output_bytes=get("output_size_in_bytes"),
+        has_while_loop=has_loop,
+    )
 
 
 # --- input shapes from a config -------------------------------------------------------------
+
 
 def parse_shape(text: str, flag: str) -> tuple[int, ...]:
     """'8,224,224,3' → (8, 224, 224, 3); ValueError naming `flag` otherwise."""
@@ -452,13 +508,15 @@ def parse_shape(text: str, flag: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"--{flag}={text!r} must be comma-separated positive sizes, e.g. 8,224,224,3")
+        raise ValueError(
+            f"--{flag}={text!r} must be comma-separated positive sizes, e.g. 8,224,224,3"
+        )
     return shape
 
 
-def input_shapes_from_config(config: ml_collections.ConfigDict,
-                             overrides: Mapping[str, tuple[int, ...]] | None = None
-                             ) -> dict[str, tuple[int, ...]]:
+def input_shapes_from_config(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, tuple[int, ...]]:
     """Per-example input shape of each modality in `config.model.modalities` (no batch axis).
 
     rgb: (num_frames, frame_size, frame_size, 3); spectrogram: (audio_seconds · 100,
@@ -477,13 +535,18 @@ def input_shapes_from_config(config: ml_collections.ConfigDict,
             shapes[m] = (int(dataset.num_frames), int(h), int(w), 3)
         elif m == "spectrogram" and dataset.get("audio_seconds"):
             frames = int(round(float(dataset.audio_seconds) * SPECTROGRAM_FRAMES_PER_SECOND))
-            shapes[m] = (frames, int(dataset.get("num_mel_bins", 128) or 128),
-                         int(dataset.get("spec_channels", 1) or 1))
+            shapes[m] = (
+                frames,
+                int(dataset.get("num_mel_bins", 128) or 128),
+                int(dataset.get("spec_channels", 1) or 1),
+            )
         else:
             keys = {"rgb": "num_frames and frame_size", "spectrogram": "audio_seconds"}.get(m)
             where = f"config.dataset.{keys} or " if keys else ""
-            raise ValueError(f"no input shape for modality {m!r}: set {where}--{m}_shape "
-                             f"(or --shape={m}=d1,d2,...)")
+            raise ValueError(
+                f"no input shape for modality {m!r}: set {where}--{m}_shape "
+                f"(or --shape={m}=d1,d2,...)"
+            )
     return shapes
 
 
@@ -495,6 +558,7 @@ def num_classes_from_config(config: ml_collections.ConfigDict) -> int:
 
 
 # --- report ---------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class FlopsReport:
@@ -526,42 +590,62 @@ class FlopsReport:
 
     def lines(self) -> list[str]:
         shapes = ", ".join(f"{m} {list(s)}" for m, s in self.input_shapes.items())
-        out = [f"model: {self.model_name}   inputs per example: {shapes}   classes: {self.num_classes}",
-               f"parameters: {self.num_params:,} ({self.num_params / 1e6:.2f} M)"]
+        out = [
+            f"model: {self.model_name}   inputs per example: {shapes}   "
+            f"classes: {self.num_classes}",
+            f"parameters: {self.num_params:,} ({self.num_params / 1e6:.2f} M)",
+        ]
         if self.analytic is not None:
-            out.append("analytic GFLOPs/example (1 multiply-add = 1 FLOP): "
-                       f"{_number(self.analytic_gflops)}")
+            out.append(
+                "analytic GFLOPs/example (1 multiply-add = 1 FLOP): "
+                f"{_number(self.analytic_gflops)}"
+            )
             total = max(self.analytic.total, 1)
             for name, macs in self.analytic.macs.items():
-                out.append(f"  {name:<24} {_number(macs / 1e9):>10} G  "
-                           f"({100 * macs / total:5.1f} %)")
+                out.append(
+                    f"  {name:<24} {_number(macs / 1e9):>10} G  ({100 * macs / total:5.1f} %)"
+                )
             if self.analytic.stages:
                 out.append("  by stage:")
                 for name, macs in self.analytic.stages.items():
-                    out.append(f"    {name:<22} {_number(macs / 1e9):>10} G  "
-                               f"({100 * macs / total:5.1f} %)")
+                    out.append(
+                        f"    {name:<22} {_number(macs / 1e9):>10} G  ({100 * macs / total:5.1f} %)"
+                    )
             if self.analytic.tokens:
-                out.append("  sequence lengths: " + ", ".join(
-                    f"{k} {v}" for k, v in self.analytic.tokens.items()))
+                out.append(
+                    "  sequence lengths: "
+                    + ", ".join(f"{k} {v}" for k, v in self.analytic.tokens.items())
+                )
             out += [f"  {note}" for note in self.analytic.notes]
         else:
-            out.append(f"analytic GFLOPs: not available for model {self.model_name!r} "
-                       "(register one in mbt/tools/flops.py); XLA's count only")
+            out.append(
+                f"analytic GFLOPs: not available for model {self.model_name!r} "
+                "(register one in mbt/tools/flops.py); XLA's count only"
+            )
         if self.xla is not None:
             how = "compiled" if self.xla.compiled else "lowered, unoptimised HLO"
-            out.append(f"XLA GFLOPs/example (1 multiply-add = 2 FLOPs, elementwise included; {how}, "
-                       f"{self.xla.seconds:.1f} s): {_number(self.xla_gflops)}")
+            out.append(
+                f"XLA GFLOPs/example (1 multiply-add = 2 FLOPs, elementwise included; {how}, "
+                f"{self.xla.seconds:.1f} s): {_number(self.xla_gflops)}"
+            )
             if self.xla.has_while_loop:
-                out.append("  (a lower bound: the graph has a while loop, e.g. a scan over time, "
-                           "and XLA counts its body once)")
+                out.append(
+                    "  (a lower bound: the graph has a while loop, e.g. a scan over time, "
+                    "and XLA counts its body once)"
+                )
             if self.ratio is not None:
-                suffix = " (not a check: XLA counts each loop body once)" \
-                    if self.xla.has_while_loop else ""
+                suffix = (
+                    " (not a check: XLA counts each loop body once)"
+                    if self.xla.has_while_loop
+                    else ""
+                )
                 out.append(f"XLA / (2 x analytic): {self.ratio:.4f}{suffix}")
             if self.xla.temp_bytes is not None:
-                out.append(f"peak activation memory estimate (XLA temp buffers, batch "
-                           f"{self.xla.batch_size}): {_mib(self.xla.temp_bytes)}; "
-                           f"arguments (params + inputs): {_mib(self.xla.argument_bytes)}")
+                out.append(
+                    f"peak activation memory estimate (XLA temp buffers, batch "
+                    f"{self.xla.batch_size}): {_mib(self.xla.temp_bytes)}; "
+                    f"arguments (params + inputs): {_mib(self.xla.argument_bytes)}"
+                )
         return out
 
 
@@ -574,9 +658,15 @@ def _mib(num_bytes: int) -> str:
     return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} KiB"
 
 
-def analyse(config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[int, ...]],
-            num_classes: int, *, xla: str = "compiled", batch_size: int = 1) -> FlopsReport:
-    """Counts parameters, analytic multiply-adds and (`xla` = 'compiled'|'lowered'|'none') XLA FLOPs.
+def analyse(
+    config: ml_collections.ConfigDict,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+    *,
+    xla: str = "compiled",
+    batch_size: int = 1,
+) -> FlopsReport:
+    """Counts parameters, analytic multiply-adds and XLA FLOPs (`xla`: compiled|lowered|none).
 
     `config` is the model config (`config.model`); `input_shapes` exclude the batch axis.
     """
@@ -593,14 +683,18 @@ def analyse(config: ml_collections.ConfigDict, input_shapes: Mapping[str, tuple[
     params = abstract_params(model, input_structs(input_shapes, batch_size))
     report = None
     if xla != "none":
-        report = xla_report(model, params, input_shapes, batch_size=batch_size,
-                            compile=xla == "compiled")
-    return FlopsReport(name, dict(input_shapes), num_classes, count_params(params), analytic, report)
+        report = xla_report(
+            model, params, input_shapes, batch_size=batch_size, compile=xla == "compiled"
+        )
+    return FlopsReport(
+        name, dict(input_shapes), num_classes, count_params(params), analytic, report
+    )
 
 
 def main(argv):
     del argv
     from absl import flags  # pylint: disable=g-import-not-at-top
+
     flag_values = flags.FLAGS
     config = flag_values.config
     if config is None or config.get("model") is None:
@@ -617,28 +711,40 @@ def main(argv):
         overrides[modality.strip()] = parse_shape(value, f"shape {modality}")
     shapes = input_shapes_from_config(config, overrides)
     num_classes = flag_values.num_classes or num_classes_from_config(config)
-    report = analyse(config.model, shapes, num_classes, xla=flag_values.xla,
-                     batch_size=flag_values.batch_size)
+    report = analyse(
+        config.model, shapes, num_classes, xla=flag_values.xla, batch_size=flag_values.batch_size
+    )
     print("\n".join(report.lines()))
 
 
 def define_flags():
     from absl import flags  # pylint: disable=g-import-not-at-top
     from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    config_flags.DEFINE_config_file("config", None, "Config file with get_config().",
-                                    lock_config=False)
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file with get_config().", lock_config=False
+    )
     flags.DEFINE_string("rgb_shape", None, "Per-example rgb shape T,H,W,C (overrides the config).")
-    flags.DEFINE_string("spectrogram_shape", None,
-                        "Per-example spectrogram shape time,mel,C (overrides the config).")
+    flags.DEFINE_string(
+        "spectrogram_shape",
+        None,
+        "Per-example spectrogram shape time,mel,C (overrides the config).",
+    )
     flags.DEFINE_multi_string("shape", [], "modality=d1,d2,... for any other modality.")
-    flags.DEFINE_integer("num_classes", None,
-                         "Head size; default config.dataset.num_classes or the dataset's.")
-    flags.DEFINE_enum("xla", "compiled", ["compiled", "lowered", "none"],
-                      "XLA cross-check: compile (adds memory analysis), lower only, or skip.")
+    flags.DEFINE_integer(
+        "num_classes", None, "Head size; default config.dataset.num_classes or the dataset's."
+    )
+    flags.DEFINE_enum(
+        "xla",
+        "compiled",
+        ["compiled", "lowered", "none"],
+        "XLA cross-check: compile (adds memory analysis), lower only, or skip.",
+    )
     flags.DEFINE_integer("batch_size", 1, "Batch for the XLA lowering (GFLOPs are per example).")
 
 
 if __name__ == "__main__":
     from absl import app  # pylint: disable=g-import-not-at-top
+
     define_flags()
     app.run(main)

@@ -9,4 +9,4 @@ from mbt.data.builders.audioset import Audioset
 from mbt.data.builders.epic_kitchens import EpicKitchens
 from mbt.data.builders.vggsound import Vggsound
 
-__all__ = ['Audioset', 'EpicKitchens', 'Vggsound']
+__all__ = ["Audioset", "EpicKitchens", "Vggsound"]

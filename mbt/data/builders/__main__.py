@@ -14,41 +14,48 @@ import argparse
 import shutil
 
 BUILDERS = {
-    'audioset': ('mbt.data.builders.audioset', 'Audioset'),
-    'vggsound': ('mbt.data.builders.vggsound', 'Vggsound'),
-    'epic_kitchens': ('mbt.data.builders.epic_kitchens', 'EpicKitchens'),
+    "audioset": ("mbt.data.builders.audioset", "Audioset"),
+    "vggsound": ("mbt.data.builders.vggsound", "Vggsound"),
+    "epic_kitchens": ("mbt.data.builders.epic_kitchens", "EpicKitchens"),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--dataset', required=True, choices=sorted(BUILDERS))
-  parser.add_argument('--config', default='default', help='builder config name')
-  parser.add_argument('--manual_dir', required=True, help='the local copy of the dataset')
-  parser.add_argument('--data_dir', required=True, help='where TFDS writes the dataset')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='delete an already prepared copy of this config first')
-  args = parser.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
+    parser.add_argument("--config", default="default", help="builder config name")
+    parser.add_argument("--manual_dir", required=True, help="the local copy of the dataset")
+    parser.add_argument("--data_dir", required=True, help="where TFDS writes the dataset")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an already prepared copy of this config first",
+    )
+    args = parser.parse_args(argv)
 
-  import importlib
+    import importlib
 
-  import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds
 
-  module_name, class_name = BUILDERS[args.dataset]
-  builder_cls = getattr(importlib.import_module(module_name), class_name)
-  configs = [c.name for c in builder_cls.BUILDER_CONFIGS]
-  if args.config not in configs:
-    parser.error(f'--config={args.config!r} is not a config of {args.dataset}; '
-                 f'allowed: {configs}')
-  builder = builder_cls(config=args.config, data_dir=args.data_dir)
-  if args.overwrite and builder.is_prepared():
-    shutil.rmtree(builder.data_dir)
+    module_name, class_name = BUILDERS[args.dataset]
+    builder_cls = getattr(importlib.import_module(module_name), class_name)
+    configs = [c.name for c in builder_cls.BUILDER_CONFIGS]
+    if args.config not in configs:
+        parser.error(
+            f"--config={args.config!r} is not a config of {args.dataset}; allowed: {configs}"
+        )
     builder = builder_cls(config=args.config, data_dir=args.data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir))
-  print(f'{args.dataset}/{args.config} prepared in {builder.data_dir}: '
-        + ', '.join(f'{split} {info.num_examples}' for split, info in builder.info.splits.items()))
+    if args.overwrite and builder.is_prepared():
+        shutil.rmtree(builder.data_dir)
+        builder = builder_cls(config=args.config, data_dir=args.data_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir)
+    )
+    print(
+        f"{args.dataset}/{args.config} prepared in {builder.data_dir}: "
+        + ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
+    )
 
 
-if __name__ == '__main__':
-  main()
+if __name__ == "__main__":
+    main()

@@ -13,11 +13,13 @@ import dataclasses
 import inspect
 import logging
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
+from typing import Any
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from mbt.data import media
 from mbt.data.builders import common
@@ -29,239 +31,265 @@ _LOG = logging.getLogger(__name__)
 
 @dataclasses.dataclass(eq=False)
 class MediaConfig(tfds.core.BuilderConfig):
-  """Builder-config fields shared by the media builders.
+    """Builder-config fields shared by the media builders.
 
-  Attributes:
-    fps: frames stored per second of segment.
-    short_side: frames are resized so their short side has this many pixels
-      (None keeps the decoded size).
-    skip_no_audio: drop clips without audio instead of storing silence with
-      has_audio=False.
-    short_tolerance_s: a clip may end this much before its segment without counting
-      as `short_clip` (container durations are rarely exact); the last frame is
-      repeated and the audio zero-padded to fill the gap.
-  """
+    Attributes:
+      fps: frames stored per second of segment.
+      short_side: frames are resized so their short side has this many pixels
+        (None keeps the decoded size).
+      skip_no_audio: drop clips without audio instead of storing silence with
+        has_audio=False.
+      short_tolerance_s: a clip may end this much before its segment without counting
+        as `short_clip` (container durations are rarely exact); the last frame is
+        repeated and the audio zero-padded to fill the gap.
+    """
 
-  fps: float = 25.0
-  short_side: int | None = 256
-  skip_no_audio: bool = False
-  short_tolerance_s: float = 0.1
+    fps: float = 25.0
+    short_side: int | None = 256
+    skip_no_audio: bool = False
+    short_tolerance_s: float = 0.1
 
 
 @dataclasses.dataclass
 class Segment:
-  """A decoded segment.
+    """A decoded segment.
 
-  Attributes:
-    rgb: uint8 [T, H, W, 3], T = round(duration_s * fps); T = 0 for audio-only files.
-    audio: float32 [round(duration_s * 16000)] mono in [-1, 1] (zeros without audio).
-    has_audio: False when the clip had no audio.
-    start_s, end_s: the segment in seconds of the source file (end cut to the clip's end
-      for a `short_clip`).
-  """
+    Attributes:
+      rgb: uint8 [T, H, W, 3], T = round(duration_s * fps); T = 0 for audio-only files.
+      audio: float32 [round(duration_s * 16000)] mono in [-1, 1] (zeros without audio).
+      has_audio: False when the clip had no audio.
+      start_s, end_s: the segment in seconds of the source file (end cut to the clip's end
+        for a `short_clip`).
+    """
 
-  rgb: np.ndarray
-  audio: np.ndarray
-  has_audio: bool
-  start_s: float
-  end_s: float
-
-
-AudioLoader = Callable[[float, float], 'np.ndarray | None']
+    rgb: np.ndarray
+    audio: np.ndarray
+    has_audio: bool
+    start_s: float
+    end_s: float
 
 
-def decode_segment(path: str, name: str, start_s: float, end_s: float, config: MediaConfig,
-                   report: common.BuildReport, *, audio_loader: AudioLoader | None = None
-                   ) -> Segment | None:
-  """Decodes [start_s, end_s) of the media file `path`, or returns None to skip it.
+AudioLoader = Callable[[float, float], "np.ndarray | None"]
 
-  Bad input is recorded in `report` under `name`: one skip kind for a dropped example;
-  the kept kinds (no_audio, short_clip, no_video) only when the example is kept.
-  `audio_loader(start_s, end_s)`, when given, supplies the audio (float32 at 16 kHz, or
-  None when there is none) instead of the file's audio stream.
-  """
-  if end_s <= start_s:
-    report.add('empty_segment', name, f'segment {start_s:.3f}-{end_s:.3f} s')
-    return None
-  try:
-    info = media.probe(path)
-  except media.MediaError as e:
-    report.add('undecodable', name, str(e))
-    return None
-  if start_s >= info.duration_s:
-    report.add('empty_segment', name,
-               f'segment starts at {start_s:.3f} s, clip is {info.duration_s:.3f} s long')
-    return None
-  kept_kinds = []
-  if end_s > info.duration_s + config.short_tolerance_s:
-    kept_kinds.append(('short_clip', f'segment {start_s:.3f}-{end_s:.3f} s, clip ends at '
-                                     f'{info.duration_s:.3f} s'))
-    end_s = info.duration_s
-  duration_s = end_s - start_s
-  num_frames = round(duration_s * config.fps)
-  num_samples = round(duration_s * AUDIO_SAMPLE_RATE)
 
-  audio, missing_audio = None, ''
-  try:
-    if info.has_video:
-      rgb = media.read_frames(path, start_s, end_s, fps=config.fps,
-                              short_side=config.short_side)
-      if len(rgb) == 0:
-        report.add('undecodable', name, f'{path}: no frame decoded in the segment')
+def decode_segment(
+    path: str,
+    name: str,
+    start_s: float,
+    end_s: float,
+    config: MediaConfig,
+    report: common.BuildReport,
+    *,
+    audio_loader: AudioLoader | None = None,
+) -> Segment | None:
+    """Decodes [start_s, end_s) of the media file `path`, or returns None to skip it.
+
+    Bad input is recorded in `report` under `name`: one skip kind for a dropped example;
+    the kept kinds (no_audio, short_clip, no_video) only when the example is kept.
+    `audio_loader(start_s, end_s)`, when given, supplies the audio (float32 at 16 kHz, or
+    None when there is none) instead of the file's audio stream.
+    """
+    if end_s <= start_s:
+        report.add("empty_segment", name, f"segment {start_s:.3f}-{end_s:.3f} s")
         return None
-      rgb = common.fit_length(rgb, num_frames, repeat_last=True)
-    else:
-      side = config.short_side or 0
-      rgb = np.zeros((0, side, side, 3), np.uint8)
-      kept_kinds.append(('no_video', f'{path}: no video stream'))
-    if audio_loader is not None:
-      audio = audio_loader(start_s, end_s)
-      missing_audio = 'no waveform in the external audio source'
-    elif info.has_audio:
-      try:
-        audio = media.read_audio(path, start_s, end_s, sample_rate=AUDIO_SAMPLE_RATE)
-      except media.NoAudioStreamError as e:
-        missing_audio = str(e)
-    else:
-      missing_audio = f'{path}: no audio stream'
-  except media.MediaError as e:
-    report.add('undecodable', name, str(e))
-    return None
+    try:
+        info = media.probe(path)
+    except media.MediaError as e:
+        report.add("undecodable", name, str(e))
+        return None
+    if start_s >= info.duration_s:
+        report.add(
+            "empty_segment",
+            name,
+            f"segment starts at {start_s:.3f} s, clip is {info.duration_s:.3f} s long",
+        )
+        return None
+    kept_kinds = []
+    if end_s > info.duration_s + config.short_tolerance_s:
+        kept_kinds.append(
+            (
+                "short_clip",
+                f"segment {start_s:.3f}-{end_s:.3f} s, clip ends at {info.duration_s:.3f} s",
+            )
+        )
+        end_s = info.duration_s
+    duration_s = end_s - start_s
+    num_frames = round(duration_s * config.fps)
+    num_samples = round(duration_s * AUDIO_SAMPLE_RATE)
 
-  has_audio = audio is not None
-  if has_audio:
-    audio = common.fit_length(np.asarray(audio, np.float32), num_samples, repeat_last=False)
-  elif config.skip_no_audio:
-    report.add('no_audio', name, missing_audio, skipped=True)
-    return None
-  else:
-    audio = np.zeros([num_samples], np.float32)
-    kept_kinds.append(('no_audio', missing_audio))
-  for kind, detail in kept_kinds:
-    report.add(kind, name, detail)
-  return Segment(rgb=rgb, audio=audio, has_audio=has_audio, start_s=start_s, end_s=end_s)
+    audio, missing_audio = None, ""
+    try:
+        if info.has_video:
+            rgb = media.read_frames(
+                path, start_s, end_s, fps=config.fps, short_side=config.short_side
+            )
+            if len(rgb) == 0:
+                report.add("undecodable", name, f"{path}: no frame decoded in the segment")
+                return None
+            rgb = common.fit_length(rgb, num_frames, repeat_last=True)
+        else:
+            side = config.short_side or 0
+            rgb = np.zeros((0, side, side, 3), np.uint8)
+            kept_kinds.append(("no_video", f"{path}: no video stream"))
+        if audio_loader is not None:
+            audio = audio_loader(start_s, end_s)
+            missing_audio = "no waveform in the external audio source"
+        elif info.has_audio:
+            try:
+                audio = media.read_audio(path, start_s, end_s, sample_rate=AUDIO_SAMPLE_RATE)
+            except media.NoAudioStreamError as e:
+                missing_audio = str(e)
+        else:
+            missing_audio = f"{path}: no audio stream"
+    except media.MediaError as e:
+        report.add("undecodable", name, str(e))
+        return None
+
+    has_audio = audio is not None
+    if has_audio:
+        audio = common.fit_length(np.asarray(audio, np.float32), num_samples, repeat_last=False)
+    elif config.skip_no_audio:
+        report.add("no_audio", name, missing_audio, skipped=True)
+        return None
+    else:
+        audio = np.zeros([num_samples], np.float32)
+        kept_kinds.append(("no_audio", missing_audio))
+    for kind, detail in kept_kinds:
+        report.add(kind, name, detail)
+    return Segment(rgb=rgb, audio=audio, has_audio=has_audio, start_s=start_s, end_s=end_s)
 
 
 def example_dict(example_id: str, video_path: str, segment: Segment, **labels) -> dict:
-  """The stored example (docs/design.md) from a decoded segment and its labels."""
-  return {
-      'id': example_id,
-      'video_path': video_path,
-      'segment_start': np.float32(segment.start_s),
-      'segment_end': np.float32(segment.end_s),
-      'rgb': segment.rgb,
-      'audio': segment.audio,
-      'has_audio': segment.has_audio,
-      **labels,
-  }
+    """The stored example (docs/design.md) from a decoded segment and its labels."""
+    return {
+        "id": example_id,
+        "video_path": video_path,
+        "segment_start": np.float32(segment.start_s),
+        "segment_end": np.float32(segment.end_s),
+        "rgb": segment.rgb,
+        "audio": segment.audio,
+        "has_audio": segment.has_audio,
+        **labels,
+    }
 
 
 def media_features(**label_features: tfds.features.FeatureConnector) -> tfds.features.FeaturesDict:
-  """FeaturesDict of the stored example (docs/design.md) with the given label features.
+    """FeaturesDict of the stored example (docs/design.md) with the given label features.
 
-  Frames are given to TFDS as uint8 arrays and stored as one JPEG each.
-  """
-  return tfds.features.FeaturesDict({
-      'id': tfds.features.Text(),
-      'video_path': tfds.features.Text(),
-      'segment_start': tfds.features.Scalar(dtype=np.float32),
-      'segment_end': tfds.features.Scalar(dtype=np.float32),
-      'rgb': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
-      'audio': tfds.features.Tensor(shape=(None,), dtype=np.float32),
-      'has_audio': tfds.features.Scalar(dtype=np.bool_),
-      **label_features,
-  })
+    Frames are given to TFDS as uint8 arrays and stored as one JPEG each.
+    """
+    return tfds.features.FeaturesDict(
+        {
+            "id": tfds.features.Text(),
+            "video_path": tfds.features.Text(),
+            "segment_start": tfds.features.Scalar(dtype=np.float32),
+            "segment_end": tfds.features.Scalar(dtype=np.float32),
+            "rgb": tfds.features.Video(shape=(None, None, None, 3), encoding_format="jpeg"),
+            "audio": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+            "has_audio": tfds.features.Scalar(dtype=np.bool_),
+            **label_features,
+        }
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class LocatedRow:
-  """A CSV row and where its clip is: `relative_path` in the manual dir, or None with
-  `looked_for` saying which names were tried."""
+    """A CSV row and where its clip is: `relative_path` in the manual dir, or None with
+    `looked_for` saying which names were tried."""
 
-  row: Any
-  name: str
-  relative_path: str | None
-  looked_for: str
+    row: Any
+    name: str
+    relative_path: str | None
+    looked_for: str
 
 
 class ManualMediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base of the media builders: manual-dir data, one bad-input report per split.
+    """Base of the media builders: manual-dir data, one bad-input report per split.
 
-  Subclasses implement `_info`, `_split_generators` (which reads the CSVs and returns
-  `self._make_splits(...)`), `_locate(row) -> LocatedRow` and
-  `_example(located, path, report) -> dict | None`; they may override
-  `_split_resources()` to hold files open while a split is generated.
-  """
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS 4.9.10 derives this through `importlib_resources`, which recent etils no longer
-    # installs (tensorflow/datasets#11212); the builder's source file is all it needs.
-    return epath.Path(inspect.getfile(cls))
-
-  def _new_report(self, split: str) -> common.BuildReport:
-    return common.BuildReport(self.name, self.builder_config.name, str(self.version), split)
-
-  def _make_splits(self, manual_dir: str, rows_by_split: dict[str, list]) -> dict:
-    """Split generators for the splits that have rows and at least one clip on disk.
-
-    A split none of whose clips exists is not built (TFDS cannot write an empty split);
-    its report, all `missing_clip`, is still written.
-
-    Raises:
-      FileNotFoundError: no split has any clip in `manual_dir`.
+    Subclasses implement `_info`, `_split_generators` (which reads the CSVs and returns
+    `self._make_splits(...)`), `_locate(row) -> LocatedRow` and
+    `_example(located, path, report) -> dict | None`; they may override
+    `_split_resources()` to hold files open while a split is generated.
     """
-    self._manual_dir = manual_dir
-    splits = {}
-    for split, rows in rows_by_split.items():
-      if not rows:
-        _LOG.warning('%s: split %s has no rows in its CSV and is not built.', self.name, split)
-        continue
-      located = [self._locate(row) for row in rows]
-      if any(r.relative_path is not None for r in located):
-        splits[split] = self._generate_examples(split, located)
-        continue
-      _LOG.warning('%s: split %s is not built: none of its %d clips is in %s.', self.name,
-                   split, len(located), manual_dir)
-      report = self._new_report(split)
-      for r in located:
-        report.rows += 1
-        report.add('missing_clip', r.name, r.looked_for)
-      report.write(self.data_dir, complete=True)
-    if not splits:
-      raise FileNotFoundError(
-          f'{self.name}: no clip of any split found in {manual_dir} '
-          '(see MANUAL_DOWNLOAD_INSTRUCTIONS for the expected file names).')
-    return splits
 
-  def _generate_examples(self, split: str, located: list[LocatedRow]):
-    report = self._new_report(split)
-    return common.report_examples(self._located_examples(report, located), report,
-                                  lambda: self.data_dir)
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS 4.9.10 derives this through `importlib_resources`, which recent etils no longer
+        # installs (tensorflow/datasets#11212); the builder's source file is all it needs.
+        return epath.Path(inspect.getfile(cls))
 
-  def _located_examples(self, report: common.BuildReport,
-                        located: list[LocatedRow]) -> Iterator[tuple[str, dict]]:
-    with self._split_resources():
-      for r in located:
-        report.rows += 1
-        if r.relative_path is None:
-          report.add('missing_clip', r.name, r.looked_for)
-          continue
-        path = os.path.join(self._manual_dir, r.relative_path)
-        example = self._example(r, path, report)
-        if example is None:
-          continue
-        report.written += 1
-        yield r.name, example
+    def _new_report(self, split: str) -> common.BuildReport:
+        return common.BuildReport(self.name, self.builder_config.name, str(self.version), split)
 
-  def _split_resources(self) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
+    def _make_splits(self, manual_dir: str, rows_by_split: dict[str, list]) -> dict:
+        """Split generators for the splits that have rows and at least one clip on disk.
 
-  def _locate(self, row) -> LocatedRow:
-    raise NotImplementedError
+        A split none of whose clips exists is not built (TFDS cannot write an empty split);
+        its report, all `missing_clip`, is still written.
 
-  def _example(self, located: LocatedRow, path: str,
-               report: common.BuildReport) -> dict | None:
-    """The stored example of a located row whose clip is at `path`, or None to skip it."""
-    raise NotImplementedError
+        Raises:
+          FileNotFoundError: no split has any clip in `manual_dir`.
+        """
+        self._manual_dir = manual_dir
+        splits = {}
+        for split, rows in rows_by_split.items():
+            if not rows:
+                _LOG.warning(
+                    "%s: split %s has no rows in its CSV and is not built.", self.name, split
+                )
+                continue
+            located = [self._locate(row) for row in rows]
+            if any(r.relative_path is not None for r in located):
+                splits[split] = self._generate_examples(split, located)
+                continue
+            _LOG.warning(
+                "%s: split %s is not built: none of its %d clips is in %s.",
+                self.name,
+                split,
+                len(located),
+                manual_dir,
+            )
+            report = self._new_report(split)
+            for r in located:
+                report.rows += 1
+                report.add("missing_clip", r.name, r.looked_for)
+            report.write(self.data_dir, complete=True)
+        if not splits:
+            raise FileNotFoundError(
+                f"{self.name}: no clip of any split found in {manual_dir} "
+                "(see MANUAL_DOWNLOAD_INSTRUCTIONS for the expected file names)."
+            )
+        return splits
+
+    def _generate_examples(self, split: str, located: list[LocatedRow]):
+        report = self._new_report(split)
+        return common.report_examples(
+            self._located_examples(report, located), report, lambda: self.data_dir
+        )
+
+    def _located_examples(
+        self, report: common.BuildReport, located: list[LocatedRow]
+    ) -> Iterator[tuple[str, dict]]:
+        with self._split_resources():
+            for r in located:
+                report.rows += 1
+                if r.relative_path is None:
+                    report.add("missing_clip", r.name, r.looked_for)
+                    continue
+                path = os.path.join(self._manual_dir, r.relative_path)
+                example = self._example(r, path, report)
+                if example is None:
+                    continue
+                report.written += 1
+                yield r.name, example
+
+    def _split_resources(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def _locate(self, row) -> LocatedRow:
+        raise NotImplementedError
+
+    def _example(self, located: LocatedRow, path: str, report: common.BuildReport) -> dict | None:
+        """The stored example of a located row whose clip is at `path`, or None to skip it."""
+        raise NotImplementedError
