@@ -63,7 +63,7 @@ def trainer_config() -> ml_collections.ConfigDict:
     config.final_eval = True  # single-view pass on the eval split after training
     config.test_combine = "mean_logits"
     config.export = True  # write <workdir>/export/ for mbt.predict after training
-    config.siblings = ()  # config files trained after this one for a comparison
+    config.siblings = {}  # name -> 'config.py[:arg]' trained after this one, for a comparison
     return config
 
 

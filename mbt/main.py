@@ -1,7 +1,7 @@
 """Command line: `python -m mbt.main --config=<file.py[:arg]> --workdir=DIR [--mode=...]`.
 
-    python -m mbt.main --config=configs/synthetic/mbt_tiny.py --workdir=/tmp/mbt_demo
-    python -m mbt.main --config=configs/audioset/mbt_b16.py:mini --workdir=/ckpt/as_mini \
+    python -m mbt.main --config=configs/synthetic.py --workdir=/tmp/mbt_demo
+    python -m mbt.main --config=configs/audioset.py:split=mini --workdir=/ckpt/as_mini \
         --config.batch_size=32 --config.dataset.data_dir=/data/tfds
     python -m mbt.main --config=... --workdir=/ckpt/as_mini --mode=test
     python -m mbt.main --config=... --workdir=/ckpt/as_mini --mode=robustness

@@ -1,7 +1,7 @@
-"""Sibling configs: train each file of `config.siblings` after the main run and compare.
+"""Sibling configs: train each config of `config.siblings` after the main run and compare.
 
-The tiny synthetic demo (`configs/synthetic/mbt_tiny.py`) lists its audio-only and rgb-only
-siblings; `python -m mbt.main` trains them in `<workdir>/<file stem>` on the data the main
+The tiny synthetic demo (`configs/synthetic.py`) lists its audio-only and rgb-only
+siblings; `python -m mbt.main` trains them in `<workdir>/<sibling name>` on the data the main
 run prepared and prints a table of the test metrics of every run.
 """
 
@@ -68,7 +68,8 @@ def train_siblings(
     main_result: Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
 ) -> str:
-    """Trains each `config.siblings` file in `<workdir>/<file stem>` and compares test top-1.
+    """Trains each `config.siblings` entry (name -> 'config_file.py[:arg]') in `<workdir>/<name>`
+    and compares test top-1.
 
     The siblings read the data the main run prepared (its `config.dataset.data_dir`, no
     new synthetic copy) and get the main run's command-line overrides, except those of
@@ -76,16 +77,15 @@ def train_siblings(
     `<workdir>/comparison.md`) with the primary metric and top-1 of every run.
     """
     rows = {"+".join(config.model.modalities) + " (this config)": main_result["test"]}
-    for path in config.siblings:
+    for name, path in config.siblings.items():
         sibling = load_config_file(path)
         apply_overrides(sibling, overrides or {})
-        sibling.siblings = ()
+        sibling.siblings = {}
         if config.dataset.get("data_dir"):
             sibling.dataset.data_dir = config.dataset.data_dir
         if sibling.dataset.get("synthetic") is not None:
             sibling.dataset.synthetic.num_clips = 0  # reuse the copy built for the main run
         config_validation.validate_config(sibling)
-        name = os.path.splitext(os.path.basename(path))[0]
         _LOG.info("Training sibling config %s in %s", path, os.path.join(workdir, name))
         result = train.train_and_evaluate(sibling, os.path.join(workdir, name))
         rows[f"{'+'.join(sibling.model.modalities)} ({name})"] = result["test"]

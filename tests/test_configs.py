@@ -15,16 +15,21 @@ from mbt import siblings
 from mbt.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(
-    p
-    for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
-    if not os.path.basename(p).startswith("_")
-)
-# Extra arguments the config files document, beyond their default.
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))
+_MODELS = ("model=mbt", "model=sft", "model=clstm")
+# Arguments the config files document, beyond their default.
 ARGS = {
-    "audioset/mbt_b16.py": ("mini", "500k", "full", "500k,audio", "mini,rgb"),
-    "vggsound/mbt_b16.py": ("audio", "rgb"),
-    "epic_kitchens/mbt_b16.py": ("audio",),
+    "audioset.py": _MODELS
+    + (
+        "split=500k",
+        "split=full",
+        "split=500k,modalities=audio",
+        "model=sft,modalities=rgb",
+        "model=clstm,split=full",
+    ),
+    "vggsound.py": _MODELS + ("modalities=audio", "model=sft,modalities=rgb"),
+    "epic_kitchens.py": _MODELS + ("modalities=audio", "model=clstm,modalities=rgb"),
+    "synthetic.py": _MODELS + ("modalities=audio", "modalities=rgb", "model=sft,modalities=rgb"),
 }
 
 
@@ -34,14 +39,7 @@ def _relative(path):
 
 def test_the_config_tree_has_the_expected_files():
     names = {_relative(p) for p in CONFIG_FILES}
-    assert {
-        "audioset/mbt_b16.py",
-        "vggsound/mbt_b16.py",
-        "epic_kitchens/mbt_b16.py",
-        "synthetic/mbt_tiny.py",
-        "synthetic/mbt_tiny_audio.py",
-        "synthetic/mbt_tiny_rgb.py",
-    } <= names
+    assert names == {"audioset.py", "vggsound.py", "epic_kitchens.py", "synthetic.py"}
     assert config_validation.DATASETS == pipeline.DATASETS
 
 
@@ -55,7 +53,7 @@ def test_every_config_loads_and_validates(path):
 
 
 def test_b16_configs_hold_the_paper_recipe():
-    for name in ("audioset/mbt_b16.py", "vggsound/mbt_b16.py", "epic_kitchens/mbt_b16.py"):
+    for name in ("audioset.py", "vggsound.py", "epic_kitchens.py"):
         c = siblings.load_config_file(os.path.join(REPO, "configs", name))
         assert (c.optimizer.name, c.optimizer.momentum, c.optimizer.grad_clip_norm) == (
             "sgd",
@@ -80,12 +78,10 @@ def test_b16_configs_hold_the_paper_recipe():
         d = c.dataset
         assert (d.audio_seconds, d.num_test_clips, d.num_frames, d.stride) == (8.0, 4, 32, 2)
         assert c.init_from.checkpoint_path is None  # set to the ImageNet-21k ViT-B/16 npz
-    mini = siblings.load_config_file(
-        os.path.join(REPO, "configs", "audioset", "mbt_b16.py"), "mini"
-    )
+    mini = siblings.load_config_file(os.path.join(REPO, "configs", "audioset.py"), "split=mini")
     assert (mini.dataset.train_split, mini.num_epochs) == ("balanced_train", 50.0)
     as500k = siblings.load_config_file(
-        os.path.join(REPO, "configs", "audioset", "mbt_b16.py"), "500k,audio"
+        os.path.join(REPO, "configs", "audioset.py"), "split=500k,modalities=audio"
     )
     assert as500k.dataset.train_split == "subset"
     assert as500k.model.modalities == as500k.dataset.modalities == ("spectrogram",)
@@ -106,13 +102,54 @@ def _flat(config):
 
 
 def test_tiny_siblings_differ_only_in_their_modality():
-    main = siblings.load_config_file(os.path.join(REPO, "configs", "synthetic", "mbt_tiny.py"))
-    assert [os.path.basename(p) for p in main.siblings] == ["mbt_tiny_audio.py", "mbt_tiny_rgb.py"]
-    for path, modality in zip(main.siblings, ("spectrogram", "rgb")):
+    main = siblings.load_config_file(os.path.join(REPO, "configs", "synthetic.py"))
+    assert list(main.siblings) == ["mbt_tiny_audio", "mbt_tiny_rgb"]
+    for path, modality in zip(main.siblings.values(), ("spectrogram", "rgb")):
         sibling = _flat(siblings.load_config_file(path))
         differing = {k for k, v in _flat(main).items() if sibling.get(k) != v}
-        assert differing == {"siblings", "model.modalities", "dataset.modalities"}
+        assert differing == {
+            "siblings.mbt_tiny_audio",
+            "siblings.mbt_tiny_rgb",
+            "model.modalities",
+            "dataset.modalities",
+        }
         assert sibling["model.modalities"] == (modality,)
+
+
+def test_model_argument_swaps_the_model_and_keeps_the_dataset_recipe():
+    path = os.path.join(REPO, "configs", "vggsound.py")
+    mbt, sft, clstm = (
+        siblings.load_config_file(path, f"model={m}") for m in ("mbt", "sft", "clstm")
+    )
+    assert (mbt.model.name, sft.model.name, clstm.model.name) == ("mbt", "sft", "clstm")
+    assert sft.dataset.to_dict() == mbt.dataset.to_dict() == clstm.dataset.to_dict()
+    assert sft.optimizer.to_dict() == mbt.optimizer.to_dict()  # SFT keeps MBT's SGD recipe
+    assert (clstm.optimizer.name, clstm.lr.base_lr) == ("adamw", 1e-3)
+    assert dict(sft.model.pool_sizes) == {"rgb": 16, "spectrogram": 16}
+    audio = siblings.load_config_file(path, "model=sft,modalities=audio")
+    assert audio.model.modalities == audio.dataset.modalities == ("spectrogram",)
+    assert dict(audio.model.pool_sizes) == {"spectrogram": 16}
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("model=vit", r"config argument model='vit'; allowed: mbt, sft, clstm"),
+        ("split=2m", r"config argument split='2m'; allowed: mini, 500k, full"),
+        ("mini", r"config argument 'mini' in 'mini': expected key=value"),
+        ("size=b", r"expected key=value with key one of \['modalities', 'model', 'split'\]"),
+    ],
+)
+def test_bad_config_arguments_name_the_key_and_the_allowed_values(arg, message):
+    with pytest.raises(ValueError, match=message):
+        siblings.load_config_file(os.path.join(REPO, "configs", "audioset.py"), arg)
+
+
+def test_configs_import_the_recipe_and_load_nothing_by_path():
+    for path in CONFIG_FILES:
+        with open(path) as f:
+            text = f.read()
+        assert "importlib" not in text and "spec_from_file_location" not in text, path
 
 
 def _broken(**overrides):
@@ -182,7 +219,7 @@ def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path, ove
             sys.executable,
             "-m",
             "mbt.main",
-            "--config=configs/synthetic/mbt_tiny.py",
+            "--config=configs/synthetic.py",
             f"--workdir={workdir}",
             override,
         ],
@@ -199,7 +236,7 @@ def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path, ove
 
 def test_command_line_overrides_reach_siblings_except_their_own_keys():
     sibling = siblings.load_config_file(
-        os.path.join(REPO, "configs", "synthetic", "mbt_tiny_audio.py")
+        os.path.join(REPO, "configs", "synthetic.py"), "modalities=audio"
     )
     # The flat dotted form is what config_flags.get_override_values returns.
     siblings.apply_overrides(
@@ -209,9 +246,9 @@ def test_command_line_overrides_reach_siblings_except_their_own_keys():
             "model.fusion_layer": 2,
             "dataset.synthetic.num_clips": 12,
             "model.modalities": ("rgb", "spectrogram"),
-            "siblings": ("x.py",),
+            "siblings": {"x": "x.py"},
         },
     )
     assert (sibling.num_train_steps, sibling.model.fusion_layer) == (7, 2)
     assert sibling.dataset.synthetic.num_clips == 12
-    assert sibling.model.modalities == ("spectrogram",) and sibling.siblings == ()
+    assert sibling.model.modalities == ("spectrogram",) and not sibling.siblings

@@ -1,6 +1,6 @@
 """The README's run command, as a user runs it: the embedded demo and its comparison table.
 
-`python -m mbt.main --config=configs/synthetic/mbt_tiny.py --workdir=DIR` generates and builds
+`python -m mbt.main --config=configs/synthetic.py --workdir=DIR` generates and builds
 the synthetic copy, trains the audio+rgb MBT and its audio-only and rgb-only siblings, and
 prints the comparison. The synthetic classes need both modalities, so fusion must win clearly
 (about 1 to 1.5 minutes on 2 CPU cores).
@@ -26,7 +26,7 @@ def test_demo_command_shows_fusion_beating_each_single_modality(tmp_path):
             sys.executable,
             "-m",
             "mbt.main",
-            "--config=configs/synthetic/mbt_tiny.py",
+            "--config=configs/synthetic.py",
             f"--workdir={workdir}",
         ],
         cwd=REPO,

@@ -290,7 +290,7 @@ def test_clstm_count_grows_with_time_steps_and_xla_is_flagged_as_a_lower_bound()
 
 
 @pytest.mark.parametrize(
-    "config_file", ["configs/synthetic/sft_tiny.py", "configs/synthetic/clstm_tiny.py"]
+    "config_file", ["configs/synthetic.py:model=sft", "configs/synthetic.py:model=clstm"]
 )
 def test_flops_tool_on_the_synthetic_sft_and_clstm_configs(config_file):
     """What `python -m mbt.tools.flops --config=<file>` runs; the parameter count is real."""

@@ -1,6 +1,6 @@
 """End to end on the real input pipeline: the tiny synthetic config, its siblings and the table.
 
-`configs/synthetic/mbt_tiny.py` with fewer clips and steps: `prepare_dataset` generates and
+`configs/synthetic.py` with fewer clips and steps: `prepare_dataset` generates and
 builds the VGGSound-layout copy, the audio+rgb model trains, tests on 2 clips per video, then
 the audio-only and rgb-only siblings train on the same copy and the comparison table is
 written. (The full demo's accuracies are in docs/training.md.)
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_tiny_config_trains_tests_and_compares_siblings_on_synthetic_data(tmp_path):
     workdir = str(tmp_path)
-    config = siblings.load_config_file(os.path.join(REPO, "configs", "synthetic", "mbt_tiny.py"))
+    config = siblings.load_config_file(os.path.join(REPO, "configs", "synthetic.py"))
     overrides = {
         "num_train_steps": 4,
         "batch_size": 8,

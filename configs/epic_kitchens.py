@@ -1,0 +1,27 @@
+"""EPIC-Kitchens-100 (verb 97 + noun 300 heads, per-head softmax) with a paper's model and recipe.
+
+    python -m mbt.main --config=configs/epic_kitchens.py:model=mbt --workdir=... \
+        --config.dataset.data_dir=/data/tfds --config.init_from.checkpoint_path=ViT-B_16.npz
+
+Argument `key=value,...` (every key optional; the first value is the default):
+  model       'mbt' (MBT-B/16) | 'sft' (SFT-B/16) | 'clstm' (early-fusion C-LSTM):
+              `mbt.recipe.set_model` says what each changes in MBT's recipe.
+  modalities  'av' | 'audio' | 'rgb'.
+Labels are `[one-hot verb ; one-hot noun]`; the loss sums the two heads' softmax
+cross-entropies (`config.loss.head_reduction`) and the metrics report verb, noun and action
+(both right) top-1/top-5 on `validation`.
+"""
+
+from mbt import recipe
+
+
+def get_config(arg=None):
+    arg = recipe.parse_arg(arg, model=recipe.MODEL_NAMES, modalities=recipe.MODALITIES)
+    config = recipe.mbt_b16_config("epic_kitchens")
+    recipe.set_modalities(config, arg.modalities)
+    recipe.set_model(config, arg.model)
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "validation"
+    config.dataset.test_split = "validation"
+    config.loss.head_reduction = "sum"
+    return config

@@ -1,0 +1,25 @@
+"""VGGSound (309 classes, single label, softmax loss, top-1/top-5) with a paper's model and recipe.
+
+    python -m mbt.main --config=configs/vggsound.py:model=sft --workdir=... \
+        --config.dataset.data_dir=/data/tfds
+
+Argument `key=value,...` (every key optional; the first value is the default):
+  model       'mbt' (MBT-B/16) | 'sft' (SFT-B/16) | 'clstm' (early-fusion C-LSTM):
+              `mbt.recipe.set_model` says what each changes in MBT's recipe.
+  modalities  'av' | 'audio' | 'rgb'.
+VGGSound has train and test splits only: the periodic evaluation and the final 4-clip test
+both use `test`.
+"""
+
+from mbt import recipe
+
+
+def get_config(arg=None):
+    arg = recipe.parse_arg(arg, model=recipe.MODEL_NAMES, modalities=recipe.MODALITIES)
+    config = recipe.mbt_b16_config("vggsound")
+    recipe.set_modalities(config, arg.modalities)
+    recipe.set_model(config, arg.model)
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "test"
+    config.dataset.test_split = "test"
+    return config

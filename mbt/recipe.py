@@ -1,0 +1,131 @@
+"""What the config files share: argument strings, the papers' recipes, model and modality swaps.
+
+Config files (`configs/<dataset>.py`) take one argument string in big_vision's style,
+`key=value,key=value` (`--config=configs/audioset.py:model=sft,split=500k`), parse it with
+`parse_arg` and build on `mbt_b16_config` (MBT's paper recipe) with `set_model` and
+`set_modalities`. This module is imported by the config files as a package module (never
+loaded by path).
+
+MBT recipe (MBT paper and its official Scenic config; see docs/training.md): SGD momentum 0.9,
+base lr 0.5, linear warmup 2.5 epochs then cosine decay, batch 64, global-norm clipping 1.0,
+label smoothing 0.3, stochastic depth 0.3, modality mixup with alpha 0.5, bottleneck fusion
+with B = 4 tokens from layer Lf = 8, 8 s of audio (800 x 128 log-mel), 32 frames at stride 2
+(tubelets 2 x 16 x 16), 4 test clips, ImageNet-21k ViT-B/16 initialisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from mbt import config_validation
+from mbt import models
+from mbt import pretrained
+from mbt.data import pipeline
+from mbt.models import clstm
+from mbt.models import sft
+
+MODEL_NAMES = ("mbt", "sft", "clstm")
+# Argument value -> the modalities both the model and the data use.
+MODALITY_CHOICES = {"av": ("rgb", "spectrogram"), "audio": ("spectrogram",), "rgb": ("rgb",)}
+MODALITIES = tuple(MODALITY_CHOICES)
+
+
+def parse_arg(arg: str | None, **choices: Sequence[str]) -> ml_collections.ConfigDict:
+    """`'k=v,k2=v2'` -> ConfigDict over the keys of `choices`, each value checked against its
+    choices (the first choice is the default).
+
+    Example: `parse_arg('model=sft', model=('mbt', 'sft'), modalities=('av', 'audio'))` ->
+    `{model: 'sft', modalities: 'av'}`. Raises ValueError naming the bad key or value and
+    what is allowed.
+    """
+    values = {key: allowed[0] for key, allowed in choices.items()}
+    for part in (arg or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in choices:
+            raise ValueError(
+                f"config argument {part!r} in {arg!r}: expected key=value with key one of "
+                f"{sorted(choices)}"
+            )
+        if value not in choices[key]:
+            raise ValueError(f"config argument {key}={value!r}; allowed: {', '.join(choices[key])}")
+        values[key] = value
+    return ml_collections.ConfigDict(values)
+
+
+def mbt_b16_config(dataset_name: str) -> ml_collections.ConfigDict:
+    """Trainer + MBT-B/16 + `dataset_name` with every key at the paper's value."""
+    config = config_validation.trainer_config()  # SGD 0.9, lr 0.5, warmup 2.5 ep, cosine,
+    config.batch_size = 64  # clip 1.0, smoothing 0.3, mixmod 0.5
+    config.eval_batch_size = 64
+    config.num_epochs = 50.0
+    config.num_train_steps = 0
+    config.checkpoint.every_steps = 1000
+    config.checkpoint.keep = 3
+    config.log_every_steps = 50
+    config.eval_every_steps = 2000
+
+    config.model = models.default_mbt_config()  # B/16, bottleneck, Lf 8, B 4, depth 0.3
+    config.dataset = pipeline.default_dataset_config()  # 32 frames / 2, 224 px, 8 s
+    config.dataset.name = dataset_name
+    set_modalities(config, "av")
+
+    # Set checkpoint_path to imagenet21k ViT-B_16.npz (vision_transformer) to start as the
+    # paper does; None trains from scratch.
+    config.init_from = pretrained.default_init_from_config()
+    return config
+
+
+def set_modalities(config: ml_collections.ConfigDict, choice: str) -> ml_collections.ConfigDict:
+    """`choice` ('av' | 'audio' | 'rgb', `MODALITY_CHOICES`) sets the model's and data's
+    modalities."""
+    if choice not in MODALITY_CHOICES:
+        allowed = ", ".join(MODALITY_CHOICES)
+        raise ValueError(f"config argument modalities={choice!r}; allowed: {allowed}")
+    modalities = MODALITY_CHOICES[choice]
+    config.model.modalities = modalities
+    config.dataset.modalities = modalities
+    if "pool_sizes" in config.model:  # SFT: one pool size per modality it has
+        sizes = dict(config.model.pool_sizes)
+        config.model.pool_sizes = {m: sizes.get(m, 16) for m in modalities}
+    return config
+
+
+def set_model(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Swaps the MBT-B/16 model of `config` for `name`'s paper-scale model and recipe.
+
+    - 'mbt': unchanged.
+    - 'sft' (Ding et al. 2021, docs/models.md): ViT-B/16 widths, 1 unimodal block per modality,
+      the sparse-pool block (max pooling, 16 tokens per block: rgb 32x224² with 2x16x16
+      tubelets 3136 -> 196 tokens, spectrogram 800x128 400 -> 25), CLS tokens summed, 11 joint
+      blocks. Everything else is MBT's recipe; latent mixup stays off (input mixup is on).
+    - 'clstm' (Barnum et al. 2020): 3 ConvLSTM layers (32/64/128 channels, input downsampled
+      /4 /2 /2 by max pooling, 3x3 kernels), audio and video fused at the input
+      (`fusion_layer = 0`, the paper's most robust choice); each of the 32 frames gets a 25-bin
+      slice of the log-mel spectrogram. Trained from scratch with AdamW (lr 1e-3, warmup +
+      cosine, clipping 1.0): MBT's SGD recipe (lr 0.5) is too aggressive for a recurrent
+      model without normalisation. No stochastic depth; label smoothing and mixup as MBT.
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"config argument model={name!r}; allowed: {', '.join(MODEL_NAMES)}")
+    modalities = tuple(config.model.modalities)
+    if name == "sft":
+        depth = config.model.stochastic_droplayer_rate  # 0.3
+        config.model = sft.default_config()  # B/16, 1 + 1 + 11 blocks, max pooling
+        config.model.stochastic_droplayer_rate = depth
+        config.model.latent_mixup_alpha = 0.0
+        config.model.pool_sizes = {m: 16 for m in modalities}
+    elif name == "clstm":
+        config.model = clstm.default_config()
+        config.model.fusion_layer = 0
+        config.optimizer.name = "adamw"
+        config.optimizer.weight_decay = 1e-4
+        config.lr.base_lr = 1e-3
+        config.init_from.checkpoint_path = None  # no ImageNet ViT weights fit a ConvLSTM
+    config.model.modalities = modalities
+    return config
