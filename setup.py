@@ -2,7 +2,28 @@
 
 import setuptools
 
+_CORE = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "ml_collections>=1.1",
+    "clu>=0.0.12",
+    "numpy>=2.0",
+    "absl-py>=2.0",
+    "matplotlib>=3.8",
+]
+_DATA = [
+    "tensorflow-cpu>=2.21",
+    "tensorflow-datasets>=4.9.10",
+    "tensorboard>=2.21",
+    "av>=18.1",
+    "h5py>=3.10",
+]
 _TFDS_CLI = ["apache-beam>=2.60", "mlcroissant>=1.0.9"]
+# Reference implementations the tests compare against, and the style checks CI runs
+# (pinned: another ruff or mypy version formats or reports differently).
+_TEST = ["pytest>=8.0", "scikit-learn>=1.4", "librosa>=0.10", "ruff==0.17.6", "mypy==2.4.1"]
 
 setuptools.setup(
     name="mbt",
@@ -17,25 +38,13 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mbt", "mbt.*"]),
     python_requires=">=3.10",
     # Lower bounds: the versions the test suite was run with (older ones are untested).
-    install_requires=[
-        "jax>=0.10",
-        "flax>=0.12",
-        "optax>=0.2.8",
-        "orbax-checkpoint>=0.12",
-        "ml_collections>=1.1",
-        "clu>=0.0.12",
-        "numpy>=2.0",
-        "tensorflow-cpu>=2.21",
-        "tensorflow-datasets>=4.9.10",
-        "tensorboard>=2.21",
-        "av>=18.1",
-        "h5py>=3.10",
-        "matplotlib>=3.8",
-        "absl-py>=2.0",
-    ],
+    # The core (models, train step, trainer, flops, benchmarks) needs no TensorFlow.
+    install_requires=_CORE,
     extras_require={
+        # The input side: TFDS builders, the tf.data pipeline, media decoding, predict.
+        "data": _DATA,
         # TFDS's `tfds build` command imports these at start-up, even for Beam-less builders.
         "tfds_cli": _TFDS_CLI,
-        "test": ["pytest>=8.0", "scikit-learn>=1.4", "librosa>=0.10"] + _TFDS_CLI,
+        "test": _DATA + _TFDS_CLI + _TEST,
     },
 )

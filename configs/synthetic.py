@@ -28,13 +28,13 @@ import os
 from mbt import config_validation
 from mbt import models
 from mbt import recipe
-from mbt.data import pipeline
+from mbt.data import settings as data_settings
 from mbt.models import clstm
 from mbt.models import sft
 
 
 def _data_config():
-    data = pipeline.default_dataset_config()
+    data = data_settings.default_dataset_config()
     data.name = "vggsound"
     data.builder_config = "tiny"  # stores 10 fps, 64 px, 2 s clips as generated
     # 144 regular clips = 108 train / 36 test, plus 4 edge-case rows: the builder skips the

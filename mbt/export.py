@@ -30,13 +30,13 @@ import numpy as np
 from flax import serialization
 
 from mbt import models
+from mbt.data.settings import STORED_SAMPLE_RATE
 
 EXPORT_VERSION = 1
 EXPORT_SUBDIR = "export"
 PARAMS_FILE = "params.msgpack"
 CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
-STORED_SAMPLE_RATE = 16000  # Hz: every builder stores 16 kHz mono audio
 
 
 @dataclasses.dataclass(frozen=True)

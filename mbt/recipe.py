@@ -22,7 +22,7 @@ import ml_collections
 from mbt import config_validation
 from mbt import models
 from mbt import pretrained
-from mbt.data import pipeline
+from mbt.data import settings as data_settings
 from mbt.models import clstm
 from mbt.models import sft
 
@@ -71,7 +71,7 @@ def mbt_b16_config(dataset_name: str) -> ml_collections.ConfigDict:
     config.eval_every_steps = 2000
 
     config.model = models.default_mbt_config()  # B/16, bottleneck, Lf 8, B 4, depth 0.3
-    config.dataset = pipeline.default_dataset_config()  # 32 frames / 2, 224 px, 8 s
+    config.dataset = data_settings.default_dataset_config()  # 32 frames / 2, 224 px, 8 s
     config.dataset.name = dataset_name
     set_modalities(config, "av")
 

@@ -12,55 +12,11 @@ same picture with less decoding and resizing.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import tensorflow as tf
 
-
-@dataclasses.dataclass(frozen=True)
-class RgbAugment:
-    """Training augmentation of RGB clips (each has an off switch).
-
-    Attributes:
-      random_flip: flip the whole clip left-right with probability 1/2.
-      scale_jitter: resize the short side to `min_resize × s`, s ~ U[scale_min, scale_max]
-        (kept ≥ the crop size), before the random crop; otherwise to `min_resize`.
-      scale_min, scale_max: range of s.
-      color: colour jitter (brightness, contrast, saturation, hue; one draw per clip) with
-        probability `color_prob`, then grey-scale with probability `color_drop_prob`.
-      brightness: max additive brightness change (images in [0, 1]).
-      contrast, saturation: max relative change, factor in [1 - x, 1 + x].
-      hue: max hue shift (fraction of the colour circle).
-    """
-
-    random_flip: bool = True
-    scale_jitter: bool = True
-    scale_min: float = 0.9
-    scale_max: float = 1.33
-    color: bool = False
-    color_prob: float = 0.8
-    color_drop_prob: float = 0.1
-    brightness: float = 0.32
-    contrast: float = 0.32
-    saturation: float = 0.32
-    hue: float = 0.08
-
-
-@dataclasses.dataclass(frozen=True)
-class SpecAugment:
-    """SpecAugment masks (Park et al. 2019) on a `[time, mel]` spectrogram.
-
-    Each mask's width is drawn uniformly from {0, ..., max width}, its start uniformly among
-    the positions where it fits; masked cells are set to `mask_value` (0 = the mean of a
-    normalised spectrogram).
-    """
-
-    num_freq_masks: int = 1
-    max_freq_width: int = 48
-    num_time_masks: int = 1
-    max_time_width: int = 192
-    mask_value: float = 0.0
+from mbt.data.settings import RgbAugment  # noqa: F401 (re-exported)
+from mbt.data.settings import SpecAugment
 
 
 def _band_mask(length: int | tf.Tensor, count: int, max_width: int, seed: tf.Tensor) -> tf.Tensor:

@@ -71,6 +71,7 @@ from mbt.data import audio as audio_lib
 from mbt.data import augment
 from mbt.data import clips
 from mbt.data import sources
+from mbt.data.settings import default_dataset_config
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,7 +85,6 @@ DEFAULT_SPLITS = {
     "epic_kitchens": ("train", "validation", "validation"),
     "scenic_tfrecord": ("train", "validation", "test"),
 }
-STORED_SAMPLE_RATE = 16000
 _SEED_MIX = 1_000_003
 
 
@@ -110,63 +110,6 @@ class DatasetMeta:
     modalities: tuple[str, ...]
     input_shapes: dict[str, tuple[int, ...]]
     num_examples: dict[str, int]
-
-
-def default_dataset_config() -> ml_collections.ConfigDict:
-    """`config.dataset` with every key the pipeline reads, at MBT's values."""
-    c = ml_collections.ConfigDict()
-    c.name = "audioset"
-    c.builder_config = ""
-    c.data_dir = ""
-    c.train_split = ""
-    c.eval_split = ""
-    c.test_split = ""
-    c.modalities = ("rgb", "spectrogram")
-    c.video_fps = 0.0
-    c.num_frames = 32
-    c.stride = 2
-    c.frame_size = 224
-    c.min_resize = 256
-    c.audio_seconds = 8.0
-    c.sample_rate = STORED_SAMPLE_RATE
-    c.num_mel_bins = 128
-    c.window_ms = 25.0
-    c.hop_ms = 10.0
-    c.fft_length = 1024
-    c.fmin = 0.0
-    c.fmax = None
-    c.mel_power = 2.0
-    c.log_offset = 1e-6
-    c.spec_mean = 1.102
-    c.spec_std = 2.762
-    c.spec_channels = 1
-    c.use_precomputed_spectrogram = True
-    c.spec_augment = ml_collections.ConfigDict(
-        dict(
-            enabled=True, num_freq_masks=1, max_freq_width=48, num_time_masks=1, max_time_width=192
-        )
-    )
-    c.rgb_augment = ml_collections.ConfigDict(dataclasses.asdict(augment.RgbAugment()))
-    c.num_test_clips = 4
-    c.num_spatial_crops = 1
-    c.shuffle_buffer = 256
-    c.synthetic = ml_collections.ConfigDict(
-        dict(
-            num_clips=0,
-            seed=0,
-            num_classes=0,
-            frame_size=64,
-            fps=10.0,
-            clip_seconds=2.0,
-            edge_cases=True,
-        )
-    )
-    c.tfrecord_pattern = ""
-    c.num_classes = 0
-    c.class_names = ()
-    c.multi_label = True
-    c.class_splits = ()
-    return c
 
 
 def _as_dict(value: Any) -> Any:
