@@ -31,6 +31,8 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
         raise FileNotFoundError(f"config file {path!r} (config.siblings) does not exist")
     name = "mbt_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"config file {path!r} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg) if arg is not None else module.get_config()
