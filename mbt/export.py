@@ -131,15 +131,15 @@ def default_export_dir(workdir: str) -> str:
 def default_head_names(
     dataset_name: str | None, class_splits, imports: tuple[str, ...] = ()
 ) -> tuple[str, ...]:
-    """The dataset spec's head names when they match `class_splits` (EPIC: ('verb', 'noun')),
-    ('head_0', ...) for other split labels, () for one head."""
+    """The dataset spec's head names when it has one per class split (EPIC: ('verb', 'noun'),
+    also for a reduced label space), ('head_0', ...) for other split labels, () for one head."""
     if not class_splits:
         return ()
     try:
         spec = registry.get(dataset_name, imports)
     except ValueError:
         spec = None
-    if spec is not None and tuple(spec.class_splits) == tuple(class_splits):
+    if spec is not None and len(spec.head_names) == len(class_splits):
         return tuple(spec.head_names)
     return tuple(f"head_{i}" for i in range(len(class_splits)))
 
