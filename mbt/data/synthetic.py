@@ -36,6 +36,7 @@ import argparse
 import colorsys
 import csv
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -986,11 +987,15 @@ def generate(
         )
     _check_args(dataset, num_clips, num_classes, frame_size, fps, clip_seconds)
     os.makedirs(out_dir, exist_ok=True)
-    # Dataset-specific options are passed only when set, so generators need only their own.
+    generator = registry.load(spec.synthetic)
+    # Dataset-specific options go only to generators that take them (others ignore them).
+    accepted = inspect.signature(generator).parameters
     options = {
-        k: v for k, v in (("hdf5_audio", hdf5_audio), ("clip_name_format", clip_name_format)) if v
+        k: v
+        for k, v in (("hdf5_audio", hdf5_audio), ("clip_name_format", clip_name_format))
+        if v and k in accepted
     }
-    summary = registry.load(spec.synthetic)(
+    summary = generator(
         out_dir,
         num_clips,
         seed=seed,
