@@ -379,7 +379,7 @@ def test_cli_prints_what_it_wrote(tmp_path, capsys):
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="dataset='kinetics'"):
+    with pytest.raises(ValueError, match="'kinetics' is not a registered dataset; known:"):
         synthetic.generate("kinetics", "/tmp/unused", 1)
     with pytest.raises(ValueError, match="num_classes=600"):
         synthetic.generate("audioset", "/tmp/unused", 1, num_classes=600)
