@@ -15,8 +15,8 @@ import ml_collections
 
 from mbt import models
 from mbt import optim
+from mbt.data import registry
 
-DATASETS = ("audioset", "vggsound", "epic_kitchens", "scenic_tfrecord")  # = pipeline.DATASETS
 MODES = ("train", "evaluate", "test")
 TEST_COMBINE = ("mean_logits", "mean_probs")
 HEAD_REDUCTIONS = ("sum", "mean")
@@ -105,9 +105,7 @@ def validate_config(
             raise ValueError(f"config.{key} is missing; start from a file in configs/")
     models.validate_model_config(config.model)
 
-    dataset_name = config.dataset.get("name")
-    if dataset_name not in DATASETS:
-        _fail("dataset.name", dataset_name, ", ".join(repr(d) for d in DATASETS))
+    registry.for_config(config.dataset)  # unknown name: ValueError listing the known ones
 
     model_modalities = tuple(config.model.modalities)
     if meta is not None:

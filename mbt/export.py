@@ -13,6 +13,7 @@
 against the model built from the config and names the ones that differ.
 
 Nothing here imports TensorFlow except `decode_settings` (it reads the TFDS builder configs).
+What a dataset name means comes from its `mbt.data.registry` spec.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from flax import serialization
 
 from mbt import models
+from mbt.data import registry
 from mbt.data.settings import STORED_SAMPLE_RATE
 
 EXPORT_VERSION = 1
@@ -126,45 +128,52 @@ def default_export_dir(workdir: str) -> str:
     return os.path.join(os.fspath(workdir), EXPORT_SUBDIR)
 
 
-def default_head_names(dataset_name: str | None, class_splits) -> tuple[str, ...]:
-    """('verb', 'noun') for EPIC-Kitchens, ('head_0', ...) for other split labels, else ()."""
+def default_head_names(
+    dataset_name: str | None, class_splits, imports: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """The dataset spec's head names when it has one per class split (EPIC: ('verb', 'noun'),
+    also for a reduced label space), ('head_0', ...) for other split labels, () for one head."""
     if not class_splits:
         return ()
-    if dataset_name == "epic_kitchens" and len(class_splits) == 2:
-        return ("verb", "noun")
+    try:
+        spec = registry.get(dataset_name, imports)
+    except ValueError:
+        spec = None
+    if spec is not None and len(spec.head_names) == len(class_splits):
+        return tuple(spec.head_names)
     return tuple(f"head_{i}" for i in range(len(class_splits)))
 
 
 def decode_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """`{'video_fps', 'short_side'}` of the frames the dataset of `config` stores.
 
-    TFDS datasets: the builder config's fps and short side (`config.dataset.builder_config`,
-    '' = the builder's default), `config.dataset.video_fps` overriding the fps. Scenic
-    TFRecords: `video_fps` (0 = 25) and the short side `config.dataset.min_resize` (the
+    Datasets with a TFDS builder (registry spec `builder`): the builder config's `fps` and
+    `short_side` (`config.dataset.builder_config`, '' = the builder's default),
+    `config.dataset.video_fps` overriding the fps. Others (scenic_tfrecord): `video_fps`
+    (0 = the spec's `default_fps`) and the short side `config.dataset.min_resize` (the
     records' frame size is not known here).
     """
     from mbt.data import pipeline  # TensorFlow: only when an export or a prediction is made
 
     values = pipeline.dataset_values(config)
     name = values["name"]
+    spec = registry.get(name, values["imports"])
     fps, short_side = None, int(values["min_resize"])
-    if name != "scenic_tfrecord":
-        from mbt.data import builders
-
-        builder_cls = {
-            "audioset": builders.Audioset,
-            "vggsound": builders.Vggsound,
-            "epic_kitchens": builders.EpicKitchens,
-        }[name]
-        wanted = values["builder_config"] or builder_cls.DEFAULT_CONFIG_NAME
-        by_name = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
-        if wanted not in by_name:
+    if spec.builder is not None:
+        builder_cls = registry.load(spec.builder)
+        configs = list(getattr(builder_cls, "BUILDER_CONFIGS", None) or [])
+        wanted = values["builder_config"] or getattr(builder_cls, "DEFAULT_CONFIG_NAME", None)
+        wanted = wanted or (configs[0].name if configs else None)
+        by_name = {c.name: c for c in configs}
+        if configs and wanted not in by_name:
             raise ValueError(
                 f"config.dataset.builder_config={wanted!r} is not a config of "
                 f"{name}; allowed: {sorted(by_name)}"
             )
-        fps, short_side = by_name[wanted].fps, by_name[wanted].short_side
-    fps = float(values["video_fps"] or fps or 25.0)
+        chosen = by_name.get(wanted)
+        fps = getattr(chosen, "fps", None)
+        short_side = getattr(chosen, "short_side", None) if chosen is not None else short_side
+    fps = float(values["video_fps"] or fps or spec.default_fps)
     return {"video_fps": fps, "short_side": None if short_side is None else int(short_side)}
 
 
@@ -190,7 +199,9 @@ def export_meta(
         modalities=modalities,
         input_shapes={m: tuple(int(d) for d in shapes[m]) for m in modalities},
         **decode_settings(config),
-        head_names=default_head_names(config.dataset.get("name"), splits),
+        head_names=default_head_names(
+            config.dataset.get("name"), splits, tuple(config.dataset.get("imports") or ())
+        ),
         step=None if step is None else int(step),
     )
 

@@ -43,12 +43,10 @@ from mbt import export
 from mbt.data import clips
 from mbt.data import media
 from mbt.data import pipeline
+from mbt.data import registry
 from mbt.data import sources
 from mbt.pretrained import scenic_checkpoint
 
-# Label layout of the datasets when a Scenic checkpoint comes without an mbt export.
-_MULTI_LABEL = {"audioset": True, "vggsound": False, "epic_kitchens": False}
-_EPIC_SPLITS = (97, 300)
 # Needed frames closer than this (in stored frames per second of video) are read in one go.
 _MERGE_GAP_S = 1.0
 # Audio up to this far into a file is decoded from its start (exact resampling phase).
@@ -229,22 +227,17 @@ def read_class_names(path: str) -> tuple[str, ...]:
 
 
 def _label_layout(config, num_classes: int) -> tuple[bool, tuple[int, ...] | None]:
-    """(multi_label, class_splits) of the dataset named by `config.dataset.name`."""
+    """(multi_label, class_splits) of the dataset named by `config.dataset.name` (its
+    registry spec; scenic_tfrecord: `config.dataset.multi_label` and `class_splits`)."""
     values = pipeline.dataset_values(config)
     name = values["name"]
-    if name == "epic_kitchens":
-        splits = _EPIC_SPLITS
-    elif name == "scenic_tfrecord":
-        splits = tuple(values["class_splits"]) or None
-    else:
-        splits = None
-    multi_label = _MULTI_LABEL.get(name, bool(values["multi_label"]))
+    multi_label, splits = registry.get(name, values["imports"]).label_layout(values)
     if splits and sum(splits) != num_classes:
         raise ValueError(
             f"config.dataset.name={name!r} has label heads {splits} but the "
             f"checkpoint has {num_classes} classes"
         )
-    return (multi_label and not splits), splits
+    return multi_label, splits
 
 
 def predictor_from_scenic(

@@ -73,10 +73,9 @@ class PipelineData:
         self.meta = pipeline.get_dataset_meta(config)
 
     def split_names(self) -> dict[str, str]:
-        """Configured split per role, with the pipeline's per-dataset defaults."""
+        """Configured split per role, with the dataset spec's defaults."""
         values = self._pipeline.dataset_values(self._config)
-        defaults = self._pipeline.DEFAULT_SPLITS[values["name"]]
-        return {role: values[f"{role}_split"] or default for role, default in zip(ROLES, defaults)}
+        return {role: self._pipeline.split_names(values)[role] for role in ROLES}
 
     def batches(self, split, mode, batch_size, *, seed, start_batch=0):
         return iter(

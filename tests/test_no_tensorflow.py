@@ -28,6 +28,11 @@ TF_FREE_MODULES = (
     "mbt.models.clstm",
     "mbt.pretrained",
     "mbt.export",
+    "mbt.data.registry",
+    "mbt.data.builders.audioset_spec",
+    "mbt.data.builders.vggsound_spec",
+    "mbt.data.builders.epic_kitchens_spec",
+    "mbt.data.builders.scenic_tfrecord_spec",
 )
 # Benchmark scripts, imported as modules (their main() is not run).
 TF_FREE_SCRIPTS = ("scripts/benchmark_model.py", "scripts/fusion_flops.py")

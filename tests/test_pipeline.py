@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from mbt.data import pipeline
+from mbt.data import registry
 from mbt.data import sources
 
 FPS = 10.0
@@ -332,7 +333,7 @@ def test_builder_end_to_end_labels_follow_stored_examples(name, tmp_path):
     assert config.dataset.data_dir == str(tmp_path / "tfds")
     meta = pipeline.get_dataset_meta(config)
     assert meta.input_shapes == {"rgb": (4, 24, 24, 3), "spectrogram": (100, 128, 1)}
-    eval_split = pipeline.DEFAULT_SPLITS[name][1]
+    eval_split = registry.get(name).default_splits[1]
     stored = _stored_examples(config, eval_split)
     assert meta.num_examples[eval_split] == len(stored) > 0
     batches = list(

@@ -1,2 +1,3 @@
-"""Data: media decoding (`media`), synthetic dataset copies (`synthetic`), TFDS builders and
-the tf.data input pipeline. Only the builders and the pipeline import TensorFlow."""
+"""Data: the dataset registry (`registry`), media decoding (`media`), synthetic dataset copies
+(`synthetic`), TFDS builders and the tf.data input pipeline. Only the builders and the
+pipeline import TensorFlow."""

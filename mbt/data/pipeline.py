@@ -18,12 +18,17 @@ the same number of batches and every example of the split appears exactly once o
 Keys read from `config.dataset` (defaults in `default_dataset_config()`, described in
 docs/config.md):
 
-  name                 'audioset' | 'vggsound' | 'epic_kitchens' (TFDS builders in
-                       mbt.data.builders) | 'scenic_tfrecord' (Scenic/DMVR SequenceExamples)
+  name                 a dataset of mbt.data.registry: 'audioset' | 'vggsound' |
+                       'epic_kitchens' (TFDS builders in mbt.data.builders) |
+                       'scenic_tfrecord' (Scenic/DMVR SequenceExamples) | one registered
+                       by a module of `imports`
+  imports              modules imported before `name` is looked up (each registers a
+                       dataset defined outside mbt, docs/datasets.md 'Add a dataset')
   builder_config       TFDS builder config name ('' = the builder's default)
   data_dir             TFDS data dir ('' = TFDS's default; prepare_dataset sets <workdir>/tfds)
   train_split, eval_split, test_split
-                       split names ('' = the dataset's usual ones, see DEFAULT_SPLITS)
+                       split names ('' = the dataset's usual ones: its spec's
+                       default_splits)
   modalities           subset of ('rgb', 'spectrogram')
   video_fps            frame rate of the stored frames (0 = the builder config's fps; 25 for
                        scenic_tfrecord)
@@ -70,21 +75,14 @@ import tensorflow as tf
 from mbt.data import audio as audio_lib
 from mbt.data import augment
 from mbt.data import clips
+from mbt.data import registry
 from mbt.data import sources
 from mbt.data.settings import default_dataset_config
 
 _LOG = logging.getLogger(__name__)
 
-DATASETS = ("audioset", "vggsound", "epic_kitchens", "scenic_tfrecord")
 MODES = ("train", "eval", "test")
 MODALITIES = ("rgb", "spectrogram")
-# (train, eval, test) split names used when the config leaves them ''.
-DEFAULT_SPLITS = {
-    "audioset": ("balanced_train", "eval", "eval"),
-    "vggsound": ("train", "test", "test"),
-    "epic_kitchens": ("train", "validation", "validation"),
-    "scenic_tfrecord": ("train", "validation", "test"),
-}
 _SEED_MIX = 1_000_003
 
 
@@ -143,10 +141,9 @@ def dataset_values(config) -> dict:
     if given is None:
         raise ValueError("config has no `dataset` section (start from default_dataset_config())")
     values = _merge(_as_dict(default_dataset_config()), _as_dict(given), "config.dataset.")
-    if values["name"] not in DATASETS:
-        raise ValueError(
-            f"config.dataset.name={values['name']!r} is not supported; allowed: {DATASETS}"
-        )
+    imports = values["imports"]
+    values["imports"] = (imports,) if isinstance(imports, str) else tuple(imports or ())
+    registry.get(values["name"], values["imports"])  # unknown name: ValueError listing names
     modalities = values["modalities"]
     if isinstance(modalities, str):
         modalities = (modalities,)
@@ -160,51 +157,23 @@ def dataset_values(config) -> dict:
     return values
 
 
-def _splits(values: dict) -> dict[str, str]:
-    """mode → split name."""
-    defaults = DEFAULT_SPLITS[values["name"]]
+def split_names(values: dict) -> dict[str, str]:
+    """mode → split name: the configured one, else the dataset spec's default."""
+    defaults = registry.get(values["name"], values["imports"]).default_splits
     return {mode: values[f"{mode}_split"] or default for mode, default in zip(MODES, defaults)}
 
 
-_SOURCE_CACHE: dict[tuple, sources.ExampleSource] = {}
-
-
 def _source(values: dict) -> sources.ExampleSource:
-    name = values["name"]
-    if name == "scenic_tfrecord":
-        patterns = values["tfrecord_pattern"]
-        if not patterns:
-            raise ValueError("config.dataset.tfrecord_pattern is required for scenic_tfrecord")
-        if isinstance(patterns, Mapping):
-            split_names = tuple(patterns)
-        else:
-            split_names = tuple(dict.fromkeys(_splits(values).values()))
-        key = (
-            name,
-            repr(patterns),
-            split_names,
-            values["num_classes"],
-            tuple(values["class_names"]),
-            values["multi_label"],
-            tuple(values["class_splits"]),
-            values["video_fps"],
-        )
-        if key not in _SOURCE_CACHE:
-            _SOURCE_CACHE[key] = sources.scenic_source(
-                patterns,
-                split_names,
-                values["num_classes"],
-                values["class_names"],
-                bool(values["multi_label"]),
-                values["class_splits"],
-                values["video_fps"] or 25.0,
-            )
-        return _SOURCE_CACHE[key]
+    """The source of the dataset spec: its factory, else its TFDS builder's prepared copy."""
+    spec = registry.get(values["name"], values["imports"])
+    if spec.source_factory is not None:
+        return registry.load(spec.source_factory)(values)
     return sources.tfds_source(
-        name,
+        spec.name,
         values["builder_config"] or None,
         values["data_dir"] or None,
         values["video_fps"] or None,
+        values["imports"],
     )
 
 
@@ -328,7 +297,7 @@ def _resolve_split(
 ) -> str:
     """A split name of the source: `split` itself, or the configured split for a role name
     ('train' / 'eval' / 'test') the source lacks, or the configured split of `mode` for None."""
-    configured = _splits(values)
+    configured = split_names(values)
     if split is None:
         split = configured[mode]
     elif split not in source.split_sizes and split in configured:
@@ -540,10 +509,12 @@ def prepare_dataset(config, workdir: str) -> None:
         _LOG.info("config.dataset.synthetic.num_clips=0: no synthetic data to prepare.")
         return
     name = values["name"]
-    if name not in sources.TFDS_DATASETS:
+    spec = registry.get(name, values["imports"])
+    if spec.builder is None or spec.synthetic is None:
         raise ValueError(
-            f"synthetic data needs a TFDS dataset (config.dataset.name in "
-            f"{sources.TFDS_DATASETS}), got {name!r}"
+            f"synthetic data needs a dataset with a TFDS builder and a synthetic generator; "
+            f"config.dataset.name={name!r} has builder={spec.builder!r}, "
+            f"synthetic={spec.synthetic!r}"
         )
     source_dir = os.path.join(workdir, "synthetic_src")
     # generate() writes its summary last: without it the copy is incomplete.
@@ -571,7 +542,9 @@ def prepare_dataset(config, workdir: str) -> None:
     data_dir = values["data_dir"] or os.path.join(workdir, "tfds")
     if not values["data_dir"]:
         config.dataset.data_dir = data_dir
-    builder = sources.tfds_builder(name, values["builder_config"] or None, data_dir)
+    builder = sources.tfds_builder(
+        name, values["builder_config"] or None, data_dir, values["imports"]
+    )
     if builder.is_prepared():
         _LOG.info("%s/%s already built in %s.", builder.name, builder.builder_config.name, data_dir)
         return

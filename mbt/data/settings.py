@@ -63,6 +63,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     """`config.dataset` with every key the pipeline reads, at MBT's values."""
     c = ml_collections.ConfigDict()
     c.name = "audioset"
+    c.imports = ()
     c.builder_config = ""
     c.data_dir = ""
     c.train_split = ""

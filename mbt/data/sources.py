@@ -10,7 +10,6 @@ example level and resume training without decoding the skipped examples.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -19,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from mbt.data import registry
+
 _LOG = logging.getLogger(__name__)
 
-TFDS_DATASETS = ("audioset", "vggsound", "epic_kitchens")
 # Stored keys the pipeline reads; the rest is dropped straight after reading.
 _KEPT_KEYS = ("rgb", "audio", "spectrogram", "label", "verb_label", "noun_label", "video_index")
 
@@ -91,37 +91,19 @@ def keep_needed(example: dict, modalities: Sequence[str]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# TFDS builders (mbt.data.builders.*)
+# TFDS builders (the `builder` of a registry spec)
 
 
-def _builder_class(name: str):
+def tfds_builder(
+    name: str, builder_config: str | None, data_dir: str | None, imports: Sequence[str] = ()
+):
+    """The TFDS builder of dataset `name` (its registry spec's `builder`, imported lazily)."""
     import tensorflow_datasets as tfds
 
-    module = importlib.import_module(f"mbt.data.builders.{name}")
-    classes = [
-        v
-        for v in vars(module).values()
-        if isinstance(v, type)
-        and issubclass(v, tfds.core.DatasetBuilder)
-        and v.__module__ == module.__name__
-    ]
-    if len(classes) != 1:
-        raise ValueError(
-            f"mbt.data.builders.{name} should define one TFDS builder, found "
-            f"{[c.__name__ for c in classes]}"
-        )
-    return classes[0]
-
-
-def tfds_builder(name: str, builder_config: str | None, data_dir: str | None):
-    """The TFDS builder of `mbt.data.builders.<name>` (registered by importing the module)."""
-    import tensorflow_datasets as tfds
-
-    if name not in TFDS_DATASETS:
-        raise ValueError(
-            f"config.dataset.name={name!r} has no TFDS builder; allowed: {TFDS_DATASETS}"
-        )
-    cls = _builder_class(name)
+    spec = registry.get(name, imports)
+    if spec.builder is None:
+        raise ValueError(f"config.dataset.name={name!r} has no TFDS builder (it is read directly)")
+    cls = registry.load(spec.builder)
     kwargs = {"config": builder_config} if builder_config else {}
     try:
         return tfds.builder(cls.name, data_dir=data_dir or None, **kwargs)
@@ -152,9 +134,13 @@ def _class_names(features) -> tuple[tuple[str, ...], tuple[int, ...] | None, boo
 
 
 def tfds_source(
-    name: str, builder_config: str | None, data_dir: str | None, fps: float | None = None
+    name: str,
+    builder_config: str | None,
+    data_dir: str | None,
+    fps: float | None = None,
+    imports: Sequence[str] = (),
 ) -> ExampleSource:
-    """Source reading a prepared TFDS dataset built by `mbt.data.builders.<name>`.
+    """Source reading a prepared TFDS dataset built by the builder of registry spec `name`.
 
     JPEG frames are not decoded here (`SkipDecoding`): the pipeline decodes only the frames
     it samples. `video_index` is recovered from TFDS's per-example ids (file name and record
@@ -162,12 +148,14 @@ def tfds_source(
     """
     import tensorflow_datasets as tfds
 
-    builder = tfds_builder(name, builder_config, data_dir)
+    builder = tfds_builder(name, builder_config, data_dir, imports)
     if not builder.is_prepared():
+        module = registry.get(name).builder.partition(":")[0]
         raise FileNotFoundError(
             f"TFDS dataset {builder.name}/{builder.builder_config.name} is not built in "
             f"{builder.data_dir_root}: run mbt.data.pipeline.prepare_dataset (synthetic copy) or "
-            f"`tfds build mbt/data/builders/{name}.py --manual_dir=...` (config.dataset.data_dir)"
+            f"`python -m mbt.data.builders --dataset={name} --manual_dir=...` / `tfds build "
+            f"--imports={module} {builder.name} --manual_dir=...` (config.dataset.data_dir)"
         )
     class_names, class_splits, multi_label, label_keys = _class_names(builder.info.features)
     splits = builder.info.splits
@@ -324,6 +312,44 @@ def scenic_source(
         ),
         full_frame_decode=True,
     )
+
+
+_SCENIC_CACHE: dict[tuple, ExampleSource] = {}
+
+
+def scenic_source_from_values(values: Mapping) -> ExampleSource:
+    """`scenic_source` from merged `config.dataset` values (the scenic_tfrecord spec's
+    source factory); one source per distinct setting in a process (records are counted once).
+    """
+    from mbt.data import pipeline
+
+    patterns = values["tfrecord_pattern"]
+    if not patterns:
+        raise ValueError("config.dataset.tfrecord_pattern is required for scenic_tfrecord")
+    if isinstance(patterns, Mapping):
+        split_names = tuple(patterns)
+    else:
+        split_names = tuple(dict.fromkeys(pipeline.split_names(values).values()))
+    key = (
+        repr(patterns),
+        split_names,
+        values["num_classes"],
+        tuple(values["class_names"]),
+        values["multi_label"],
+        tuple(values["class_splits"]),
+        values["video_fps"],
+    )
+    if key not in _SCENIC_CACHE:
+        _SCENIC_CACHE[key] = scenic_source(
+            patterns,
+            split_names,
+            values["num_classes"],
+            values["class_names"],
+            bool(values["multi_label"]),
+            values["class_splits"],
+            values["video_fps"] or registry.get("scenic_tfrecord").default_fps,
+        )
+    return _SCENIC_CACHE[key]
 
 
 # ---------------------------------------------------------------------------------------------

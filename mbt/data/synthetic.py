@@ -36,6 +36,7 @@ import argparse
 import colorsys
 import csv
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -44,8 +45,8 @@ import string
 import numpy as np
 
 from mbt.data import media
+from mbt.data import registry
 
-DATASETS = ("audioset", "vggsound", "epic_kitchens")
 EDGE_KINDS = ("missing_file", "no_audio", "undecodable", "clip_shorter_than_segment")
 SUMMARY_FILE = "synthetic_summary.json"
 
@@ -258,8 +259,17 @@ def render_audio(
 # Shared helpers
 
 
+# Random stream of each generator (fixed: the same seed gives the same copy as before).
+_RNG_STREAMS = {"audioset": 0, "vggsound": 1, "epic_kitchens": 2}
+
+
 def _clip_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, DATASETS.index(dataset), index])
+    return np.random.default_rng([seed, _RNG_STREAMS[dataset], index])
+
+
+def datasets() -> tuple[str, ...]:
+    """Names of the registered datasets that have a synthetic generator."""
+    return tuple(n for n in registry.names() if registry.get(n).synthetic)
 
 
 def _even(x: float) -> int:
@@ -322,8 +332,6 @@ def _edge_plan(edge_cases: bool) -> list[str]:
 
 
 def _check_args(dataset, num_clips, num_classes, frame_size, fps, clip_seconds) -> None:
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r}; allowed: {DATASETS}")
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     if num_classes is not None and num_classes < 1:
@@ -348,8 +356,8 @@ def _vggsound_names(num_classes: int) -> list[str]:
     return sorted(names)  # the class index is the position in the sorted list
 
 
-def _generate_vggsound(
-    out_dir, num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases
+def generate_vggsound(
+    out_dir, num_clips, *, seed, num_classes, frame_size, fps, clip_seconds, edge_cases
 ) -> dict:
     names = _vggsound_names(num_classes or 6)
     grid = ClassGrid(len(names))
@@ -462,16 +470,17 @@ def _audioset_clip_name(fmt: str, ytid: str, start_s: float, end_s: float) -> st
         ) from e
 
 
-def _generate_audioset(
+def generate_audioset(
     out_dir,
     num_clips,
+    *,
     seed,
     num_classes,
     frame_size,
     fps,
     clip_seconds,
     edge_cases,
-    clip_name_format,
+    clip_name_format=None,
 ) -> dict:
     rng = np.random.default_rng([seed, 0])
     mids, all_names = _audioset_ontology(rng)
@@ -691,9 +700,20 @@ def _epic_video_plan(num_segments: int):
     return plan
 
 
-def _generate_epic(
-    out_dir, num_clips, seed, num_classes, frame_size, edge_cases, hdf5_audio
+def generate_epic(
+    out_dir,
+    num_clips,
+    *,
+    seed,
+    num_classes,
+    frame_size,
+    fps=None,
+    clip_seconds=None,
+    edge_cases,
+    hdf5_audio=False,
 ) -> dict:
+    """EPIC videos have their own rates and lengths: `fps` and `clip_seconds` are unused."""
+
     rng = np.random.default_rng([seed, 2])
     grid = ClassGrid(num_classes or 6)
     if grid.num_patterns > EPIC_NUM_VERBS or grid.num_tones > EPIC_NUM_NOUNS:
@@ -958,29 +978,34 @@ def generate(
     defaults to 6 (EPIC: verb x noun actions). `fps` and `clip_seconds` apply to the
     YouTube sets (EPIC videos have their own rates and lengths). `hdf5_audio` (EPIC) also
     writes EPIC-KITCHENS-100_audio.hdf5; `clip_name_format` (AudioSet) picks the file names.
+    The generator is the dataset spec's `synthetic` (mbt.data.registry).
     """
+    spec = registry.get(dataset)
+    if spec.synthetic is None:
+        raise ValueError(
+            f"dataset={dataset!r} has no synthetic generator; those that do: {datasets()}"
+        )
     _check_args(dataset, num_clips, num_classes, frame_size, fps, clip_seconds)
     os.makedirs(out_dir, exist_ok=True)
-    if dataset == "vggsound":
-        summary = _generate_vggsound(
-            out_dir, num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases
-        )
-    elif dataset == "audioset":
-        summary = _generate_audioset(
-            out_dir,
-            num_clips,
-            seed,
-            num_classes,
-            frame_size,
-            fps,
-            clip_seconds,
-            edge_cases,
-            clip_name_format,
-        )
-    else:
-        summary = _generate_epic(
-            out_dir, num_clips, seed, num_classes, frame_size, edge_cases, hdf5_audio
-        )
+    generator = registry.load(spec.synthetic)
+    # Dataset-specific options go only to generators that take them (others ignore them).
+    accepted = inspect.signature(generator).parameters
+    options = {
+        k: v
+        for k, v in (("hdf5_audio", hdf5_audio), ("clip_name_format", clip_name_format))
+        if v and k in accepted
+    }
+    summary = generator(
+        out_dir,
+        num_clips,
+        seed=seed,
+        num_classes=num_classes,
+        frame_size=frame_size,
+        fps=fps,
+        clip_seconds=clip_seconds,
+        edge_cases=edge_cases,
+        **options,
+    )
     with open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -988,7 +1013,7 @@ def generate(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True, choices=datasets())
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--num_clips", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)

@@ -41,12 +41,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from mbt import models
+from mbt.data import registry
 from mbt.models import clstm as clstm_lib
 from mbt.models import tokenizers
 
 SPECTROGRAM_FRAMES_PER_SECOND = 100  # 10 ms hop
-# Used for the head's size when neither a flag nor config.dataset.num_classes gives it.
-DATASET_NUM_CLASSES = {"audioset": 527, "vggsound": 309, "epic_kitchens": 97 + 300}
+# The head's size when neither a flag, config.dataset.num_classes nor the dataset's registry
+# spec gives it.
 DEFAULT_NUM_CLASSES = 527
 
 
@@ -554,7 +555,11 @@ def num_classes_from_config(config: ml_collections.ConfigDict) -> int:
     dataset = config.get("dataset") or {}
     if dataset.get("num_classes"):
         return int(dataset.num_classes)
-    return DATASET_NUM_CLASSES.get(dataset.get("name"), DEFAULT_NUM_CLASSES)
+    try:
+        spec = registry.get(dataset.get("name"), dataset.get("imports") or ())
+    except ValueError:
+        return DEFAULT_NUM_CLASSES
+    return spec.num_classes or DEFAULT_NUM_CLASSES
 
 
 # --- report ---------------------------------------------------------------------------------

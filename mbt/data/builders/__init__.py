@@ -1,12 +1,23 @@
-"""TFDS builders for AudioSet, VGGSound and EPIC-Kitchens-100 (local copies, manual dir).
+"""TFDS builders for AudioSet, VGGSound and EPIC-Kitchens-100, and every dataset's spec.
 
-Importing this package registers `audioset`, `vggsound` and `epic_kitchens` with TFDS, so
-`tfds build --imports=mbt.data.builders vggsound --config=tiny ...` and
-`tfds.builder('vggsound/tiny', data_dir=...)` find them.
+`<name>.py` holds a builder (imports TensorFlow); `<name>_spec.py` its `mbt.data.registry`
+entry (imports no TensorFlow). Importing this package imports neither: `Audioset`,
+`EpicKitchens` and `Vggsound` are loaded on first access, and importing a builder module
+registers it with TFDS, e.g. `tfds build --imports=mbt.data.builders.vggsound vggsound`.
 """
 
-from mbt.data.builders.audioset import Audioset
-from mbt.data.builders.epic_kitchens import EpicKitchens
-from mbt.data.builders.vggsound import Vggsound
+import importlib
 
-__all__ = ["Audioset", "EpicKitchens", "Vggsound"]
+_BUILDERS = {
+    "Audioset": "mbt.data.builders.audioset",
+    "EpicKitchens": "mbt.data.builders.epic_kitchens",
+    "Vggsound": "mbt.data.builders.vggsound",
+}
+
+__all__ = sorted(_BUILDERS)
+
+
+def __getattr__(name: str):
+    if name in _BUILDERS:
+        return getattr(importlib.import_module(_BUILDERS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

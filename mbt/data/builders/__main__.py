@@ -13,16 +13,17 @@ from __future__ import annotations
 import argparse
 import shutil
 
-BUILDERS = {
-    "audioset": ("mbt.data.builders.audioset", "Audioset"),
-    "vggsound": ("mbt.data.builders.vggsound", "Vggsound"),
-    "epic_kitchens": ("mbt.data.builders.epic_kitchens", "EpicKitchens"),
-}
+from mbt.data import registry
+
+
+def _builder_names() -> list[str]:
+    """Registered datasets with a TFDS builder (mbt.data.registry)."""
+    return [name for name in registry.names() if registry.get(name).builder]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
+    parser.add_argument("--dataset", required=True, choices=_builder_names())
     parser.add_argument("--config", default="default", help="builder config name")
     parser.add_argument("--manual_dir", required=True, help="the local copy of the dataset")
     parser.add_argument("--data_dir", required=True, help="where TFDS writes the dataset")
@@ -33,12 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    import importlib
-
     import tensorflow_datasets as tfds
 
-    module_name, class_name = BUILDERS[args.dataset]
-    builder_cls = getattr(importlib.import_module(module_name), class_name)
+    builder_cls = registry.load(registry.get(args.dataset).builder)
     configs = [c.name for c in builder_cls.BUILDER_CONFIGS]
     if args.config not in configs:
         parser.error(
