@@ -22,6 +22,15 @@ import jax.numpy as jnp
 HEAD_REDUCTIONS = ("sum", "mean")
 
 
+def _sum_arrays(arrays: Sequence[jnp.ndarray]) -> jnp.ndarray:
+    """`arrays[0] + arrays[1] + ...` for a non-empty sequence (the builtin `sum` starts
+    at the int 0, so its type is `Array | int`; the values are the same)."""
+    total = arrays[0]
+    for array in arrays[1:]:
+        total = total + array
+    return total
+
+
 def smooth_labels(targets: jnp.ndarray, smoothing: float) -> jnp.ndarray:
     """`targets [batch, C]` -> `targets * (1 - smoothing) + smoothing / C`."""
     if not smoothing:
@@ -77,7 +86,7 @@ def split_softmax_cross_entropy(
         head_targets = smooth_labels(targets[:, start : start + size], smoothing)
         per_head.append(softmax_cross_entropy(logits[:, start : start + size], head_targets))
         start += size
-    total = sum(per_head)
+    total = _sum_arrays(per_head)
     return total / len(per_head) if head_reduction == "mean" else total
 
 
@@ -119,8 +128,6 @@ def classification_loss(
         array of logits uses the mean of the dict's targets.
       weights: `[batch]`, e.g. `batch_mask`; None = all ones.
     """
-    if isinstance(targets, Mapping) and not isinstance(logits, Mapping):
-        targets = sum(targets.values()) / len(targets)
     if isinstance(logits, Mapping):
         heads = sorted(logits)
         head_losses = []
@@ -136,8 +143,10 @@ def classification_loss(
                     head_reduction=head_reduction,
                 )
             )
-        loss = sum(head_losses) / len(head_losses)
+        loss = _sum_arrays(head_losses) / len(head_losses)
     else:
+        if isinstance(targets, Mapping):
+            targets = _sum_arrays(list(targets.values())) / len(targets)
         loss = per_example_loss(
             logits,
             targets,

@@ -26,17 +26,17 @@ import numpy as np
 def sample_lambdas(
     seed: int, step: int, alpha: float, names: Sequence[str], mixmod: bool
 ) -> dict[str, np.ndarray]:
-    """`{modality: float32 scalar}` for train step `step` (deterministic in seed and step).
+    """`{modality: float32 0-d array}` for train step `step` (deterministic in seed and step).
 
     Plain mixup: the same Beta(alpha, alpha) draw for every name; mixmod: one draw per name
     (in sorted name order). alpha <= 0: all ones (no mixing).
     """
     names = sorted(names)
     if alpha is None or alpha <= 0:
-        return {name: np.float32(1.0) for name in names}
+        return {name: np.ones((), np.float32) for name in names}
     rng = np.random.default_rng([int(seed), int(step), 0x6D6978])
     draws = rng.beta(alpha, alpha, size=len(names) if mixmod else 1).astype(np.float32)
-    return {name: draws[i if mixmod else 0] for i, name in enumerate(names)}
+    return {name: np.asarray(draws[i if mixmod else 0]) for i, name in enumerate(names)}
 
 
 def _mix(x: jnp.ndarray, lam) -> jnp.ndarray:
@@ -67,6 +67,7 @@ def mixup(
     mixed_inputs = dict(inputs)
     for name, lam in lambdas.items():
         mixed_inputs[name] = _mix(inputs[name], lam)
+    mixed_targets: jnp.ndarray | dict[str, jnp.ndarray]
     if per_modality_targets:
         mixed_targets = {name: _mix(targets, lam) for name, lam in lambdas.items()}
     else:

@@ -82,7 +82,7 @@ class ClipSettings:
         return max(spans)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         if "rgb" in self.modalities:
             shapes["rgb"] = (self.num_frames, self.crop_size, self.crop_size, 3)
         if "spectrogram" in self.modalities:

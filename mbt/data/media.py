@@ -16,6 +16,7 @@ import dataclasses
 import fractions
 import os
 import wave
+from typing import cast
 
 import av
 import numpy as np
@@ -86,7 +87,11 @@ def probe(path) -> MediaInfo:
             duration_s = container.duration / av.time_base
         else:
             for stream in (video, audio):
-                if stream is not None and stream.duration is not None:
+                if (
+                    stream is not None
+                    and stream.duration is not None
+                    and stream.time_base is not None
+                ):
                     duration_s = max(duration_s, float(stream.duration * stream.time_base))
         fps = None
         if video is not None:
@@ -323,7 +328,8 @@ def write_clip(
         )
     rate = _fraction_rate(fps)
     with av.open(path, mode="w", format="mp4") as container:
-        vstream = container.add_stream(_VIDEO_CODECS[video_codec], rate=rate)
+        # The encoder name comes from a dict, so PyAV's overloads can't tell it is a video codec.
+        vstream = cast(av.VideoStream, container.add_stream(_VIDEO_CODECS[video_codec], rate=rate))
         vstream.width, vstream.height = frames.shape[2], frames.shape[1]
         vstream.pix_fmt = "yuv420p"
         options = {"crf": str(crf), "preset": preset}

@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from collections.abc import Mapping
+from typing import SupportsFloat
+from typing import cast
 
 import numpy as np
 import tensorflow as tf
@@ -242,19 +244,23 @@ def make_sequence_example(
         )
     record = tf.train.SequenceExample()
     context = record.context.feature
-    context[LABEL_INDEX_KEY].CopyFrom(_int64_feature(np.atleast_1d(example["label"])))
+    context[LABEL_INDEX_KEY].CopyFrom(_int64_feature(np.atleast_1d(np.asarray(example["label"]))))
     if "label_text" in example:
         context[LABEL_TEXT_KEY].CopyFrom(
-            _bytes_feature(t.encode("utf-8") for t in example["label_text"])
+            _bytes_feature(t.encode("utf-8") for t in cast(Iterable[str], example["label_text"]))
         )
     if "video_path" in example:
         context[FILENAME_KEY].CopyFrom(_bytes_feature([str(example["video_path"]).encode("utf-8")]))
     if "segment_start" in example and "segment_end" in example:
         context[START_KEY].CopyFrom(
-            _int64_feature([round(float(example["segment_start"]) * _MICROSECONDS)])
+            _int64_feature(
+                [round(float(cast(SupportsFloat, example["segment_start"])) * _MICROSECONDS)]
+            )
         )
         context[END_KEY].CopyFrom(
-            _int64_feature([round(float(example["segment_end"]) * _MICROSECONDS)])
+            _int64_feature(
+                [round(float(cast(SupportsFloat, example["segment_end"])) * _MICROSECONDS)]
+            )
         )
     sequence = record.feature_lists.feature_list
     if "rgb" in example:

@@ -47,6 +47,12 @@ class TokenizerSpec:
         if self.kernel_init not in KERNEL_INITS:
             raise ValueError(f"{key}.kernel_init={self.kernel_init!r}; allowed: {KERNEL_INITS}")
 
+    def sampled_frames(self) -> int:
+        """`n_sampled_frames`, which a `temporal_sampling` spec must set."""
+        if self.n_sampled_frames is None:
+            raise ValueError(f"{self.kind} tokenizer needs n_sampled_frames; it is None")
+        return self.n_sampled_frames
+
 
 _LECUN_NORMAL = nn.initializers.lecun_normal()
 
@@ -94,7 +100,7 @@ def token_grid(spec: TokenizerSpec, input_shape: tuple[int, ...]) -> tuple[int, 
         return (h // spec.patches[0], w // spec.patches[1])
     t, h, w = input_shape[:3]
     if spec.kind == "temporal_sampling":
-        n = min(spec.n_sampled_frames, t)
+        n = min(spec.sampled_frames(), t)
         return (n, h // spec.patches[0], w // spec.patches[1])
     pt, ph, pw = spec.patches
     return (t // pt, h // ph, w // pw)
@@ -116,7 +122,7 @@ def embed(
         raise ValueError(f"{name}: {spec.kind} tokenizer expects [B, T, H, W, C]; got {x.shape}")
     elif spec.kind == "temporal_sampling":
         batch, frames, height, width, channels = x.shape
-        x = x[:, sampled_frame_indices(frames, spec.n_sampled_frames)]
+        x = x[:, sampled_frame_indices(frames, spec.sampled_frames())]
         sampled = x.shape[1]
         # Frames stacked vertically: one 2-D convolution patches every frame at once; patch rows
         # never straddle two frames because the height is cropped to a patch multiple first.

@@ -420,7 +420,7 @@ def dummy_input_shapes(
     """Smallest per-example input shapes that give each modality `token_counts[m]` tokens (a
     grid of one patch column), enough to build parameters of the right shapes."""
     sizes = models.resolve_sizes(model_config)
-    shapes = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for m in model_config.modalities:
         spec = models.tokenizer_spec(model_config, m, sizes.patch)
         tokens, c = int(token_counts[m]), int(channels[m])
@@ -429,7 +429,7 @@ def dummy_input_shapes(
         elif spec.kind == "3d_conv":
             shapes[m] = (tokens * spec.patches[0], spec.patches[1], spec.patches[2], c)
         else:
-            n = int(spec.n_sampled_frames)
+            n = int(spec.sampled_frames())
             if tokens % n:
                 raise ValueError(
                     f"modality {m!r}: {tokens} tokens are not a multiple of "

@@ -137,12 +137,13 @@ def vit_weights_from_flat(
     block_sources: dict[int, dict[str, str]] = {}
     posemb_key = None
     for key in flat:
-        block = re.match(r"^Transformer/encoderblock_(\d+)/(.+)$", key)
+        block_match = re.match(r"^Transformer/encoderblock_(\d+)/(.+)$", key)
         scanned = re.match(r"^Transformer/encoderblock/(.+)$", key)
-        if block:
-            layer = int(block.group(1))
-            raw_blocks.setdefault(layer, {})[block.group(2)] = np.asarray(flat[key], np.float32)
-            block_sources.setdefault(layer, {})[block.group(2)] = prefix + key
+        if block_match:
+            layer = int(block_match.group(1))
+            name = block_match.group(2)
+            raw_blocks.setdefault(layer, {})[name] = np.asarray(flat[key], np.float32)
+            block_sources.setdefault(layer, {})[name] = prefix + key
         elif scanned:  # big_vision scan=True: one stacked block, layers on axis 0
             for layer, value in enumerate(np.asarray(flat[key], np.float32)):
                 raw_blocks.setdefault(layer, {})[scanned.group(1)] = value
@@ -201,6 +202,7 @@ def vit_weights_from_flat(
                 "neither a square grid nor 1 + a square grid"
             )
         side = _square_side(grid_tokens.shape[0])
+        assert side is not None  # both branches above checked that the grid is square
         posemb_grid = grid_tokens.reshape(side, side, -1)
         sources["pos_embedding"] = prefix + posemb_key
     for value in arrays.values():
@@ -437,7 +439,7 @@ def _map_posemb(
         return
     mapper.used.add("pos_embedding")
     source_grid = vit.posemb_grid
-    spatial = resize_grid(source_grid, grid[-2:])
+    spatial = resize_grid(source_grid, (grid[-2], grid[-1]))
     notes = []
     changed = tuple(grid[-2:]) != source_grid.shape[:2]
     if changed:
@@ -569,8 +571,8 @@ def map_vit_to_mbt(
                     hint="the checkpoint's classes differ from the model's num_classes",
                 )
         elif path.startswith("pre_logits/"):
-            value = vit.arrays.get(path)
-            if value is not None and value.shape == flat_target[path].shape:
+            pre_logits = vit.arrays.get(path)
+            if pre_logits is not None and pre_logits.shape == flat_target[path].shape:
                 mapper.set(path, mapper.source(path), "loaded", mapper.src_key(path))
             else:
                 mapper.fresh(path, "checkpoint has no pre_logits of this size")

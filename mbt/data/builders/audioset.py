@@ -66,7 +66,8 @@ def read_class_names(path: str) -> tuple[list[str], dict[str, int]]:
     Raises MalformedCsvError when the indices are not 0, 1, 2, ... in file order or a
     MID repeats.
     """
-    names, mid_to_index = [], {}
+    names: list[str] = []
+    mid_to_index: dict[str, int] = {}
     rows = common.read_csv(path, num_fields=3)
     for row in rows:
         if row.fields == ["index", "mid", "display_name"] and not names:
@@ -214,7 +215,7 @@ class Audioset(base.ManualMediaBuilder):
 
     def _subset_segments(self, path: str, segments: dict[str, list[SegmentRow]]):
         wanted = read_subset_ids(path)
-        by_ytid = {}
+        by_ytid: dict[str, SegmentRow] = {}
         for source in SUBSET_SOURCES:
             for segment in segments.get(source, []):
                 by_ytid.setdefault(segment.ytid, segment)
@@ -250,6 +251,7 @@ class Audioset(base.ManualMediaBuilder):
         decoded = base.decode_segment(path, located.name, start_s, end_s, config, report)
         if decoded is None:
             return None
+        assert located.relative_path is not None  # `_located_examples` skips unlocated rows
         return base.example_dict(
             segment.ytid,
             located.relative_path,

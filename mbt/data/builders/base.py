@@ -203,7 +203,9 @@ class LocatedRow:
     looked_for: str
 
 
-class ManualMediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# TFDS ships no type information, so the base is `Any`; mypy still checks the class keyword
+# against `object.__init_subclass__`. TFDS's `RegisteredDataset.__init_subclass__` takes it.
+class ManualMediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
     """Base of the media builders: manual-dir data, one bad-input report per split.
 
     Subclasses implement `_info`, `_split_generators` (which reads the CSVs and returns

@@ -84,7 +84,7 @@ def parse_timestamp(text: str) -> float:
 
 def read_class_keys(path: str) -> list[str]:
     """Class names (`key` column) of EPIC_100_{verb,noun}_classes.csv, by `id`."""
-    keys = []
+    keys: list[str] = []
     for row in common.read_csv(path, num_fields=4):
         if not keys and row.fields[:2] == ["id", "key"]:
             continue
@@ -325,6 +325,7 @@ class EpicKitchens(base.ManualMediaBuilder):
         )
         if segment is None:
             return None
+        assert located.relative_path is not None  # `_located_examples` skips unlocated rows
         return base.example_dict(
             located.name,
             located.relative_path,

@@ -55,7 +55,7 @@ def read_rows(path: str) -> list[ClipRow]:
       MalformedCsvError: a line with a wrong field count, non-integer start, empty label
         or a split other than train/test.
     """
-    rows = []
+    rows: list[ClipRow] = []
     for row in common.read_csv(path, num_fields=4):
         ytid, start, label, split = row.fields
         if not rows and row.line == 1 and not start.lstrip("-").isdigit():
@@ -139,6 +139,7 @@ class Vggsound(base.ManualMediaBuilder):
         segment = base.decode_segment(path, located.name, 0.0, config.clip_seconds, config, report)
         if segment is None:
             return None
+        assert located.relative_path is not None  # `_located_examples` skips unlocated rows
         return base.example_dict(
             located.name, located.relative_path, segment, label=self._label_index[located.row.label]
         )
