@@ -135,10 +135,12 @@ def default_head_names(
     also for a reduced label space), ('head_0', ...) for other split labels, () for one head."""
     if not class_splits:
         return ()
-    try:
-        spec = registry.get(dataset_name, imports)
-    except ValueError:
-        spec = None
+    spec = None
+    if dataset_name:
+        try:
+            spec = registry.get(dataset_name, imports)
+        except ValueError:  # a dataset this process does not know: generic head names
+            spec = None
     if spec is not None and len(spec.head_names) == len(class_splits):
         return tuple(spec.head_names)
     return tuple(f"head_{i}" for i in range(len(class_splits)))
@@ -158,7 +160,8 @@ def decode_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     values = pipeline.dataset_values(config)
     name = values["name"]
     spec = registry.get(name, values["imports"])
-    fps, short_side = None, int(values["min_resize"])
+    fps = None
+    short_side: int | None = int(values["min_resize"])
     if spec.builder is not None:
         builder_cls = registry.load(spec.builder)
         configs = list(getattr(builder_cls, "BUILDER_CONFIGS", None) or [])

@@ -157,7 +157,7 @@ def dataset_values(config) -> dict:
     return values
 
 
-def split_names(values: dict) -> dict[str, str]:
+def split_names(values: Mapping[str, Any]) -> dict[str, str]:
     """mode → split name: the configured one, else the dataset spec's default."""
     defaults = registry.get(values["name"], values["imports"]).default_splits
     return {mode: values[f"{mode}_split"] or default for mode, default in zip(MODES, defaults)}

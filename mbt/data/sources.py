@@ -72,6 +72,7 @@ def label_vector(example: Mapping[str, tf.Tensor], source: ExampleSource) -> tf.
         indices = tf.reshape(tf.cast(example[source.label_keys[0]], tf.int32), [-1])
         hot = tf.one_hot(indices, source.num_classes, dtype=tf.float32)
         return tf.minimum(tf.reduce_sum(hot, axis=0), 1.0)
+    assert source.class_splits is not None  # several label keys: one class split each
     blocks = [
         tf.one_hot(tf.cast(tf.reshape(example[key], []), tf.int32), size, dtype=tf.float32)
         for key, size in zip(source.label_keys, source.class_splits)
@@ -150,7 +151,7 @@ def tfds_source(
 
     builder = tfds_builder(name, builder_config, data_dir, imports)
     if not builder.is_prepared():
-        module = registry.get(name).builder.partition(":")[0]
+        module = (registry.get(name).builder or "").partition(":")[0]
         raise FileNotFoundError(
             f"TFDS dataset {builder.name}/{builder.builder_config.name} is not built in "
             f"{builder.data_dir_root}: run mbt.data.pipeline.prepare_dataset (synthetic copy) or "
@@ -275,7 +276,8 @@ def scenic_source(
         # Skip on the serialized records: files before `start` are not opened, records before it
         # in the first file are read but not parsed. Frames stay JPEG strings (decoded when a
         # view is cut, after the shuffle buffer).
-        files, first = [], 0
+        files: list[str] = []
+        first = 0
         for path, count in split_files[split]:
             if first + count > start and first < stop:
                 if not files:

@@ -278,7 +278,8 @@ def _even(x: float) -> int:
 
 def _ytids(rng: np.random.Generator, count: int) -> list[str]:
     """Unique 11-character YouTube ids; every fourth starts with '-'."""
-    ids, seen = [], set()
+    ids: list[str] = []
+    seen: set[str] = set()
     while len(ids) < count:
         ytid = "".join(rng.choice(list(_YTID_CHARS), 11))
         if len(ids) % 4 == 1:
@@ -439,7 +440,8 @@ def _audioset_ontology(rng: np.random.Generator) -> tuple[list[str], list[str]]:
     names = list(_AUDIOSET_NAMES)
     for i in range(len(names), AUDIOSET_NUM_CLASSES):
         names.append(f"Synthetic sound {i}, variant" if i % 9 == 4 else f"Synthetic sound {i}")
-    mids, seen = [], set()
+    mids: list[str] = []
+    seen: set[str] = set()
     chars = string.ascii_lowercase + string.digits
     while len(mids) < AUDIOSET_NUM_CLASSES:
         k = len(mids)
