@@ -10,8 +10,11 @@ Same result as `tfds build mbt/data/builders/vggsound.py --config=tiny --manual_
 
 from __future__ import annotations
 
-import argparse
 import shutil
+
+from absl import flags
+
+from mbt import cli
 
 BUILDERS = {
     "audioset": ("mbt.data.builders.audioset", "Audioset"),
@@ -20,18 +23,26 @@ BUILDERS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
-    parser.add_argument("--config", default="default", help="builder config name")
-    parser.add_argument("--manual_dir", required=True, help="the local copy of the dataset")
-    parser.add_argument("--data_dir", required=True, help="where TFDS writes the dataset")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete an already prepared copy of this config first",
+_PROG = "python -m mbt.data.builders"
+
+
+def _flags() -> flags.FlagValues:
+    """The CLI's flags, on their own `FlagValues` (see `mbt.cli`)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_enum("dataset", None, sorted(BUILDERS), "dataset to build", flag_values=fv)
+    flags.DEFINE_string("config", "default", "builder config name", flag_values=fv)
+    flags.DEFINE_string("manual_dir", None, "the local copy of the dataset", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "where TFDS writes the dataset", flag_values=fv)
+    flags.DEFINE_bool(
+        "overwrite", False, "delete an already prepared copy of this config first", flag_values=fv
     )
-    args = parser.parse_args(argv)
+    flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"], flag_values=fv)
+    return fv
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _flags()
+    cli.parse(args, argv, prog=_PROG, description=__doc__.splitlines()[0])
 
     import importlib
 
@@ -41,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     builder_cls = getattr(importlib.import_module(module_name), class_name)
     configs = [c.name for c in builder_cls.BUILDER_CONFIGS]
     if args.config not in configs:
-        parser.error(
-            f"--config={args.config!r} is not a config of {args.dataset}; allowed: {configs}"
+        cli.usage_error(
+            _PROG, f"--config={args.config!r} is not a config of {args.dataset}; allowed: {configs}"
         )
     builder = builder_cls(config=args.config, data_dir=args.data_dir)
     if args.overwrite and builder.is_prepared():
