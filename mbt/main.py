@@ -1,12 +1,16 @@
-"""Command line: `python -m mbt.main --config=<file.py[:arg]> --workdir=DIR [--mode=...]`.
+"""Command line: `python -m mbt.main [--config=<file.py[:arg]>] --workdir=DIR [--mode=...]`.
 
     python -m mbt.main --config=configs/synthetic.py --workdir=/tmp/mbt_demo
     python -m mbt.main --config=configs/audioset.py:split=mini --workdir=/ckpt/as_mini \
         --config.batch_size=32 --config.dataset.data_dir=/data/tfds
-    python -m mbt.main --config=... --workdir=/ckpt/as_mini --mode=test
-    python -m mbt.main --config=... --workdir=/ckpt/as_mini --mode=robustness
+    python -m mbt.main --workdir=/ckpt/as_mini --mode=test
+    python -m mbt.main --workdir=/ckpt/as_mini --mode=robustness
 
 Config files define `get_config(arg=None)`; `--config.<key>=<value>` overrides any key.
+Training writes the resolved config to `<workdir>/config.json`; without `--config` every mode
+uses that file (`--mode=train` resumes with it). A `--config` that changes the model or
+optimizer structure of a trained workdir is refused before anything is restored
+(`mbt.workdir`).
 `--mode=train` trains (resuming from the workdir's checkpoints), evaluates and tests;
 `evaluate` / `test` restore the latest checkpoint and run the single-view eval / multi-view
 test; `robustness` restores it and evaluates under white noise at several SNRs and with a
@@ -14,6 +18,7 @@ modality removed (`mbt.robustness`, docs/models.md). See docs/training.md.
 """
 
 import logging
+import sys
 
 import jax
 from absl import app
@@ -25,9 +30,14 @@ from mbt import robustness
 from mbt import sharding
 from mbt import siblings
 from mbt import train
+from mbt import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file: path/to/config.py or path/to/config.py:arg.", lock_config=True
+    "config",
+    None,
+    "Config file: path/to/config.py or path/to/config.py:arg. Default: <workdir>/config.json, "
+    "written by training.",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
 _MODE = flags.DEFINE_enum(
@@ -44,7 +54,7 @@ _LIBRARY_LOGS = flags.DEFINE_bool(
     "Show the INFO logs of orbax, TFDS and clu (absl's logger); by "
     "default only mbt's own progress lines and the libraries' warnings are shown.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 _LOG = logging.getLogger("mbt.main")
 
@@ -56,15 +66,20 @@ def main(argv):
     if not _LIBRARY_LOGS.value:
         logging.getLogger("absl").setLevel(logging.WARNING)
     sharding.maybe_initialize_distributed()
-    config = _CONFIG.value
-    # Fail before any data is read or anything compiled.
+    # Fail before any data is read, anything restored or compiled.
+    try:
+        config = workdir_lib.resolve_config(_CONFIG.value, _WORKDIR.value)
+    except (FileNotFoundError, workdir_lib.ConfigMismatchError) as error:
+        sys.exit(f"error: {error}")
     mesh_shape = sharding.resolve_mesh_shape(config.get("mesh_shape"), jax.device_count())
     config_validation.validate_config(
         config, mesh_shape=mesh_shape, process_count=jax.process_count()
     )
     _LOG.info(
         "Config file %s, workdir %s, mode %s",
-        config_flags.get_config_filename(flags.FLAGS["config"]),
+        config_flags.get_config_filename(flags.FLAGS["config"])
+        if _CONFIG.value is not None
+        else workdir_lib.config_path(_WORKDIR.value),
         _WORKDIR.value,
         _MODE.value,
     )
@@ -77,7 +92,11 @@ def main(argv):
         return
     result = train.train_and_evaluate(config, _WORKDIR.value)
     if config.get("siblings") and not result["stopped_early"]:
-        overrides = config_flags.get_override_values(flags.FLAGS["config"])
+        overrides = (
+            config_flags.get_override_values(flags.FLAGS["config"])
+            if _CONFIG.value is not None
+            else {}
+        )
         table = siblings.train_siblings(config, _WORKDIR.value, result, overrides)
         print(table, flush=True)
 

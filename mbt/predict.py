@@ -22,7 +22,6 @@ A missing or undecodable file is reported and skipped; the exit code is then 1.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import importlib.util
@@ -36,8 +35,10 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
 from mbt import branches
+from mbt import cli
 from mbt import evaluate
 from mbt import export
 from mbt.data import clips
@@ -646,63 +647,76 @@ def format_text(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mbt.predict",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _flags() -> flags.FlagValues:
+    """The CLI's flags, on their own `FlagValues` (see `mbt.cli`)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_string(
+        "workdir", None, "model (one of): a training workdir: uses WORKDIR/export", flag_values=fv
     )
-    parser.add_argument("files", nargs="+", help="video (.mp4, ...) or audio (.wav, ...) files")
-    source = parser.add_argument_group("model (one of)")
-    source.add_argument("--workdir", help="a training workdir: uses WORKDIR/export")
-    source.add_argument("--export_dir", help="an export directory (mbt.export.save_export)")
-    source.add_argument(
-        "--checkpoint",
-        "--scenic_checkpoint",
-        dest="checkpoint",
-        help="a Scenic MBT checkpoint file (msgpack checkpoint_<step>) or a "
+    flags.DEFINE_string(
+        "export_dir",
+        None,
+        "model (one of): an export directory (mbt.export.save_export)",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "model (one of): a Scenic MBT checkpoint file (msgpack checkpoint_<step>) or a "
         "directory of them; needs --config",
+        flag_values=fv,
     )
-    parser.add_argument(
-        "--config",
-        help="with --checkpoint: a .py file with "
-        "get_config() or a .json config (config.model hints, config.dataset)",
+    flags.DEFINE_alias("scenic_checkpoint", "checkpoint", flag_values=fv)
+    flags.DEFINE_string(
+        "config",
+        None,
+        "with --checkpoint: a .py file with get_config() or a .json config (config.model "
+        "hints, config.dataset)",
+        flag_values=fv,
     )
-    parser.add_argument(
-        "--class_names",
-        help="with --checkpoint: AudioSet's "
-        "class_labels_indices.csv or a file with one class name per line",
+    flags.DEFINE_string(
+        "class_names",
+        None,
+        "with --checkpoint: AudioSet's class_labels_indices.csv or a file with one class "
+        "name per line",
+        flag_values=fv,
     )
-    parser.add_argument("--top_k", type=int, default=5, help="classes shown per head")
-    parser.add_argument(
-        "--json", action="store_true", help="one JSON object per file and line on stdout"
+    flags.DEFINE_integer("top_k", 5, "classes shown per head", flag_values=fv)
+    flags.DEFINE_bool("json", False, "one JSON object per file and line on stdout", flag_values=fv)
+    flags.DEFINE_integer(
+        "num_test_clips",
+        None,
+        "override config.dataset.num_test_clips (temporal views)",
+        flag_values=fv,
     )
-    parser.add_argument(
-        "--num_test_clips", type=int, help="override config.dataset.num_test_clips (temporal views)"
+    flags.DEFINE_enum(
+        "num_spatial_crops",
+        None,
+        ("1", "3"),
+        "override config.dataset.num_spatial_crops",
+        flag_values=fv,
     )
-    parser.add_argument(
-        "--num_spatial_crops",
-        type=int,
-        choices=(1, 3),
-        help="override config.dataset.num_spatial_crops",
+    flags.DEFINE_integer(
+        "batch_size",
+        0,
+        "views per model call (0: all views of a file at once); lower it to bound memory",
+        flag_values=fv,
     )
-    parser.add_argument(
-        "--batch_size",
-        type=int,
-        default=0,
-        help="views per model call (0: all views of a file at once); lower it to bound memory",
-    )
-    return parser
+    return fv
 
 
-def build_predictor(args: argparse.Namespace) -> Predictor:
+def build_predictor(args: Any) -> Predictor:
+    """The predictor the flags name (`args`: the parsed `_flags()` or any object with them)."""
     chosen = [n for n in ("workdir", "export_dir", "checkpoint") if getattr(args, n)]
     if len(chosen) != 1:
         raise ValueError(
             "give exactly one of --workdir, --export_dir, --checkpoint "
             f"(got {['--' + n for n in chosen] or 'none'})"
         )
-    overrides = dict(num_test_clips=args.num_test_clips, num_spatial_crops=args.num_spatial_crops)
+    crops = args.num_spatial_crops
+    overrides = dict(
+        num_test_clips=args.num_test_clips, num_spatial_crops=int(crops) if crops else None
+    )
     if args.checkpoint:
         if not args.config:
             raise ValueError(
@@ -720,7 +734,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
     return predictor_from_export(export_dir, **overrides)
 
 
-def _checked_args(args: argparse.Namespace) -> None:
+def _checked_args(args: Any) -> None:
     for flag, low in (("top_k", 1), ("batch_size", 0)):
         if getattr(args, flag) < low:
             raise ValueError(f"--{flag}={getattr(args, flag)} must be >= {low}")
@@ -728,7 +742,16 @@ def _checked_args(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns 0, or 1 when any file failed, 2 on bad arguments or model."""
-    args = _parser().parse_args(argv)
+    args = _flags()
+    files = cli.parse(
+        args,
+        argv,
+        prog="python -m mbt.predict",
+        description=__doc__.split("\n\n")[0],
+        positional="FILE [FILE ...]",
+    )
+    if not files:
+        cli.usage_error("python -m mbt.predict", "give at least one video or audio FILE")
     try:
         _checked_args(args)
         predictor = build_predictor(args)
@@ -737,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = 0
-    for path in args.files:
+    for path in files:
         try:
             result = predict_file(path, predictor, args.top_k)
         except (PredictError, media.MediaError) as e:
@@ -754,7 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(format_text(result), flush=True)
     if failed:
-        print(f"{failed} of {len(args.files)} files failed", file=sys.stderr)
+        print(f"{failed} of {len(files)} files failed", file=sys.stderr)
     return 1 if failed else 0
 
 

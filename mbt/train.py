@@ -37,6 +37,7 @@ from mbt import models
 from mbt import optim
 from mbt import sharding
 from mbt import train_step as step_lib
+from mbt import workdir as workdir_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -443,7 +444,9 @@ def train_and_evaluate(
     """Trains (or resumes) in `workdir`, evaluates, tests; returns the final results.
 
     Args:
-      config: the full config (see docs/training.md for the keys).
+      config: the full config (see docs/training.md for the keys); written to
+        `<workdir>/config.json` (`mbt.workdir`) after checking that it does not change the
+        model or optimizer structure of a config.json already there.
       workdir: checkpoints, TensorBoard events and results JSON go here.
       data: a `DataSource`; default `PipelineData(config, workdir)`.
       on_step: called with the step number after each train step (tests, hooks).
@@ -451,7 +454,8 @@ def train_and_evaluate(
       `{'step': last step, 'stopped_early': bool, 'final_state': TrainState,
         'eval': metrics or None, 'test': metrics or None}`.
     """
-    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.check_compatible(config, workdir)  # before any data is read or restored
+    workdir_lib.save_config(config, workdir)
     data = data if data is not None else PipelineData(config, workdir)
     setup = get_setup(config, data)
     meta, total_steps = setup.meta, setup.total_steps

@@ -17,7 +17,6 @@ threads), so it does not depend on how many cores were free.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -57,13 +56,24 @@ def _report(what: str, clips: int, timer: _Timer) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_clips", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=6, help="timed training batches")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--workdir", default=None, help="default: a temporary directory")
-    args = parser.parse_args()
+def _flags():
+    from absl import flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_integer("num_clips", 4, "synthetic clips to write and build", flag_values=fv)
+    flags.DEFINE_integer("batches", 6, "timed training batches", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 4, "clips per training batch", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "default: a temporary directory", flag_values=fv)
+    return fv
+
+
+def main(argv=None) -> None:
+    from mbt import cli
+
+    args = _flags()
+    cli.parse(
+        args, argv, prog="python scripts/benchmark_input.py", description=__doc__.splitlines()[0]
+    )
 
     import ml_collections
     import numpy as np

@@ -25,7 +25,6 @@ Columns (per example, batch 1, inference forward pass, nothing is run):
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -34,7 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from absl import flags  # noqa: E402
 
+from mbt import cli  # noqa: E402
 from mbt import models  # noqa: E402
 from mbt.models import sft  # noqa: E402
 from mbt.tools import flops  # noqa: E402
@@ -125,11 +126,23 @@ def markdown(results, num_classes: int) -> str:
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=os.path.join("results", "compare_compute.md"))
-    parser.add_argument("--num_classes", type=int, default=527)
-    args = parser.parse_args()
+def _flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string(
+        "out",
+        os.path.join("results", "compare_compute.md"),
+        "markdown table to write ('' = print only)",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer("num_classes", 527, "classes of the classifier head", flag_values=fv)
+    return fv
+
+
+def main(argv=None):
+    args = _flags()
+    cli.parse(
+        args, argv, prog="python scripts/compare_compute.py", description=__doc__.split("\n")[0]
+    )
     results = measure(args.num_classes)
     table = markdown(results, args.num_classes)
     print(table)

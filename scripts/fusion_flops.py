@@ -15,13 +15,15 @@ pass (no compile, no run). Writes `fusion_flops.md` and `fusion_flops.png` under
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import flags  # noqa: E402
+
+from mbt import cli  # noqa: E402
 from mbt import models  # noqa: E402
 from mbt.tools import flops  # noqa: E402
 
@@ -136,16 +138,23 @@ def plot(gflops: dict[str, list[float]], path: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results", help="output directory (table .md, plot .png)")
-    parser.add_argument(
-        "--xla_points",
-        type=int,
-        default=len(XLA_POINTS),
-        help=f"how many of {XLA_POINTS} to cross-check with XLA (0 = none)",
+def _flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out", "results", "output directory (table .md, plot .png)", flag_values=fv)
+    flags.DEFINE_integer(
+        "xla_points",
+        len(XLA_POINTS),
+        f"how many of {XLA_POINTS} to cross-check with XLA (0 = none)",
+        flag_values=fv,
     )
-    args = parser.parse_args(argv)
+    return fv
+
+
+def main(argv=None) -> None:
+    args = _flags()
+    cli.parse(
+        args, argv, prog="python scripts/fusion_flops.py", description=__doc__.splitlines()[0]
+    )
     os.makedirs(args.out, exist_ok=True)
 
     gflops = sweep()

@@ -32,7 +32,6 @@ the clip length, among the regular clips, with files to match).
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import csv
 import dataclasses
@@ -43,7 +42,9 @@ import os
 import string
 
 import numpy as np
+from absl import flags
 
+from mbt import cli
 from mbt.data import media
 from mbt.data import registry
 
@@ -1013,20 +1014,31 @@ def generate(
     return summary
 
 
+def _flags() -> flags.FlagValues:
+    """The CLI's flags, on their own `FlagValues` (see `mbt.cli`)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_enum("dataset", None, datasets(), "dataset layout to write", flag_values=fv)
+    flags.DEFINE_string("out", None, "output directory", flag_values=fv)
+    flags.DEFINE_integer("num_clips", 24, "clips to write", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "random seed", flag_values=fv)
+    flags.DEFINE_integer("num_classes", None, "classes (default: the dataset's)", flag_values=fv)
+    flags.DEFINE_integer("frame_size", 64, "frame height and width in pixels", flag_values=fv)
+    flags.DEFINE_float("fps", 10.0, "frames per second", flag_values=fv)
+    flags.DEFINE_float("clip_seconds", 2.0, "clip length in seconds", flag_values=fv)
+    flags.DEFINE_bool("no_edge_cases", False, "write no edge-case rows", flag_values=fv)
+    flags.DEFINE_bool(
+        "hdf5_audio", False, "EPIC: also write EPIC-KITCHENS-100_audio.hdf5", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "clip_name_format", None, "AudioSet: file name format of the clips", flag_values=fv
+    )
+    flags.mark_flags_as_required(["dataset", "out"], flag_values=fv)
+    return fv
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=datasets())
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--num_clips", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_classes", type=int, default=None)
-    parser.add_argument("--frame_size", type=int, default=64)
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--clip_seconds", type=float, default=2.0)
-    parser.add_argument("--no_edge_cases", action="store_true")
-    parser.add_argument("--hdf5_audio", action="store_true")
-    parser.add_argument("--clip_name_format", default=None)
-    args = parser.parse_args(argv)
+    args = _flags()
+    cli.parse(args, argv, prog="python -m mbt.data.synthetic", description=__doc__.splitlines()[0])
     summary = generate(
         args.dataset,
         args.out,

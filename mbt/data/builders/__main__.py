@@ -1,7 +1,7 @@
 """Build one of the datasets without the `tfds` CLI (which needs apache-beam in TFDS 4.9.10).
 
     python -m mbt.data.builders --dataset=vggsound --config=tiny \
-        --manual_dir=DIR --data_dir=OUT [--overwrite]
+        --manual_dir=DIR --data_dir=OUT [--overwrite] [--imports=my_pkg.my_dataset]
 
 Same result as `tfds build mbt/data/builders/vggsound.py --config=tiny --manual_dir=DIR
 --data_dir=OUT`: the prepared dataset in OUT/<dataset>/<config>/<version>/ with a
@@ -10,37 +10,53 @@ Same result as `tfds build mbt/data/builders/vggsound.py --config=tiny --manual_
 
 from __future__ import annotations
 
-import argparse
 import shutil
 
+from absl import flags
+
+from mbt import cli
 from mbt.data import registry
 
+_PROG = "python -m mbt.data.builders"
 
-def _builder_names() -> list[str]:
-    """Registered datasets with a TFDS builder (mbt.data.registry)."""
-    return [name for name in registry.names() if registry.get(name).builder]
+
+def _flags() -> flags.FlagValues:
+    """The CLI's flags, on their own `FlagValues` (see `mbt.cli`)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_string(
+        "dataset", None, "dataset to build: a registered name (mbt.data.registry)", flag_values=fv
+    )
+    flags.DEFINE_list(
+        "imports",
+        [],
+        "modules to import first, which register datasets defined outside mbt",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("config", "default", "builder config name", flag_values=fv)
+    flags.DEFINE_string("manual_dir", None, "the local copy of the dataset", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "where TFDS writes the dataset", flag_values=fv)
+    flags.DEFINE_bool(
+        "overwrite", False, "delete an already prepared copy of this config first", flag_values=fv
+    )
+    flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"], flag_values=fv)
+    return fv
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=_builder_names())
-    parser.add_argument("--config", default="default", help="builder config name")
-    parser.add_argument("--manual_dir", required=True, help="the local copy of the dataset")
-    parser.add_argument("--data_dir", required=True, help="where TFDS writes the dataset")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete an already prepared copy of this config first",
-    )
-    args = parser.parse_args(argv)
+    args = _flags()
+    cli.parse(args, argv, prog=_PROG, description=__doc__.splitlines()[0])
 
     import tensorflow_datasets as tfds
 
+    registry.import_modules(args.imports)
+    buildable = [name for name in registry.names() if registry.get(name).builder]
+    if args.dataset not in buildable:
+        cli.usage_error(_PROG, f"--dataset={args.dataset!r}; allowed: {buildable}")
     builder_cls = registry.load(registry.get(args.dataset).builder)
     configs = [c.name for c in builder_cls.BUILDER_CONFIGS]
     if args.config not in configs:
-        parser.error(
-            f"--config={args.config!r} is not a config of {args.dataset}; allowed: {configs}"
+        cli.usage_error(
+            _PROG, f"--config={args.config!r} is not a config of {args.dataset}; allowed: {configs}"
         )
     builder = builder_cls(config=args.config, data_dir=args.data_dir)
     if args.overwrite and builder.is_prepared():
