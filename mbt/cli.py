@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from absl import flags
 
@@ -75,7 +76,7 @@ def parse(
     return rest
 
 
-def usage_error(prog: str, message: str):
+def usage_error(prog: str, message: str) -> NoReturn:
     """Prints `message` as a usage error on stderr and exits with status 2."""
     print(f"usage: {prog} [flags] (--help for the list)", file=sys.stderr)
     print(f"{prog}: error: {message}", file=sys.stderr)

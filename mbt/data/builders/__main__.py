@@ -49,10 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     import tensorflow_datasets as tfds
 
     registry.import_modules(args.imports)
-    buildable = [name for name in registry.names() if registry.get(name).builder]
-    if args.dataset not in buildable:
+    builders = {name: registry.get(name).builder for name in registry.names()}
+    builder_path = builders.get(args.dataset)
+    if builder_path is None:
+        buildable = sorted(name for name, path in builders.items() if path)
         cli.usage_error(_PROG, f"--dataset={args.dataset!r}; allowed: {buildable}")
-    builder_cls = registry.load(registry.get(args.dataset).builder)
+    builder_cls = registry.load(builder_path)
     configs = [c.name for c in builder_cls.BUILDER_CONFIGS]
     if args.config not in configs:
         cli.usage_error(
