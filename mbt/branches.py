@@ -3,15 +3,10 @@
 Used by `python -m mbt.predict` for a file without an audio or a video stream and by the
 robustness evaluation's dropped-token removal (`mbt.robustness`). TensorFlow-free.
 
-The branch is `build_model` of the same config with `modalities` replaced. Its parameter names
-are the full model's, except:
-- the CLS token of a lone non-rgb modality is `cls` in the branch (Scenic's single-modality
-  rule, `mbt.models.mbt.cls_name`) and `cls<modality>` in the full model;
-- MBT with concat fusion: a lone modality's blocks from Lf on are `encoderblock_<i>_<m>` in the
-  branch and the shared `encoderblock_<i>` in the full model (it has no per-modality block
-  there).
-SFT needs only the CLS rule: the kept modality's unimodal and sparse-pool blocks, then the joint
-blocks and the head, are the trained ones; the fused CLS is that modality's CLS alone.
+The branch is `build_model` of the same config with `modalities` replaced. Whether a family
+has branches (`ModelFamily.supports_branches`) and where each branch parameter lives in the full
+model (`ModelFamily.branch_param_candidates`: e.g. MBT's and SFT's CLS renaming, MBT's shared
+concat-fusion blocks) is the family's knowledge, next to its model.
 """
 
 from __future__ import annotations
@@ -24,11 +19,12 @@ import ml_collections
 
 from mbt import export
 from mbt import models
-from mbt.models import mbt as mbt_lib
 from mbt.pretrained import formats
 
-# `config.model.name`s whose model can run on a subset of its modalities.
-BRANCH_MODELS = ("mbt", "sft")
+
+def branch_families() -> tuple[str, ...]:
+    """The `config.model.name`s whose model can run on a subset of its modalities."""
+    return tuple(n for n in models.known_names() if models.get_family(n).supports_branches)
 
 
 def branch_model(
@@ -45,11 +41,11 @@ def branch_model(
     arrays, not copies. Raises ValueError for a model without branches or a parameter the full
     model lacks.
     """
-    name = model_config.get("name", "mbt")
-    if name not in BRANCH_MODELS:
+    family = models.get_family(model_config.get("name"))
+    if not family.supports_branches:
         raise ValueError(
-            f"config.model.name={name!r} cannot run a subset of its modalities "
-            f"(drop a modality's tokens); models that can: {BRANCH_MODELS}"
+            f"config.model.name={family.name!r} cannot run a subset of its modalities "
+            f"(drop a modality's tokens); models that can: {branch_families()}"
         )
     modalities = tuple(modalities)
     full_modalities = tuple(model_config.modalities)
@@ -57,17 +53,10 @@ def branch_model(
     sub_config.modalities = modalities
     model = models.build_model(sub_config, int(num_classes))
     expected = export.expected_param_shapes(model, {m: tuple(input_shapes[m]) for m in modalities})
-    rename = {
-        mbt_lib.cls_name(m, modalities): mbt_lib.cls_name(m, full_modalities) for m in modalities
-    }
     full = formats.flatten(params)
     branch = {}
     for path in expected:
-        candidates = [rename.get(path, path)]
-        block = path.split("/")[1] if path.startswith("Transformer/encoderblock_") else None
-        if block is not None and len(modalities) == 1:
-            shared = "encoderblock_" + block.split("_")[1]
-            candidates.append(path.replace(f"/{block}/", f"/{shared}/", 1))
+        candidates = family.branch_param_candidates(path, modalities, full_modalities)
         source = next((c for c in candidates if c in full), None)
         if source is None:
             raise ValueError(

@@ -41,6 +41,7 @@ from mbt import branches
 from mbt import cli
 from mbt import evaluate
 from mbt import export
+from mbt import models
 from mbt.data import clips
 from mbt.data import media
 from mbt.data import pipeline
@@ -606,7 +607,8 @@ def predict_file(path: str, predictor: Predictor, k: int = 5) -> dict[str, Any]:
     what = {"spectrogram": "audio track", "rgb": "video stream"}
     if missing:
         lack = ", ".join(f"no {what.get(m, m)}" for m in missing)
-        if predictor.model_config.get("name", "mbt") == "mbt":
+        family = models.get_family(predictor.model_config.get("name"))
+        if family.predict_missing_with_branch:
             warnings.append(f"{path}: {lack}; running the {'+'.join(used)} branch only")
         else:
             warnings.append(

@@ -49,6 +49,7 @@ import numpy as np
 from mbt import branches
 from mbt import evaluate as evaluate_lib
 from mbt import metrics as metrics_lib
+from mbt import models
 from mbt import sharding
 from mbt import train
 from mbt import train_step as step_lib
@@ -129,7 +130,7 @@ class Condition:
 
 def supports_token_drop(model_name: str | None) -> bool:
     """Whether `config.model.name` can run without a modality's tokens (`mbt.branches`)."""
-    return (model_name or "mbt") in branches.BRANCH_MODELS
+    return model_name is not None and models.get_family(model_name).supports_branches
 
 
 def make_conditions(
@@ -139,7 +140,7 @@ def make_conditions(
 
     Targets whose modalities the model does not read are left out; with one modality only
     the target covering it remains (and 'both' is dropped as identical). Each removal runs
-    with zeros ('no audio (zeros)'), and, for a `model_name` in `branches.BRANCH_MODELS`, also with
+    with zeros ('no audio (zeros)'), and, for a `model_name` whose family has branches, also with
     the tokens dropped ('no audio (dropped tokens)'). `model_name` None: zeros only.
     """
     conditions = [Condition("clean", "none")]
@@ -234,7 +235,7 @@ def run_robustness(
     meta = setup.meta
     metric = metrics_lib.primary_metric_name(bool(meta.multi_label), meta.class_splits)
     seed = int(config.seed)
-    model_name = config.model.get("name", "mbt")
+    model_name = config.model.get("name")
     conditions = make_conditions(setup.modalities, snrs_db, model_name)
     rows = []
     for index, condition in enumerate(conditions):

@@ -5,10 +5,14 @@ The mesh has two axes, `('data', 'model')`, shaped by `config.mesh_shape` (one e
 over 'data' along their leading axis. Every array of the train state (parameters, optimiser
 state, step, RNG) gets a `PartitionSpec` from its tree path:
 
-1. Model-parallel rules (`MODEL_PARALLEL_RULES`, regex searched in the '/'-joined path): the
-   attention heads of query/key/value/out and the hidden units of the MLP are split over
-   'model'. Optimiser-state paths end in the parameter's path, so momentum and Adam moments
-   follow their parameter.
+1. Partition rules of the model's family (`ModelFamily.partition_rules`, `rules_for(config)`;
+   regex searched in the '/'-joined path, first match wins): e.g. the attention heads of
+   query/key/value/out and the hidden units of the MLP (transformers) or the output features
+   of the convolutions (C-LSTM) are split over 'model'; small parameters have explicit
+   `REPLICATE` rules. Optimiser-state paths end in the parameter's path, so momentum and Adam
+   moments follow their parameter. The train state's own leaves (`step`, `rng`, scalar
+   counters) are covered by `STATE_RULES`. An array that no rule covers (or whose rule has
+   another rank) is replicated and reported in one warning (`uncovered_paths`).
 2. FSDP (`config.fsdp`): the largest still-unsharded dimension divisible by the 'data' size
    of every array with at least `fsdp_min_size` elements is split over 'data'.
 
@@ -29,23 +33,19 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mbt import models
+from mbt.models.family import MODEL_AXIS
+from mbt.models.family import REPLICATE
+
 _LOG = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
-MODEL_AXIS = "model"
 AXES = (DATA_AXIS, MODEL_AXIS)
 
-# (regex on the parameter path, spec per dimension). Shapes: q/k/v kernel [D, heads, D/heads],
-# q/k/v bias [heads, D/heads], out kernel [heads, D/heads, D], MLP [D, mlp] and [mlp, D].
-_ATTN = r"MultiHeadDotProductAttention_\d+/"
-_MLP = r"MlpBlock_\d+/"
-MODEL_PARALLEL_RULES = (
-    (_ATTN + r"(query|key|value)/kernel$", (None, MODEL_AXIS, None)),
-    (_ATTN + r"(query|key|value)/bias$", (MODEL_AXIS, None)),
-    (_ATTN + r"out/kernel$", (MODEL_AXIS, None, None)),
-    (_MLP + r"Dense_0/kernel$", (None, MODEL_AXIS)),
-    (_MLP + r"Dense_0/bias$", (MODEL_AXIS,)),
-    (_MLP + r"Dense_1/kernel$", (MODEL_AXIS, None)),
+# The train state's leaves that are not parameters or their optimiser statistics.
+STATE_RULES = (
+    (r"^step$", REPLICATE),
+    (r"^rng$", REPLICATE),
 )
 
 
@@ -139,26 +139,45 @@ def path_to_str(path) -> str:
     return "/".join(parts)
 
 
+def rules_for(model_config) -> tuple[tuple[str, tuple], ...]:
+    """The partition rules of the family of `config.model.name`."""
+    return tuple(models.get_family(model_config.get("name")).partition_rules)
+
+
+def matching_rule(
+    path: str, shape: Sequence[int], rules: Sequence[tuple[str, tuple]]
+) -> tuple | None:
+    """The spec of the first rule whose regex is found in `path`; None when no rule covers it.
+
+    A 0-d array is always covered (replicated); a rule of another rank than `shape` (and not
+    `REPLICATE`) does not cover it.
+    """
+    if len(shape) == 0:
+        return REPLICATE
+    for pattern, rule in tuple(rules) + STATE_RULES:
+        if re.search(pattern, path):
+            if rule == REPLICATE or len(rule) == len(shape):
+                return tuple(rule)
+            return None
+    return None
+
+
 def spec_for(
     path: str,
     shape: Sequence[int],
     mesh: Mesh,
     *,
+    rules: Sequence[tuple[str, tuple]],
     fsdp: bool = False,
     fsdp_min_size: int = 2**14,
-    rules: Sequence[tuple[str, tuple]] = MODEL_PARALLEL_RULES,
 ) -> P:
     """PartitionSpec of one array from its path and shape (see the module docstring)."""
     spec = [None] * len(shape)
-    model_size = mesh.shape[MODEL_AXIS]
-    if model_size > 1:
-        for pattern, rule in rules:
-            if re.search(pattern, path):
-                if len(rule) == len(shape):
-                    for dim, axis in enumerate(rule):
-                        if axis is not None and shape[dim] % mesh.shape[axis] == 0:
-                            spec[dim] = axis
-                break
+    rule = matching_rule(path, shape, rules)
+    if mesh.shape[MODEL_AXIS] > 1 and rule:
+        for dim, axis in enumerate(rule):
+            if axis is not None and shape[dim] % mesh.shape[axis] == 0:
+                spec[dim] = axis
     data_size = mesh.shape[DATA_AXIS]
     if fsdp and data_size > 1 and int(np.prod(shape, dtype=np.int64)) >= fsdp_min_size:
         free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % data_size == 0]
@@ -168,16 +187,47 @@ def spec_for(
     return P(*spec)
 
 
+def uncovered_paths(abstract_tree: Any, rules: Sequence[tuple[str, tuple]]) -> list[str]:
+    """The '/'-joined paths of the leaves no rule covers (`matching_rule`), in tree order."""
+    return [
+        path_to_str(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_tree)
+        if matching_rule(path_to_str(path), np.shape(leaf), rules) is None
+    ]
+
+
 def tree_shardings(
-    abstract_tree: Any, mesh: Mesh, *, fsdp: bool = False, fsdp_min_size: int = 2**14
+    abstract_tree: Any,
+    mesh: Mesh,
+    *,
+    rules: Sequence[tuple[str, tuple]],
+    fsdp: bool = False,
+    fsdp_min_size: int = 2**14,
 ) -> Any:
-    """`NamedSharding` for every leaf of an abstract tree (e.g. `jax.eval_shape` output)."""
+    """`NamedSharding` for every leaf of an abstract tree (e.g. `jax.eval_shape` output).
+
+    `rules`: the model family's partition rules (`rules_for(config.model)`). Leaves no rule
+    covers are replicated (FSDP still applies) and listed in one warning.
+    """
+    uncovered = uncovered_paths(abstract_tree, rules)
+    if uncovered:
+        _LOG.warning(
+            "%d arrays match no partition rule of the model family and are replicated over "
+            "'model' (add rules to its ModelFamily.partition_rules): %s",
+            len(uncovered),
+            ", ".join(uncovered),
+        )
 
     def one(path, leaf):
         return NamedSharding(
             mesh,
             spec_for(
-                path_to_str(path), np.shape(leaf), mesh, fsdp=fsdp, fsdp_min_size=fsdp_min_size
+                path_to_str(path),
+                np.shape(leaf),
+                mesh,
+                rules=rules,
+                fsdp=fsdp,
+                fsdp_min_size=fsdp_min_size,
             ),
         )
 

@@ -110,7 +110,8 @@ class Setup:
             mesh_shape=tuple(self.mesh.shape.values()),
             process_count=jax.process_count(),
         )
-        self.model = models.build_model(config.model, meta.num_classes)
+        self.family = models.get_family(config.model.get("name"))
+        self.model = self.family.build(config.model, meta.num_classes)
         self.modalities = tuple(config.model.modalities)
         if self.splits["train"] not in meta.num_examples:
             raise ValueError(
@@ -133,6 +134,7 @@ class Setup:
             head_reduction=(config.get("loss") or {}).get("head_reduction", "sum"),
             mixup_alpha=float(mixup.get("alpha", 0.0) or 0.0),
             mixmod=bool(mixup.get("mixmod", False)),
+            latent_mixup=self.family.latent_mixup(config.model),
             grad_accum_steps=int(config.get("grad_accum_steps", 1) or 1),
         )
 
@@ -149,6 +151,7 @@ class Setup:
             self.mesh,
             fsdp=bool(config.get("fsdp", False)),
             fsdp_min_size=int(config.get("fsdp_min_size", 2**14)),
+            rules=sharding.rules_for(config.model),
         )
         self.params_shardings = self.state_shardings.params
         replicated = sharding.replicated(self.mesh)

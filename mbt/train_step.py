@@ -48,6 +48,9 @@ class StepConfig:
     mixup_alpha: Beta(alpha, alpha) mixup; 0 = off. mixmod: one lambda per modality
     (the trainer draws the lambdas, see `mixup.sample_lambdas`).
     grad_accum_steps: micro-batches per optimiser update (the batch is split in this many).
+    latent_mixup: the model mixes its hidden states in training and sows
+    `intermediates/latent_mixup_lambda` (its family's `latent_mixup(config.model)`, e.g. SFT
+    with `latent_mixup_alpha > 0`); the targets are then mixed with that λ.
     """
 
     modalities: tuple[str, ...]
@@ -58,6 +61,7 @@ class StepConfig:
     mixup_alpha: float = 0.0
     mixmod: bool = False
     grad_accum_steps: int = 1
+    latent_mixup: bool = False
 
 
 def init_state(
@@ -105,7 +109,7 @@ def latent_mixup_targets(targets_BxC: jnp.ndarray, intermediates: Mapping[str, A
     """
     if "latent_mixup_lambda" not in intermediates:
         raise ValueError(
-            "the model has latent_mixup_alpha > 0 but sowed no "
+            "the step expects latent mixup (StepConfig.latent_mixup) but the model sowed no "
             "intermediates/latent_mixup_lambda (config.model.latent_mixup_alpha)"
         )
     lambdas = intermediates["latent_mixup_lambda"][0]
@@ -129,8 +133,8 @@ def train_step(
       state: current TrainState.
       batch: `{modality: [B, ...], 'label': [B, C], 'batch_mask': [B] (optional)}`.
       mixup_lambdas: `{modality: scalar}` when `cfg.mixup_alpha > 0`, else ignored.
-    A model with `latent_mixup_alpha > 0` (SFT) mixes its hidden states itself; the
-    targets are then mixed with the λ it sows (`latent_mixup_targets`).
+    With `cfg.latent_mixup` the model mixes its hidden states itself; the targets are then
+    mixed with the λ it sows (`latent_mixup_targets`).
     Returns:
       (new state, metrics): `loss` (training loss with mixup and smoothing, the objective),
       `grad_norm` (global L2 norm of the averaged gradient, before clipping),
@@ -147,7 +151,7 @@ def train_step(
             inputs, targets, mixup_lambdas, per_modality_targets=cfg.mixmod
         )
 
-    latent_mixup = float(getattr(model, "latent_mixup_alpha", 0.0) or 0.0) > 0
+    latent_mixup = cfg.latent_mixup
 
     def loss_fn(params, micro_inputs, micro_targets, micro_weights, rng):
         if latent_mixup:

@@ -258,13 +258,14 @@ def main(argv):
     model_config = ml_collections.ConfigDict(config.model.to_dict())
     if _DTYPE.value:
         model_config.dtype = _DTYPE.value
-    dtype = str(model_config.get("dtype", "float32"))
+    dtype = str(models.get_family(model_config.name).resolve(model_config).dtype)
     input_shapes = flops.input_shapes_from_config(config)
     num_classes = flops.num_classes_from_config(config)
     batch_size = _BATCH.value or (4 if source == "--preset=tiny" else 2)
-    counter = flops.analytic_fn(model_config.name)
-    if counter is not None:
-        macs = counter(model_config, input_shapes, num_classes).total
+    family = models.get_family(model_config.name)
+    analytic = family.analytic_macs(model_config, input_shapes, num_classes)
+    if analytic is not None:
+        macs = analytic.total
     else:  # XLA's count of the einsum path, converted to multiply-adds
         xla = flops.analyse(model_config, input_shapes, num_classes, xla="lowered")
         macs = int(xla.xla_gflops * 1e9 / 2)

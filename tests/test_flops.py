@@ -13,6 +13,7 @@ import pytest
 from mbt import models
 from mbt import siblings
 from mbt.models import clstm
+from mbt.models import registry
 from mbt.models import sft
 from mbt.tools import flops
 
@@ -117,17 +118,18 @@ def test_bottleneck_flat_in_fusion_layer_while_cross_grows_as_it_falls():
     assert cross[12] == pytest.approx(bottleneck[12])  # Lf = 12: both are late fusion
 
 
-def test_model_hook_provides_the_analytic_count(monkeypatch):
-    """A model outside this module's registry supplies `analytic_macs` on its builder."""
+def test_the_family_provides_the_analytic_count(monkeypatch):
+    """A family registered outside `mbt.models` supplies `analytic_macs` itself."""
 
-    class HookedBuilder(models.MODELS["mbt"]):
-        @staticmethod
-        def analytic_macs(model_config, input_shapes, num_classes):
+    class HookedFamily(type(models.get_family("mbt"))):
+        name = "hooked"
+
+        def analytic_macs(self, model_config, input_shapes, num_classes):
             count = flops.AnalyticCount()
             count.add({"everything": 1234})
             return count
 
-    monkeypatch.setitem(models.MODELS, "hooked", HookedBuilder)
+    monkeypatch.setitem(registry._FAMILIES, "hooked", HookedFamily())
     report = flops.analyse(tiny_mbt(name="hooked"), TINY_SHAPES, 10, xla="none")
     assert report.analytic.total == 1234 and report.xla is None
 

@@ -14,6 +14,10 @@ from mbt.models import sft
 
 
 def _tiny_sft(alpha):
+    return models.build_model(_tiny_sft_config(alpha), num_classes=4)
+
+
+def _tiny_sft_config(alpha):
     config = sft.default_config()
     config.variant = None
     config.hidden_size, config.num_heads, config.mlp_dim = 16, 2, 32
@@ -22,7 +26,7 @@ def _tiny_sft(alpha):
     config.n_layers_pre_fusion, config.n_layers_post_fusion = 1, 1
     config.pool_sizes = {"rgb": 2, "spectrogram": 2}
     config.latent_mixup_alpha = alpha
-    return models.build_model(config, num_classes=4)
+    return config
 
 
 def test_latent_mixup_targets_mix_with_the_mean_lambda():
@@ -47,7 +51,9 @@ def test_train_step_loss_uses_the_latent_mixup_targets():
     state = state.replace(params={**state.params, "output_projection": head})
     batch = next(train_fixtures.InMemoryData().batches("train", "train", 8, seed=0))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    cfg = step_lib.StepConfig(modalities=modalities, multi_label=False)
+    config = _tiny_sft_config(alpha=1.0)
+    assert models.get_family("sft").latent_mixup(config)
+    cfg = step_lib.StepConfig(modalities=modalities, multi_label=False, latent_mixup=True)
     step = jax.jit(step_lib.make_train_step(model, optimizer, optax.constant_schedule(0.1), cfg))
     _, metrics = step(state, batch, None)
 

@@ -6,10 +6,12 @@ import pytest
 import train_fixtures
 from jax.sharding import PartitionSpec as P
 
+from mbt import models
 from mbt import sharding
 from mbt import train
 
 _BLOCK = "Transformer/encoderblock_3_spectrogram/"
+_RULES = models.get_family("mbt").partition_rules
 
 
 def test_mesh_shape_resolution_and_errors():
@@ -40,7 +42,9 @@ def test_mesh_shape_resolution_and_errors():
         (_BLOCK + "MlpBlock_0/Dense_0/bias", (256,), ("model",)),
         (_BLOCK + "MlpBlock_0/Dense_1/kernel", (256, 64), ("model", None)),
         (_BLOCK + "MlpBlock_0/Dense_1/bias", (64,), (None,)),
+        (_BLOCK + "LayerNorm_1/scale", (64,), (None,)),
         ("output_projection/kernel", (64, 10), (None, None)),
+        ("bottleneck", (1, 5, 64), (None, None, None)),
         # Optimiser state follows its parameter: the path ends the same way.
         ("opt_state/1/0/trace/" + _BLOCK + "MlpBlock_0/Dense_0/kernel", (64, 256), (None, "model")),
         # 3 heads do not split over 2 devices: replicated.
@@ -49,27 +53,29 @@ def test_mesh_shape_resolution_and_errors():
 )
 def test_model_parallel_rules(path, shape, expected):
     mesh = sharding.make_mesh((4, 2))
-    assert sharding.spec_for(path, shape, mesh) == P(*expected)
+    assert sharding.spec_for(path, shape, mesh, rules=_RULES) == P(*expected)
 
 
 def test_fsdp_shards_the_largest_free_dimension_over_data():
     mesh = sharding.make_mesh((4, 2))
     mlp = _BLOCK + "MlpBlock_0/Dense_0/kernel"
-    assert sharding.spec_for(mlp, (64, 256), mesh, fsdp=True, fsdp_min_size=1) == P("data", "model")
+    assert sharding.spec_for(mlp, (64, 256), mesh, fsdp=True, fsdp_min_size=1, rules=_RULES) == P(
+        "data", "model"
+    )
     assert sharding.spec_for(
-        "embedding/kernel", (2, 16, 16, 3, 64), mesh, fsdp=True, fsdp_min_size=1
+        "embedding/kernel", (2, 16, 16, 3, 64), mesh, fsdp=True, fsdp_min_size=1, rules=_RULES
     ) == P(None, None, None, None, "data")
     # Small arrays and indivisible dimensions stay replicated.
-    assert sharding.spec_for("encoder_norm/scale", (64,), mesh, fsdp=True) == P(None)
-    assert sharding.spec_for("cls", (1, 1, 63), mesh, fsdp=True, fsdp_min_size=1) == P(
-        None, None, None
-    )
+    assert sharding.spec_for("encoder_norm/scale", (64,), mesh, fsdp=True, rules=_RULES) == P(None)
+    assert sharding.spec_for(
+        "cls", (1, 1, 63), mesh, fsdp=True, fsdp_min_size=1, rules=_RULES
+    ) == P(None, None, None)
     # Without a 'model' axis the model rules do nothing; FSDP alone shards over 'data'.
     data_only = sharding.make_mesh((8, 1))
-    assert sharding.spec_for(mlp, (64, 256), data_only) == P(None, None)
-    assert sharding.spec_for(mlp, (64, 256), data_only, fsdp=True, fsdp_min_size=1) == P(
-        None, "data"
-    )
+    assert sharding.spec_for(mlp, (64, 256), data_only, rules=_RULES) == P(None, None)
+    assert sharding.spec_for(
+        mlp, (64, 256), data_only, fsdp=True, fsdp_min_size=1, rules=_RULES
+    ) == P(None, "data")
 
 
 def _mesh_config(mesh_shape, fsdp):
@@ -119,3 +125,20 @@ def test_same_seed_gives_the_same_losses_on_every_mesh_shape():
     specs = [tuple(s.spec) for s in jax.tree_util.tree_leaves(runs[(4, 2)][2].state_shardings)]
     assert any("model" in spec for spec in specs) and any("data" in spec for spec in specs)
     assert any(spec == ("data", "model", None) for spec in specs)
+
+
+def test_uncovered_arrays_are_listed_and_warned_once(caplog):
+    mesh = sharding.make_mesh((4, 2))
+    tree = {
+        "step": np.zeros((), np.int32),
+        "params": {"mystery/kernel": np.zeros((4, 4)), "output_projection": {"bias": np.zeros(3)}},
+        # A rule of another rank does not cover the array.
+        "odd": {"MlpBlock_0": {"Dense_0": {"kernel": np.zeros((2, 4, 4))}}},
+    }
+    uncovered = sharding.uncovered_paths(tree, _RULES)
+    assert uncovered == ["odd/MlpBlock_0/Dense_0/kernel", "params/mystery/kernel"]
+    with caplog.at_level("WARNING", logger="mbt.sharding"):
+        shardings = sharding.tree_shardings(tree, mesh, rules=_RULES)
+    warnings = [r for r in caplog.records if "match no partition rule" in r.getMessage()]
+    assert len(warnings) == 1 and "params/mystery/kernel" in warnings[0].getMessage()
+    assert tuple(shardings["params"]["mystery/kernel"].spec) == (None, None)

@@ -20,6 +20,9 @@ Parameter tree: `convlstm_<i>_<modality>` (separate layers), `convlstm_<i>` (sha
 each holding `downsample` (with `downsample='conv'` and stride > 1) and `cell/{ih,hh}`
 (the ConvLSTM's input-to-hidden and hidden-to-hidden convolutions, 4·features outputs in gate
 order i, g, f, o), then `output_projection`.
+
+`FAMILY` (end of file) is this model's `mbt.models.family.ModelFamily`; its partition rules
+split every convolution's output features over the 'model' mesh axis.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from mbt.models import common
+from mbt.models import family
 
 DOWNSAMPLES = ("pool", "conv")
 
@@ -67,37 +73,33 @@ def per_layer(value: int | Sequence[int], num_layers: int, key: str) -> tuple[in
 
 
 def check_config(model_config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the `config.model` key of a bad C-LSTM setting."""
-    get = model_config.get
-    modalities = tuple(get("modalities") or ())
-    if not modalities or len(set(modalities)) != len(modalities):
-        raise ValueError(
-            f"config.model.modalities={modalities!r} must name one or more "
-            "distinct modalities, e.g. ('rgb', 'spectrogram')"
-        )
-    num_layers = get("num_layers", 3)
+    """Raises ValueError naming the `config.model` key of a bad C-LSTM setting.
+
+    `model_config` is merged over `default_config()` (`FAMILY.resolve`).
+    """
+    common.check_modalities(model_config)
+    num_layers = model_config.num_layers
     if not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"config.model.num_layers={num_layers!r} must be an integer >= 1")
-    per_layer(get("features", 64), num_layers, "features")
-    per_layer(get("spatial_strides", 1), num_layers, "spatial_strides")
-    kernel = tuple(get("kernel_size", (3, 3)))
+    per_layer(model_config.features, num_layers, "features")
+    per_layer(model_config.spatial_strides, num_layers, "spatial_strides")
+    kernel = tuple(model_config.kernel_size)
     if len(kernel) != 2 or any(not isinstance(k, int) or k < 1 for k in kernel):
         raise ValueError(f"config.model.kernel_size={kernel!r} must be two positive ints")
-    downsample = get("downsample", "pool")
-    if downsample not in DOWNSAMPLES:
-        raise ValueError(f"config.model.downsample={downsample!r}; allowed: {DOWNSAMPLES}")
-    fusion_layer = get("fusion_layer", 0)
+    common.check_choice(model_config, "downsample", DOWNSAMPLES)
+    fusion_layer = model_config.fusion_layer
     if not isinstance(fusion_layer, int) or not 0 <= fusion_layer <= num_layers:
         raise ValueError(
             f"config.model.fusion_layer={fusion_layer!r}; allowed: integers "
             f"0..{num_layers} (0 = fuse the inputs, {num_layers} = late fusion)"
         )
-    map_size = get("audio_map_size")
+    map_size = model_config.audio_map_size
     if map_size is not None and (len(tuple(map_size)) != 2 or min(map_size) < 1):
         raise ValueError(f"config.model.audio_map_size={map_size!r} must be None or (h, w)")
-    rate = get("dropout_rate", 0.0)
+    rate = model_config.dropout_rate
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"config.model.dropout_rate={rate!r} must lie in [0, 1)")
+    common.check_choice(model_config, "dtype", common.DTYPES)
 
 
 def audio_to_frames(
@@ -144,10 +146,10 @@ class ConvLSTMLayer(nn.Module):
     """
 
     features: int
-    kernel_size: tuple[int, int] = (3, 3)
-    stride: int = 1
-    downsample: str = "pool"
-    dtype: Any = jnp.float32
+    kernel_size: tuple[int, int]
+    stride: int
+    downsample: str
+    dtype: Any
 
     @nn.compact
     def __call__(self, x_BxTxHxWxC: jax.Array) -> jax.Array:
@@ -180,20 +182,21 @@ class ConvLSTMClassifier(nn.Module):
     """The C-LSTM over `{modality: array}` inputs; returns logits `[B, num_classes]` (float32).
 
     Sows into 'intermediates' the pooled features `[B, F]` each head input is made of:
-    `pooled_<modality>` per stream with late fusion, `pooled_fused` otherwise.
+    `pooled_<modality>` per stream with late fusion, `pooled_fused` otherwise. Every field
+    comes from `config.model` (`FAMILY.build`); none has a default of its own.
     """
 
     num_classes: int
     modalities: tuple[str, ...]
     features: tuple[int, ...]
     spatial_strides: tuple[int, ...]
-    kernel_size: tuple[int, int] = (3, 3)
-    downsample: str = "pool"
-    fusion_layer: int = 0
-    audio_map_size: tuple[int, int] | None = None
-    audio_slices: int | None = None
-    dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
+    kernel_size: tuple[int, int]
+    downsample: str
+    fusion_layer: int
+    audio_map_size: tuple[int, int] | None
+    audio_slices: int | None
+    dropout_rate: float
+    dtype: Any
 
     def _streams(self, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Every modality as maps over time `[B, T, H, W, C]`, video and audio sharing T."""
@@ -257,3 +260,49 @@ class ConvLSTMClassifier(nn.Module):
         features_BxF = nn.Dropout(self.dropout_rate)(features_BxF, deterministic=not train)
         logits = nn.Dense(self.num_classes, name="output_projection")(features_BxF)
         return logits.astype(jnp.float32)
+
+
+class CLSTMFamily(family.ModelFamily):
+    """`config.model.name = 'clstm'`: no branches (early fusion), no ViT/Scenic import."""
+
+    name = "clstm"
+    # Gate convolutions `cell/{ih,hh}` [kh, kw, in, 4F] and strided `downsample` [s, s, C, F]:
+    # output features split over 'model' (with their biases); the head replicated.
+    partition_rules = (
+        (r"cell/(ih|hh)/kernel$", (None, None, None, family.MODEL_AXIS)),
+        (r"cell/(ih|hh)/bias$", (family.MODEL_AXIS,)),
+        (r"downsample/kernel$", (None, None, None, family.MODEL_AXIS)),
+        (r"downsample/bias$", (family.MODEL_AXIS,)),
+        (r"(^|/)output_projection/(kernel|bias)$", family.REPLICATE),
+    )
+
+    def default_config(self) -> ml_collections.ConfigDict:
+        return default_config()
+
+    def check(self, resolved: ml_collections.ConfigDict) -> None:
+        check_config(resolved)
+
+    def make(self, resolved: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+        num_layers = resolved.num_layers
+        map_size = resolved.audio_map_size
+        return ConvLSTMClassifier(
+            num_classes=num_classes,
+            modalities=tuple(resolved.modalities),
+            features=per_layer(resolved.features, num_layers, "features"),
+            spatial_strides=per_layer(resolved.spatial_strides, num_layers, "spatial_strides"),
+            kernel_size=tuple(resolved.kernel_size),
+            downsample=resolved.downsample,
+            fusion_layer=resolved.fusion_layer,
+            audio_map_size=tuple(map_size) if map_size is not None else None,
+            audio_slices=resolved.audio_slices,
+            dropout_rate=float(resolved.dropout_rate),
+            dtype=str(resolved.dtype),
+        )
+
+    def analytic_macs(self, model_config, input_shapes, num_classes):
+        from mbt.tools import flops  # pylint: disable=g-import-not-at-top (flops imports models)
+
+        return flops.clstm_macs(self.resolve(model_config), input_shapes, num_classes)
+
+
+FAMILY = CLSTMFamily()

@@ -15,22 +15,66 @@ Lf = 0 is early fusion, Lf = num_layers late fusion. The parameter tree is Sceni
 (`embedding`, `embedding_spectrogram`, `cls`, `clsspectrogram`, `bottleneck`,
 `Transformer/{posembed_input[_<m>], encoderblock_<i>[_<m>], encoder_norm}`, `output_projection`),
 with every modality other than rgb named like the spectrogram.
+
+`FAMILY` (end of file) is this model's `mbt.models.family.ModelFamily`: its `config.model`
+defaults (`default_config()`), validation, build, analytic FLOPs, branches and partition rules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from mbt.models import common
+from mbt.models import family
 from mbt.models import tokenizers
 from mbt.models import vit
 
 FUSIONS = ("bottleneck", "concat", "cross")
 CLASSIFIERS = ("token", "gap")
 PRIMARY = "rgb"  # the modality whose parameters carry no suffix, as in Scenic
+
+# Every `config.model` key of MBT with MBT-B/16's defaults from the paper's code.
+_DEFAULTS = {
+    "name": "mbt",
+    "modalities": ("rgb", "spectrogram"),
+    "variant": "B/16",
+    "hidden_size": None,
+    "num_layers": None,
+    "num_heads": None,
+    "mlp_dim": None,
+    "tokenizers": {
+        "rgb": {
+            "kind": "3d_conv",
+            "patches": (2, 16, 16),
+            "kernel_init": "central_frame_initializer",
+        },
+        "spectrogram": {"kind": "2d", "patches": (16, 16)},
+    },
+    "fusion": "bottleneck",
+    "fusion_layer": 8,
+    "n_bottlenecks": 4,
+    "share_encoder": False,
+    "test_with_bottlenecks": True,
+    "classifier": "token",
+    "representation_size": None,
+    "dropout_rate": 0.0,
+    "attention_dropout_rate": 0.0,
+    "stochastic_droplayer_rate": 0.3,
+    "dtype": "float32",
+    "remat": False,
+    "attention": "fused",
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every `config.model` key of MBT with MBT-B/16's defaults from the paper's code."""
+    return ml_collections.ConfigDict(_DEFAULTS)
 
 
 def suffix(modality: str) -> str:
@@ -66,16 +110,16 @@ class FusionEncoder(nn.Module):
     num_layers: int
     num_heads: int
     mlp_dim: int
-    fusion: str = "bottleneck"
-    fusion_layer: int = 0
-    share_encoder: bool = False
+    fusion: str = _DEFAULTS["fusion"]
+    fusion_layer: int = _DEFAULTS["fusion_layer"]
+    share_encoder: bool = _DEFAULTS["share_encoder"]
     use_bottlenecks: bool = True
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_droplayer_rate: float = 0.0
-    attention: str = "fused"
-    remat: bool = False
-    dtype: Any = jnp.float32
+    dropout_rate: float = _DEFAULTS["dropout_rate"]
+    attention_dropout_rate: float = _DEFAULTS["attention_dropout_rate"]
+    stochastic_droplayer_rate: float = _DEFAULTS["stochastic_droplayer_rate"]
+    attention: str = _DEFAULTS["attention"]
+    remat: bool = _DEFAULTS["remat"]
+    dtype: Any = _DEFAULTS["dtype"]
 
     @nn.compact
     def __call__(
@@ -155,7 +199,8 @@ class MBT(nn.Module):
     Inputs: `{modality: array}` — video-like `[B, T, H, W, C]`, spectrogram `[B, time, mel, C]`.
     Returns logits `[B, num_classes]`; with `classifier='token'` in training a dict
     `{modality: [B, num_classes]}` of per-modality logits (one shared head), whose mean is what
-    evaluation returns.
+    evaluation returns. Every field comes from `config.model` (`FAMILY.build`); none has a
+    default of its own.
     """
 
     num_classes: int
@@ -165,19 +210,19 @@ class MBT(nn.Module):
     num_layers: int
     num_heads: int
     mlp_dim: int
-    fusion: str = "bottleneck"
-    fusion_layer: int = 0
-    n_bottlenecks: int = 4
-    share_encoder: bool = False
-    test_with_bottlenecks: bool = True
-    classifier: str = "token"
-    representation_size: int | None = None
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_droplayer_rate: float = 0.0
-    attention: str = "fused"
-    remat: bool = False
-    dtype: Any = jnp.float32
+    fusion: str
+    fusion_layer: int
+    n_bottlenecks: int
+    share_encoder: bool
+    test_with_bottlenecks: bool
+    classifier: str
+    representation_size: int | None
+    dropout_rate: float
+    attention_dropout_rate: float
+    stochastic_droplayer_rate: float
+    attention: str
+    remat: bool
+    dtype: Any
 
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool):
@@ -258,3 +303,76 @@ class MBT(nn.Module):
         if train:
             return logits
         return sum(logits.values()) / len(logits)
+
+
+def branch_cls_candidate(path: str, modalities: Sequence[str], full_modalities: Sequence[str]):
+    """The full model's name of a branch's CLS parameter `path` (else `path` itself)."""
+    rename = {
+        cls_name(m, tuple(modalities)): cls_name(m, tuple(full_modalities)) for m in modalities
+    }
+    return rename.get(path, path)
+
+
+class MBTFamily(family.ModelFamily):
+    """`config.model.name = 'mbt'`."""
+
+    name = "mbt"
+    supports_branches = True
+    predict_missing_with_branch = True  # the token classifier trains each modality's CLS
+    supports_init_from = True  # Scenic MBT checkpoints and ViT weights (`mbt.pretrained`)
+    partition_rules = common.TRANSFORMER_RULES + ((r"(^|/)bottleneck$", family.REPLICATE),)
+
+    def default_config(self) -> ml_collections.ConfigDict:
+        return default_config()
+
+    def check(self, resolved: ml_collections.ConfigDict) -> None:
+        sizes = common.resolve_sizes(resolved)
+        common.check_modalities(resolved)
+        common.check_choice(resolved, "fusion", FUSIONS)
+        common.check_choice(resolved, "classifier", CLASSIFIERS)
+        common.check_transformer(resolved, sizes)
+        fusion_layer = resolved.fusion_layer
+        if not isinstance(fusion_layer, int) or not 0 <= fusion_layer <= sizes.num_layers:
+            raise ValueError(
+                f"config.model.fusion_layer={fusion_layer!r}; allowed: integers "
+                f"0..{sizes.num_layers} (0 = early, {sizes.num_layers} = late fusion)"
+            )
+        if resolved.fusion == "bottleneck" and int(resolved.n_bottlenecks) < 1:
+            raise ValueError("config.model.n_bottlenecks must be >= 1 for bottleneck fusion")
+
+    def make(self, resolved: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+        sizes = common.resolve_sizes(resolved)
+        return MBT(
+            num_classes=num_classes,
+            modalities=tuple(resolved.modalities),
+            tokenizer_specs=common.tokenizer_specs(resolved, sizes.patch),
+            hidden_size=sizes.hidden_size,
+            num_layers=sizes.num_layers,
+            num_heads=sizes.num_heads,
+            mlp_dim=sizes.mlp_dim,
+            fusion=resolved.fusion,
+            fusion_layer=resolved.fusion_layer,
+            n_bottlenecks=int(resolved.n_bottlenecks),
+            share_encoder=bool(resolved.share_encoder),
+            test_with_bottlenecks=bool(resolved.test_with_bottlenecks),
+            classifier=resolved.classifier,
+            **common.transformer_options(resolved),
+        )
+
+    def analytic_macs(self, model_config, input_shapes, num_classes):
+        from mbt.tools import flops  # pylint: disable=g-import-not-at-top (flops imports models)
+
+        return flops.mbt_macs(self.resolve(model_config), input_shapes, num_classes)
+
+    def branch_param_candidates(self, path, modalities, full_modalities):
+        """The CLS rename; and with one modality and concat fusion, a block from Lf on is the
+        shared `encoderblock_<i>` in the full model (it has no per-modality block there)."""
+        candidates = [branch_cls_candidate(path, modalities, full_modalities)]
+        if path.startswith("Transformer/encoderblock_") and len(modalities) == 1:
+            block = path.split("/")[1]
+            shared = "encoderblock_" + block.split("_")[1]
+            candidates.append(path.replace(f"/{block}/", f"/{shared}/", 1))
+        return candidates
+
+
+FAMILY = MBTFamily()

@@ -16,6 +16,8 @@ encoderblock_<i>[_<m>], sparse_pool[_<m>], fused_encoderblock_<j>, encoder_norm}
 optional `pre_logits`, `output_projection`.
 
 Latent mixup (training only, `latent_mixup_alpha > 0`): see `LatentMixup`.
+
+`FAMILY` (end of file) is this model's `mbt.models.family.ModelFamily`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mbt.models import common
+from mbt.models import family
 from mbt.models import mbt as mbt_lib
 from mbt.models import tokenizers
 from mbt.models import vit
@@ -72,37 +76,45 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def check_config(
-    model_config: ml_collections.ConfigDict, modalities: tuple[str, ...], num_layers: int | None
-) -> None:
-    """Raises ValueError naming the `config.model` key of a bad SFT setting.
+def depth(model_config: ml_collections.ConfigDict) -> int:
+    """SFT's number of encoder blocks along a modality's path: pre + sparse-pool + post."""
+    return int(model_config.n_layers_pre_fusion) + 1 + int(model_config.n_layers_post_fusion)
 
-    `num_layers` is the explicitly configured (or preset) depth, or None when unset.
+
+def check_config(model_config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the `config.model` key of a bad SFT-specific setting.
+
+    `model_config` is merged over `default_config()` (`FAMILY.resolve`).
     """
-    get = model_config.get
-    n_pre, n_post = get("n_layers_pre_fusion", 1), get("n_layers_post_fusion", 11)
+    n_pre, n_post = model_config.n_layers_pre_fusion, model_config.n_layers_post_fusion
     for key, value in (("n_layers_pre_fusion", n_pre), ("n_layers_post_fusion", n_post)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"config.model.{key}={value!r} must be an integer >= 0")
+    num_layers = model_config.num_layers
     if num_layers is not None and num_layers != n_pre + 1 + n_post:
         raise ValueError(
             f"config.model.num_layers={num_layers} disagrees with n_layers_pre_fusion + 1 + "
             f"n_layers_post_fusion = {n_pre + 1 + n_post}; set num_layers to None for SFT"
         )
-    pool_type = get("pool_type", "max")
-    if pool_type not in POOL_TYPES:
-        raise ValueError(f"config.model.pool_type={pool_type!r}; allowed: {POOL_TYPES}")
-    pool_sizes = get("pool_sizes") or {}
-    for m in modalities:
+    common.check_choice(model_config, "pool_type", POOL_TYPES)
+    pool_sizes = model_config.pool_sizes or {}
+    for m in model_config.modalities:
         size = pool_sizes.get(m)
         if not isinstance(size, int) or size < 1:
             raise ValueError(
                 f"config.model.pool_sizes.{m}={size!r} must be a positive integer "
                 "(tokens per pooling block)"
             )
-    alpha = get("latent_mixup_alpha", 0.0) or 0.0
+    alpha = model_config.latent_mixup_alpha or 0.0
     if alpha < 0:
         raise ValueError(f"config.model.latent_mixup_alpha={alpha!r} must be >= 0 (0 = off)")
+
+
+def vit_sizes(model_config: ml_collections.ConfigDict) -> vit.ViTSize:
+    """ViT widths of a (resolved) SFT config; its depth is `depth()`, not the variant's."""
+    resolved = ml_collections.ConfigDict(model_config.to_dict())
+    resolved.num_layers = depth(model_config)
+    return common.resolve_sizes(resolved)
 
 
 def pool_tokens(
@@ -209,15 +221,15 @@ class SparseFusionEncoder(nn.Module):
     pool_type: str
     num_heads: int
     mlp_dim: int
-    n_layers_pre_fusion: int = 1
-    n_layers_post_fusion: int = 11
-    latent_mixup_alpha: float = 0.0
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_droplayer_rate: float = 0.0
-    attention: str = "fused"
-    remat: bool = False
-    dtype: Any = jnp.float32
+    n_layers_pre_fusion: int
+    n_layers_post_fusion: int
+    latent_mixup_alpha: float
+    dropout_rate: float
+    attention_dropout_rate: float
+    stochastic_droplayer_rate: float
+    attention: str
+    remat: bool
+    dtype: Any
 
     @nn.compact
     def __call__(self, tokens: dict[str, jax.Array], *, train: bool):
@@ -315,7 +327,8 @@ class SparseFusionTransformer(nn.Module):
     run `apply(..., mutable=['intermediates'])` to read them and mix the labels with the mean λ:
     `y_mixed = λ̄·y + (1 - λ̄)·roll(y, 1, axis=0)`, λ̄ = mean_m λ_m (the single head sees every
     modality; this equals averaging per-modality mixed targets, as `mbt.mixup` does for a
-    single-head model).
+    single-head model). Every field comes from `config.model` (`FAMILY.build`); none has a
+    default of its own.
     """
 
     num_classes: int
@@ -325,17 +338,17 @@ class SparseFusionTransformer(nn.Module):
     hidden_size: int
     num_heads: int
     mlp_dim: int
-    pool_type: str = "max"
-    n_layers_pre_fusion: int = 1
-    n_layers_post_fusion: int = 11
-    latent_mixup_alpha: float = 0.0
-    representation_size: int | None = None
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_droplayer_rate: float = 0.0
-    attention: str = "fused"
-    remat: bool = False
-    dtype: Any = jnp.float32
+    pool_type: str
+    n_layers_pre_fusion: int
+    n_layers_post_fusion: int
+    latent_mixup_alpha: float
+    representation_size: int | None
+    dropout_rate: float
+    attention_dropout_rate: float
+    stochastic_droplayer_rate: float
+    attention: str
+    remat: bool
+    dtype: Any
 
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
@@ -394,3 +407,53 @@ class SparseFusionTransformer(nn.Module):
             self.num_classes, kernel_init=nn.initializers.zeros, name="output_projection"
         )(features_BxD)
         return logits.astype(jnp.float32)
+
+
+class SFTFamily(family.ModelFamily):
+    """`config.model.name = 'sft'`."""
+
+    name = "sft"
+    supports_branches = True
+    partition_rules = common.TRANSFORMER_RULES
+
+    def default_config(self) -> ml_collections.ConfigDict:
+        return default_config()
+
+    def check(self, resolved: ml_collections.ConfigDict) -> None:
+        common.check_modalities(resolved)
+        check_config(resolved)
+        common.check_transformer(resolved, vit_sizes(resolved))
+
+    def make(self, resolved: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+        widths = vit_sizes(resolved)
+        modalities = tuple(resolved.modalities)
+        return SparseFusionTransformer(
+            num_classes=num_classes,
+            modalities=modalities,
+            tokenizer_specs=common.tokenizer_specs(resolved, widths.patch),
+            pool_sizes=tuple((m, int(resolved.pool_sizes[m])) for m in modalities),
+            hidden_size=widths.hidden_size,
+            num_heads=widths.num_heads,
+            mlp_dim=widths.mlp_dim,
+            pool_type=resolved.pool_type,
+            n_layers_pre_fusion=resolved.n_layers_pre_fusion,
+            n_layers_post_fusion=resolved.n_layers_post_fusion,
+            latent_mixup_alpha=float(resolved.latent_mixup_alpha or 0.0),
+            **common.transformer_options(resolved),
+        )
+
+    def analytic_macs(self, model_config, input_shapes, num_classes):
+        from mbt.tools import flops  # pylint: disable=g-import-not-at-top (flops imports models)
+
+        return flops.sft_macs(self.resolve(model_config), input_shapes, num_classes)
+
+    def latent_mixup(self, model_config) -> bool:
+        return float(self.resolve(model_config).latent_mixup_alpha or 0.0) > 0
+
+    def branch_param_candidates(self, path, modalities, full_modalities):
+        """Only the CLS is renamed: the kept modality's unimodal and sparse-pool blocks, the
+        joint blocks and the head are the trained ones."""
+        return [mbt_lib.branch_cls_candidate(path, modalities, full_modalities)]
+
+
+FAMILY = SFTFamily()

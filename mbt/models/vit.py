@@ -15,6 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mbt.models.family import MODEL_AXIS
+from mbt.models.family import REPLICATE
+
 
 @dataclasses.dataclass(frozen=True)
 class ViTSize:
@@ -204,3 +207,21 @@ def encoder_block_class(remat: bool) -> type[nn.Module]:
 def droplayer_rate(layer: int, num_layers: int, max_rate: float) -> float:
     """Stochastic depth of `layer`: grows linearly from 0 (first layer) to `max_rate` (last)."""
     return layer / max(num_layers - 1, 1) * max_rate
+
+
+_ATTN = r"MultiHeadDotProductAttention_\d+/"
+_MLP = r"MlpBlock_\d+/"
+# Tensor-parallel rules of an `EncoderBlock` (`mbt.models.family`): q/k/v kernel
+# [D, heads, D/heads] and bias [heads, D/heads] and out kernel [heads, D/heads, D] split by
+# head, MLP [D, mlp] and [mlp, D] by hidden unit; norms and the output biases replicated.
+ENCODER_BLOCK_RULES = (
+    (_ATTN + r"(query|key|value)/kernel$", (None, MODEL_AXIS, None)),
+    (_ATTN + r"(query|key|value)/bias$", (MODEL_AXIS, None)),
+    (_ATTN + r"out/kernel$", (MODEL_AXIS, None, None)),
+    (_ATTN + r"out/bias$", REPLICATE),
+    (_MLP + r"Dense_0/kernel$", (None, MODEL_AXIS)),
+    (_MLP + r"Dense_0/bias$", (MODEL_AXIS,)),
+    (_MLP + r"Dense_1/kernel$", (MODEL_AXIS, None)),
+    (_MLP + r"Dense_1/bias$", REPLICATE),
+    (r"LayerNorm_\d+/(scale|bias)$", REPLICATE),
+)

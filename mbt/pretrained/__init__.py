@@ -27,6 +27,7 @@ from typing import Any
 
 import ml_collections
 
+from mbt import models
 from mbt.pretrained import formats
 from mbt.pretrained import scenic_checkpoint
 from mbt.pretrained import vit_init
@@ -65,9 +66,14 @@ def init_from(
     path = settings.get("checkpoint_path") if settings is not None else None
     if not path:
         raise ValueError("config.init_from.checkpoint_path is not set")
-    if config.model.get("name", "mbt") != "mbt":
+    family = models.get_family(config.model.get("name"))
+    if not family.supports_init_from:
+        supported = tuple(
+            n for n in models.known_names() if models.get_family(n).supports_init_from
+        )
         raise ValueError(
-            f"config.init_from supports config.model.name='mbt' only; got {config.model.name!r}"
+            f"config.init_from supports config.model.name in {supported}; "
+            f"got {config.model.get('name')!r}"
         )
     checkpoint_format = settings.get("checkpoint_format", "auto") or "auto"
     if checkpoint_format not in formats.FORMATS:

@@ -21,10 +21,10 @@ Conventions (see docs/compute.md):
   the body of a while loop once, whatever its trip count, so for a model that scans over time
   (the C-LSTM) its figure is a lower bound; the report says so (`XlaReport.has_while_loop`).
 
-A model contributes its analytic count by registering a function with `@register_analytic(name)`
-in this module, or by giving its builder in `mbt.models.MODELS` a static method
-`analytic_macs(model_config, input_shapes, num_classes) -> AnalyticCount`. Without either, only
-the XLA count is reported. None of this imports TensorFlow.
+A model contributes its analytic count through its family (`mbt.models.family.ModelFamily`):
+`analytic_macs(model_config, input_shapes, num_classes) -> AnalyticCount`; MBT, SFT and the
+C-LSTM call `mbt_macs`, `sft_macs` and `clstm_macs` below with `config.model` merged over their
+defaults. A family without one gets only the XLA count. None of this imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import collections
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from collections.abc import Mapping
 
 import jax
@@ -43,6 +42,7 @@ import ml_collections
 from mbt import models
 from mbt.data import registry
 from mbt.models import clstm as clstm_lib
+from mbt.models import sft as sft_lib
 from mbt.models import tokenizers
 
 SPECTROGRAM_FRAMES_PER_SECOND = 100  # 10 ms hop
@@ -76,29 +76,6 @@ class AnalyticCount:
             self.macs[name] += int(value)
         if stage is not None:
             self.stages[stage] += int(sum(other.values()))
-
-
-AnalyticFn = Callable[
-    [ml_collections.ConfigDict, Mapping[str, tuple[int, ...]], int], AnalyticCount
-]
-ANALYTIC: dict[str, AnalyticFn] = {}
-
-
-def register_analytic(model_name: str) -> Callable[[AnalyticFn], AnalyticFn]:
-    """Decorator: `fn(model_config, input_shapes, num_classes) -> AnalyticCount` for a model."""
-
-    def register(fn: AnalyticFn) -> AnalyticFn:
-        ANALYTIC[model_name] = fn
-        return fn
-
-    return register
-
-
-def analytic_fn(model_name: str) -> AnalyticFn | None:
-    """The analytic counter of `model_name`: this module's registry, else the builder's hook."""
-    if model_name in ANALYTIC:
-        return ANALYTIC[model_name]
-    return getattr(models.MODELS.get(model_name), "analytic_macs", None)
 
 
 # --- analytic building blocks ---------------------------------------------------------------
@@ -175,7 +152,6 @@ def add_patch_embeddings(
     return tokens
 
 
-@register_analytic("mbt")
 def mbt_macs(
     model_config: ml_collections.ConfigDict,
     input_shapes: Mapping[str, tuple[int, ...]],
@@ -188,13 +164,14 @@ def mbt_macs(
     (n_bottlenecks, + 1 with the token classifier, as in Scenic); `cross`: each modality's block
     runs on the concatenation of all modalities' tokens (the model keeps only its own outputs,
     but computes them all); `concat`: one block on the concatenated sequence.
+        `model_config` is merged over the family defaults (`ModelFamily.resolve`).
     """
     sizes = models.resolve_sizes(model_config)
     width, mlp_dim = sizes.hidden_size, sizes.mlp_dim
     modalities = tuple(model_config.modalities)
-    classifier = model_config.get("classifier", "token")
-    fusion = model_config.get("fusion", "bottleneck")
-    fusion_layer = model_config.get("fusion_layer", 0)
+    classifier = model_config.classifier
+    fusion = model_config.fusion
+    fusion_layer = model_config.fusion_layer
     count = AnalyticCount()
 
     patches = add_patch_embeddings(count, model_config, input_shapes, sizes.patch, width)
@@ -203,10 +180,8 @@ def mbt_macs(
 
     multimodal = len(modalities) > 1
     # Inference: test_with_bottlenecks=False turns bottleneck fusion into late fusion.
-    fusing = multimodal and (
-        fusion != "bottleneck" or model_config.get("test_with_bottlenecks", True)
-    )
-    n_bottleneck = int(model_config.get("n_bottlenecks", 4)) + (1 if classifier == "token" else 0)
+    fusing = multimodal and (fusion != "bottleneck" or model_config.test_with_bottlenecks)
+    n_bottleneck = int(model_config.n_bottlenecks) + (1 if classifier == "token" else 0)
     joint = sum(lengths.values())
     for layer in range(sizes.num_layers):
         if not (fusing and layer >= fusion_layer):
@@ -228,16 +203,6 @@ def mbt_macs(
     return count
 
 
-def _sft_sizes(model_config: ml_collections.ConfigDict):
-    """ViT widths of an SFT config (its depth is n_pre + 1 + n_post, not `num_layers`)."""
-    resolved = ml_collections.ConfigDict(model_config.to_dict())
-    resolved.num_layers = (
-        resolved.get("n_layers_pre_fusion", 1) + 1 + resolved.get("n_layers_post_fusion", 11)
-    )
-    return models.resolve_sizes(resolved)
-
-
-@register_analytic("sft")
 def sft_macs(
     model_config: ml_collections.ConfigDict,
     input_shapes: Mapping[str, tuple[int, ...]],
@@ -251,13 +216,14 @@ def sft_macs(
     pooling to N_m // s_m tokens and the CLS sum have no multiply-adds. Then
     `n_layers_post_fusion` joint blocks on 1 + Σ_m N_m // s_m tokens and the head on the fused
     CLS. `stages` splits the total into these stages.
+        `model_config` is merged over the family defaults (`ModelFamily.resolve`).
     """
-    sizes = _sft_sizes(model_config)
+    sizes = sft_lib.vit_sizes(model_config)
     width, mlp_dim = sizes.hidden_size, sizes.mlp_dim
     modalities = tuple(model_config.modalities)
-    pool_type = model_config.get("pool_type", "max")
-    n_pre = int(model_config.get("n_layers_pre_fusion", 1))
-    n_post = int(model_config.get("n_layers_post_fusion", 11))
+    pool_type = model_config.pool_type
+    n_pre = int(model_config.n_layers_pre_fusion)
+    n_post = int(model_config.n_layers_post_fusion)
     count = AnalyticCount()
     joint = 1  # the fused CLS
     patches = add_patch_embeddings(
@@ -319,7 +285,6 @@ def resize_macs(shape: tuple[int, ...], target_hw: tuple[int, int]) -> int:
     return rest * min(th * h * w + th * tw * w, h * tw * w + th * tw * h)
 
 
-@register_analytic("clstm")
 def clstm_macs(
     model_config: ml_collections.ConfigDict,
     input_shapes: Mapping[str, tuple[int, ...]],
@@ -334,21 +299,21 @@ def clstm_macs(
     hidden→4F (kh·kw·F·4F), over the real (non-padding) taps of the 'SAME' kernel. At the
     fusion layer every stream is resized to the reference grid (bilinear) and concatenated on
     channels. Head: `output_projection` on the pooled features.
+        `model_config` is merged over the family defaults (`ModelFamily.resolve`).
     """
-    get = model_config.get
     modalities = tuple(model_config.modalities)
-    num_layers = int(get("num_layers", 3))
-    features = clstm_lib.per_layer(get("features", 64), num_layers, "features")
-    strides = clstm_lib.per_layer(get("spatial_strides", 1), num_layers, "spatial_strides")
-    kh, kw = tuple(get("kernel_size", (3, 3)))
-    downsample = get("downsample", "pool")
-    map_size = get("audio_map_size")
-    fusion_layer = int(get("fusion_layer", 0)) if len(modalities) > 1 else 0
+    num_layers = int(model_config.num_layers)
+    features = clstm_lib.per_layer(model_config.features, num_layers, "features")
+    strides = clstm_lib.per_layer(model_config.spatial_strides, num_layers, "spatial_strides")
+    kh, kw = tuple(model_config.kernel_size)
+    downsample = model_config.downsample
+    map_size = model_config.audio_map_size
+    fusion_layer = int(model_config.fusion_layer) if len(modalities) > 1 else 0
     count = AnalyticCount()
 
     require_input_shapes(model_config, input_shapes)
     video = [m for m in modalities if len(input_shapes[m]) == 4]
-    num_frames = input_shapes[video[0]][0] if video else get("audio_slices")
+    num_frames = input_shapes[video[0]][0] if video else model_config.audio_slices
     if num_frames is None:
         raise ValueError("config.model.audio_slices must be set when no modality is video")
     streams = {}  # modality (or 'fused') -> per-example maps [T, H, W, C]
@@ -625,7 +590,7 @@ class FlopsReport:
         else:
             out.append(
                 f"analytic GFLOPs: not available for model {self.model_name!r} "
-                "(register one in mbt/tools/flops.py); XLA's count only"
+                "(give its family an analytic_macs); XLA's count only"
             )
         if self.xla is not None:
             how = "compiled" if self.xla.compiled else "lowered, unoptimised HLO"
@@ -681,8 +646,7 @@ def analyse(
     name = config.get("name")
     models.validate_model_config(config)
 
-    counter = analytic_fn(name)
-    analytic = counter(config, input_shapes, num_classes) if counter is not None else None
+    analytic = models.get_family(name).analytic_macs(config, input_shapes, num_classes)
 
     model = models.build_model(xla_model_config(config), num_classes)
     params = abstract_params(model, input_structs(input_shapes, batch_size))
