@@ -111,6 +111,11 @@ class Predictor:
 # --- building a predictor ------------------------------------------------------------------
 
 
+def _no_examples(split: str, start: int, stop: int):
+    """The `read` of the sources predict makes for their clip settings only."""
+    raise ValueError(f"predict reads files, not dataset splits (asked for {split}[{start}:{stop}])")
+
+
 def clip_settings(
     config: ml_collections.ConfigDict, meta: export.ExportMeta
 ) -> tuple[clips.ClipSettings, dict]:
@@ -132,7 +137,7 @@ def clip_settings(
         modalities=pipeline.MODALITIES,
         fps=meta.video_fps,
         split_sizes={},
-        read=None,
+        read=_no_examples,
     )
     settings = pipeline.clip_settings(values, stored)
     given = settings.input_shapes()
@@ -196,7 +201,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
             except json.JSONDecodeError as e:
                 raise ValueError(f"config file {path} is not valid JSON: {e}") from e
     spec = importlib.util.spec_from_file_location("_mbt_predict_config", path)
-    if spec is None or not path.endswith(".py"):
+    if spec is None or spec.loader is None or not path.endswith(".py"):
         raise ValueError(f"config file {path}: expected a .py file with get_config() or a .json")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -296,7 +301,7 @@ def predictor_from_scenic(
         modalities=pipeline.MODALITIES,
         fps=25.0,
         split_sizes={},
-        read=None,
+        read=_no_examples,
     )
     input_shapes = pipeline.clip_settings(values, stored).input_shapes()
     meta = export.ExportMeta(

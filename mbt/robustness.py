@@ -237,7 +237,7 @@ def run_robustness(
     seed = int(config.seed)
     model_name = config.model.get("name")
     conditions = make_conditions(setup.modalities, snrs_db, model_name)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for index, condition in enumerate(conditions):
 
         def transform(batch, batch_index, condition=condition, index=index):

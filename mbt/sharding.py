@@ -92,12 +92,13 @@ def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tu
                 f"config.mesh_shape={shape}: {num_devices} devices are not divisible by {known}"
             )
         shape = tuple(num_devices // known if s == -1 else s for s in shape)
-    if shape[0] * shape[1] > num_devices:
+    data, model = shape
+    if data * model > num_devices:
         raise ValueError(
             f"config.mesh_shape={shape} needs {shape[0] * shape[1]} devices but "
             f"{num_devices} are available; use -1 for one axis"
         )
-    return shape
+    return data, model
 
 
 def make_mesh(
@@ -172,7 +173,7 @@ def spec_for(
     fsdp_min_size: int = 2**14,
 ) -> P:
     """PartitionSpec of one array from its path and shape (see the module docstring)."""
-    spec = [None] * len(shape)
+    spec: list[str | None] = [None] * len(shape)
     rule = matching_rule(path, shape, rules)
     if mesh.shape[MODEL_AXIS] > 1 and rule:
         for dim, axis in enumerate(rule):

@@ -147,6 +147,10 @@ def train_step(
     if weights is None:
         weights = jnp.ones(targets.shape[:1], jnp.float32)
     if cfg.mixup_alpha > 0:
+        if mixup_lambdas is None:
+            raise ValueError(
+                "config.mixup.alpha > 0 needs mixup_lambdas (mbt.mixup.sample_lambdas)"
+            )
         inputs, targets = mixup_lib.mixup(
             inputs, targets, mixup_lambdas, per_modality_targets=cfg.mixmod
         )
@@ -208,7 +212,9 @@ def train_step(
         "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         "param_norm": optax.tree.norm(params),
     }
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(  # type: ignore[attr-defined]  # added by flax.struct.dataclass
+        step=state.step + 1, params=params, opt_state=opt_state
+    )
     return new_state, metrics
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -126,7 +127,7 @@ def audio_to_frames(
         batch, num_frames, per_frame, mel_bins, channels
     )
     if map_size is not None:
-        frames = resize_maps(frames, tuple(map_size))
+        frames = resize_maps(frames, (int(map_size[0]), int(map_size[1])))
     return frames
 
 
@@ -175,7 +176,8 @@ class ConvLSTMLayer(nn.Module):
                 maps = nn.max_pool(maps, window, strides=window, padding="VALID")
             x_BxTxHxWxC = maps.reshape((batch, frames) + maps.shape[1:])
         cell = nn.ConvLSTMCell(self.features, self.kernel_size, dtype=self.dtype, name="cell")
-        return nn.RNN(cell)(x_BxTxHxWxC)
+        # return_carry=False (the default): the outputs alone, not (carry, outputs).
+        return cast(jax.Array, nn.RNN(cell)(x_BxTxHxWxC))
 
 
 class ConvLSTMClassifier(nn.Module):
@@ -250,7 +252,7 @@ class ConvLSTMClassifier(nn.Module):
         else:
             video_like = [m for m in self.modalities if jnp.ndim(inputs[m]) == 5]
             reference = video_like[0] if video_like else self.modalities[0]
-            grid = streams[reference].shape[2:4]
+            grid = (streams[reference].shape[2], streams[reference].shape[3])
             x = jnp.concatenate([resize_maps(streams[m], grid) for m in self.modalities], axis=-1)
             for i in range(fusion_layer, num_layers):
                 x = layer(i, f"convlstm_{i}")(x)

@@ -72,8 +72,13 @@ def tokenizer_spec(
                 f"{tokenizers.KINDS} and patches"
             )
     configured = dict(configured)
+    kind = configured.get("kind")
+    if not isinstance(kind, str):
+        raise ValueError(
+            f"config.model.tokenizers.{modality}.kind={kind!r}; allowed: {tokenizers.KINDS}"
+        )
     spec = tokenizers.TokenizerSpec(
-        kind=configured.get("kind"),
+        kind=kind,
         patches=tuple(int(p) for p in configured.get("patches") or (patch, patch)),
         n_sampled_frames=configured.get("n_sampled_frames"),
         kernel_init=configured.get("kernel_init"),

@@ -40,7 +40,7 @@ CLASSIFIERS = ("token", "gap")
 PRIMARY = "rgb"  # the modality whose parameters carry no suffix, as in Scenic
 
 # Every `config.model` key of MBT with MBT-B/16's defaults from the paper's code.
-_DEFAULTS = {
+_DEFAULTS: dict[str, Any] = {
     "name": "mbt",
     "modalities": ("rgb", "spectrogram"),
     "variant": "B/16",
@@ -166,6 +166,7 @@ class FusionEncoder(nn.Module):
             if not fused:
                 tokens = {m: blocks[m](tokens[m], deterministic) for m in self.modalities}
             elif self.fusion == "bottleneck":
+                assert bottleneck_BxNxD is not None  # made before the layers for this fusion
                 bottleneck_outputs = []
                 for m in self.modalities:
                     n_own = tokens[m].shape[1]

@@ -20,7 +20,7 @@ def register(family: family_lib.ModelFamily) -> family_lib.ModelFamily:
     return family
 
 
-def _from_module(name: str) -> family_lib.ModelFamily | None:
+def _from_module(name: str | None) -> family_lib.ModelFamily | None:
     """The `FAMILY` of `mbt.models.<name>`, or None when there is no such module or object."""
     if not isinstance(name, str) or not name.isidentifier():
         return None

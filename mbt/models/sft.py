@@ -158,8 +158,9 @@ def cls_attention_scores(block_params: Any, x_BxLxD: jax.Array, num_heads: int) 
     normed = nn.LayerNorm().apply({"params": block_params["LayerNorm_0"]}, x_BxLxD)
     attention = block_params["MultiHeadDotProductAttention_0"]
     project = nn.DenseGeneral(features=(num_heads, head_dim))
-    query_Bx1xNxH = project.apply({"params": attention["query"]}, normed[:, :1])
-    key_BxLxNxH = project.apply({"params": attention["key"]}, normed)
+    normed_BxLxD: jax.Array = normed  # type: ignore[assignment]  # apply without mutable
+    query_Bx1xNxH = project.apply({"params": attention["query"]}, normed_BxLxD[:, :1])
+    key_BxLxNxH = project.apply({"params": attention["key"]}, normed_BxLxD)
     logits_BxNx1xL = jnp.einsum("bqnh,bknh->bnqk", query_Bx1xNxH, key_BxLxNxH)
     weights = jax.nn.softmax(logits_BxNx1xL.astype(jnp.float32) / jnp.sqrt(head_dim), axis=-1)
     return jnp.mean(weights[:, :, 0, 1:], axis=1)

@@ -316,7 +316,7 @@ def clstm_macs(
     num_frames = input_shapes[video[0]][0] if video else model_config.audio_slices
     if num_frames is None:
         raise ValueError("config.model.audio_slices must be set when no modality is video")
-    streams = {}  # modality (or 'fused') -> per-example maps [T, H, W, C]
+    streams: dict[str, tuple[int, ...]] = {}  # modality (or 'fused') -> maps [T, H, W, C]
     for m in modalities:
         shape = tuple(input_shapes[m])
         if len(shape) == 4:
@@ -325,8 +325,9 @@ def clstm_macs(
         time_bins, mel, channels = shape
         streams[m] = (num_frames, time_bins // num_frames, mel, channels)
         if map_size is not None:
-            count.add({"resize": resize_macs(streams[m], tuple(map_size))}, "resize")
-            streams[m] = (num_frames,) + tuple(map_size) + (channels,)
+            size = (int(map_size[0]), int(map_size[1]))
+            count.add({"resize": resize_macs(streams[m], size)}, "resize")
+            streams[m] = (num_frames,) + size + (channels,)
 
     def run_layer(i: int, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
         frames, height, width, channels = shape
@@ -353,7 +354,7 @@ def clstm_macs(
         width_in = sum(streams[m][-1] for m in modalities)
     else:
         reference = video[0] if video else modalities[0]
-        grid = streams[reference][1:3]
+        grid = (streams[reference][1], streams[reference][2])
         for m in modalities:
             count.add({"resize": resize_macs(streams[m], grid)}, "resize")
         fused = streams[reference][:1] + tuple(grid) + (sum(streams[m][-1] for m in modalities),)
@@ -519,9 +520,12 @@ def input_shapes_from_config(
 def num_classes_from_config(config: ml_collections.ConfigDict) -> int:
     dataset = config.get("dataset") or {}
     if dataset.get("num_classes"):
-        return int(dataset.num_classes)
+        return int(dataset["num_classes"])
+    name = dataset.get("name")
+    if not name:
+        return DEFAULT_NUM_CLASSES
     try:
-        spec = registry.get(dataset.get("name"), dataset.get("imports") or ())
+        spec = registry.get(name, dataset.get("imports") or ())
     except ValueError:
         return DEFAULT_NUM_CLASSES
     return spec.num_classes or DEFAULT_NUM_CLASSES
@@ -556,7 +560,8 @@ class FlopsReport:
         """XLA FLOPs / (2 × analytic multiply-adds); ≈ 1 when the analytic count is complete."""
         if self.analytic is None or self.xla is None or not self.analytic.total:
             return None
-        return self.xla_gflops / (2 * self.analytic_gflops)
+        xla_flops_per_example = self.xla.flops / self.xla.batch_size
+        return xla_flops_per_example / (2 * self.analytic.total)
 
     def lines(self) -> list[str]:
         shapes = ", ".join(f"{m} {list(s)}" for m, s in self.input_shapes.items())
@@ -568,7 +573,7 @@ class FlopsReport:
         if self.analytic is not None:
             out.append(
                 "analytic GFLOPs/example (1 multiply-add = 1 FLOP): "
-                f"{_number(self.analytic_gflops)}"
+                f"{_number(self.analytic.total / 1e9)}"
             )
             total = max(self.analytic.total, 1)
             for name, macs in self.analytic.macs.items():
@@ -596,7 +601,7 @@ class FlopsReport:
             how = "compiled" if self.xla.compiled else "lowered, unoptimised HLO"
             out.append(
                 f"XLA GFLOPs/example (1 multiply-add = 2 FLOPs, elementwise included; {how}, "
-                f"{self.xla.seconds:.1f} s): {_number(self.xla_gflops)}"
+                f"{self.xla.seconds:.1f} s): {_number(self.xla.flops / self.xla.batch_size / 1e9)}"
             )
             if self.xla.has_while_loop:
                 out.append(
@@ -624,7 +629,9 @@ def _number(value: float) -> str:
     return f"{value:.3f}" if abs(value) >= 1 else f"{value:.4g}"
 
 
-def _mib(num_bytes: int) -> str:
+def _mib(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return "unknown"
     return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} KiB"
 
 
