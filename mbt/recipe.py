@@ -23,10 +23,9 @@ from mbt import config_validation
 from mbt import models
 from mbt import pretrained
 from mbt.data import settings as data_settings
-from mbt.models import clstm
-from mbt.models import sft
 
-MODEL_NAMES = ("mbt", "sft", "clstm")
+# The `model=` choices of the config files, MBT (the default) first.
+MODEL_NAMES = ("mbt",) + tuple(n for n in models.known_names() if n != "mbt")
 # Argument value -> the modalities both the model and the data use.
 MODALITY_CHOICES = {"av": ("rgb", "spectrogram"), "audio": ("spectrogram",), "rgb": ("rgb",)}
 MODALITIES = tuple(MODALITY_CHOICES)
@@ -97,35 +96,12 @@ def set_modalities(config: ml_collections.ConfigDict, choice: str) -> ml_collect
 
 
 def set_model(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """Swaps the MBT-B/16 model of `config` for `name`'s paper-scale model and recipe.
-
-    - 'mbt': unchanged.
-    - 'sft' (Ding et al. 2021, docs/models.md): ViT-B/16 widths, 1 unimodal block per modality,
-      the sparse-pool block (max pooling, 16 tokens per block: rgb 32x224² with 2x16x16
-      tubelets 3136 -> 196 tokens, spectrogram 800x128 400 -> 25), CLS tokens summed, 11 joint
-      blocks. Everything else is MBT's recipe; latent mixup stays off (input mixup is on).
-    - 'clstm' (Barnum et al. 2020): 3 ConvLSTM layers (32/64/128 channels, input downsampled
-      /4 /2 /2 by max pooling, 3x3 kernels), audio and video fused at the input
-      (`fusion_layer = 0`, the paper's most robust choice); each of the 32 frames gets a 25-bin
-      slice of the log-mel spectrogram. Trained from scratch with AdamW (lr 1e-3, warmup +
-      cosine, clipping 1.0): MBT's SGD recipe (lr 0.5) is too aggressive for a recurrent
-      model without normalisation. No stochastic depth; label smoothing and mixup as MBT.
-    """
-    if name not in MODEL_NAMES:
-        raise ValueError(f"config argument model={name!r}; allowed: {', '.join(MODEL_NAMES)}")
-    modalities = tuple(config.model.modalities)
-    if name == "sft":
-        depth = config.model.stochastic_droplayer_rate  # 0.3
-        config.model = sft.default_config()  # B/16, 1 + 1 + 11 blocks, max pooling
-        config.model.stochastic_droplayer_rate = depth
-        config.model.latent_mixup_alpha = 0.0
-        config.model.pool_sizes = {m: 16 for m in modalities}
-    elif name == "clstm":
-        config.model = clstm.default_config()
-        config.model.fusion_layer = 0
-        config.optimizer.name = "adamw"
-        config.optimizer.weight_decay = 1e-4
-        config.lr.base_lr = 1e-3
-        config.init_from.checkpoint_path = None  # no ImageNet ViT weights fit a ConvLSTM
-    config.model.modalities = modalities
+    """Swaps the MBT-B/16 model of `config` for the defaults of family `name` (same
+    modalities), with the recipe changes that family's paper needs (its `adapt_recipe`:
+    e.g. SFT keeps MBT's SGD recipe, the C-LSTM trains with AdamW from scratch)."""
+    family = models.get_family(name)
+    mbt_model = config.model
+    config.model = family.default_config()
+    config.model.modalities = tuple(mbt_model.modalities)
+    family.adapt_recipe(config, mbt_model)
     return config

@@ -281,6 +281,18 @@ class CLSTMFamily(family.ModelFamily):
     def default_config(self) -> ml_collections.ConfigDict:
         return default_config()
 
+    def adapt_recipe(self, config, mbt_model) -> None:
+        """Barnum et al. 2020: fused at the input (`fusion_layer = 0`, the paper's most robust
+        choice), trained from scratch with AdamW (lr 1e-3, warmup + cosine, clipping 1.0): MBT's
+        SGD recipe (lr 0.5) is too aggressive for a recurrent model without normalisation. No
+        stochastic depth; label smoothing and mixup as MBT's."""
+        del mbt_model
+        config.model.fusion_layer = 0
+        config.optimizer.name = "adamw"
+        config.optimizer.weight_decay = 1e-4
+        config.lr.base_lr = 1e-3
+        config.init_from.checkpoint_path = None  # no ImageNet ViT weights fit a ConvLSTM
+
     def check(self, resolved: ml_collections.ConfigDict) -> None:
         check_config(resolved)
 

@@ -98,6 +98,16 @@ class ModelFamily:
         del model_config, input_shapes, num_classes
         return None
 
+    def adapt_recipe(
+        self, config: ml_collections.ConfigDict, mbt_model: ml_collections.ConfigDict
+    ) -> None:
+        """Changes MBT's paper recipe (`mbt.recipe.mbt_b16_config`) needs for this family.
+
+        Called by `mbt.recipe.set_model` after `config.model` became this family's defaults
+        with MBT's modalities; `mbt_model` is the MBT-B/16 `config.model` it replaced.
+        """
+        del config, mbt_model
+
     def latent_mixup(self, model_config: Mapping[str, Any]) -> bool:
         """Whether training mixes hidden states and sows `latent_mixup_lambda`."""
         del model_config

@@ -420,6 +420,15 @@ class SFTFamily(family.ModelFamily):
     def default_config(self) -> ml_collections.ConfigDict:
         return default_config()
 
+    def adapt_recipe(self, config, mbt_model) -> None:
+        """SFT-B/16 (Ding et al. 2021) in MBT's recipe: max pooling to 16 tokens per block
+        for each modality (rgb 32x224² with 2x16x16 tubelets 3136 -> 196 tokens, spectrogram
+        800x128 400 -> 25), MBT's stochastic depth; latent mixup stays off (MBT's input mixup
+        is on)."""
+        config.model.pool_sizes = {m: 16 for m in config.model.modalities}
+        config.model.stochastic_droplayer_rate = mbt_model.stochastic_droplayer_rate
+        config.model.latent_mixup_alpha = 0.0
+
     def check(self, resolved: ml_collections.ConfigDict) -> None:
         common.check_modalities(resolved)
         check_config(resolved)
