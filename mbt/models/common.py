@@ -48,25 +48,32 @@ def resolve_sizes(model_config: ml_collections.ConfigDict) -> vit.ViTSize:
     return vit.ViTSize(**sizes, patch=patch)
 
 
+def default_tokenizer(modality: str, patch: int) -> dict[str, Any] | None:
+    """`config.model.tokenizers.<modality>` by default: 2-D patch×patch for the spectrogram,
+    3-D tubelets (2, patch, patch) with the central-frame initialiser for rgb/flow, None for
+    other modalities (they must be configured)."""
+    if modality == "spectrogram":
+        return {"kind": "2d", "patches": (patch, patch)}
+    if modality in VIDEO_LIKE:
+        return {
+            "kind": "3d_conv",
+            "patches": (2, patch, patch),
+            "kernel_init": "central_frame_initializer",
+        }
+    return None
+
+
 def tokenizer_spec(
     model_config: ml_collections.ConfigDict, modality: str, patch: int
 ) -> tokenizers.TokenizerSpec:
     """The tokenizer of `modality` from `config.model.tokenizers.<modality>`, with defaults.
 
-    Defaults: spectrogram → 2-D patch×patch; rgb/flow → 3-D tubelets (2, patch, patch) with the
-    central-frame initialiser. Any other modality must be configured.
+    Defaults: `default_tokenizer(modality, patch)`.
     """
     configured = (model_config.get("tokenizers") or {}).get(modality)
     if configured is None:
-        if modality == "spectrogram":
-            configured = {"kind": "2d", "patches": (patch, patch)}
-        elif modality in VIDEO_LIKE:
-            configured = {
-                "kind": "3d_conv",
-                "patches": (2, patch, patch),
-                "kernel_init": "central_frame_initializer",
-            }
-        else:
+        configured = default_tokenizer(modality, patch)
+        if configured is None:
             raise ValueError(
                 f"config.model.tokenizers.{modality} is missing; set kind to one of "
                 f"{tokenizers.KINDS} and patches"

@@ -48,14 +48,7 @@ _DEFAULTS: dict[str, Any] = {
     "num_layers": None,
     "num_heads": None,
     "mlp_dim": None,
-    "tokenizers": {
-        "rgb": {
-            "kind": "3d_conv",
-            "patches": (2, 16, 16),
-            "kernel_init": "central_frame_initializer",
-        },
-        "spectrogram": {"kind": "2d", "patches": (16, 16)},
-    },
+    "tokenizers": {m: common.default_tokenizer(m, 16) for m in ("rgb", "spectrogram")},
     "fusion": "bottleneck",
     "fusion_layer": 8,
     "n_bottlenecks": 4,

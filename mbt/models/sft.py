@@ -51,14 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
             # SFT's depth is n_layers_pre_fusion + 1 (sparse-pool block) + n_layers_post_fusion;
             # num_layers may be left None (or must equal that sum).
             "num_layers": None,
-            "tokenizers": {
-                "rgb": {
-                    "kind": "3d_conv",
-                    "patches": (2, 16, 16),
-                    "kernel_init": "central_frame_initializer",
-                },
-                "spectrogram": {"kind": "2d", "patches": (16, 16)},
-            },
+            "tokenizers": {m: common.default_tokenizer(m, 16) for m in ("rgb", "spectrogram")},
             "n_layers_pre_fusion": 1,
             "n_layers_post_fusion": 11,
             "pool_type": "max",
