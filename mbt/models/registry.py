@@ -52,5 +52,8 @@ def get_family(name: str | None) -> family_lib.ModelFamily:
     if family is None:
         family = _from_module(name)
     if family is None:
-        raise ValueError(f"config.model.name={name!r}; known model families: {known_names()}")
+        raise ValueError(
+            f"config.model.name={name!r}; allowed: {list(known_names())} (the model families, "
+            "one module mbt/models/<name>.py each)"
+        )
     return family
