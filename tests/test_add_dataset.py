@@ -115,7 +115,12 @@ def toy_module(tmp_path, monkeypatch):
     src.mkdir()
     (src / f"{MODULE}.py").write_text(TOY_MODULE)
     monkeypatch.syspath_prepend(str(src))
-    return MODULE
+    # The toy dataset stays registered (and its module imported) for this test only.
+    registry.names()  # the built-in specs, registered for good
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.delitem(sys.modules, MODULE, raising=False)
+    yield MODULE
+    sys.modules.pop(MODULE, None)
 
 
 def _toy_config(workdir):
