@@ -146,25 +146,3 @@ def test_the_command_line_without_config_names_the_missing_file(tmp_path):
     assert result.returncode != 0
     assert f"{tmp_path}/config.json does not exist" in result.stderr
     assert "--config=<file.py[:arg]>" in result.stderr
-
-
-def test_the_command_line_tests_a_trained_workdir_without_config(tmp_path):
-    """The real pipeline: train 2 steps on a small synthetic copy, then test without --config."""
-    workdir = str(tmp_path / "run")
-    trained = _run_main(
-        "--config=configs/synthetic.py:modalities=rgb",  # no siblings
-        f"--workdir={workdir}",
-        "--config.num_train_steps=2",
-        "--config.checkpoint.every_steps=2",
-        "--config.dataset.synthetic.num_clips=24",
-        "--config.export=False",
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    assert workdir_lib.load_config(workdir).num_train_steps == 2
-    with open(os.path.join(workdir, "results_test.json"), encoding="utf-8") as f:
-        with_config = json.load(f)["metrics"]
-    os.remove(os.path.join(workdir, "results_test.json"))
-    tested = _run_main(f"--workdir={workdir}", "--mode=test")
-    assert tested.returncode == 0, tested.stderr[-3000:]
-    with open(os.path.join(workdir, "results_test.json"), encoding="utf-8") as f:
-        assert json.load(f)["metrics"] == with_config
