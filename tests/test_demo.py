@@ -1,23 +1,30 @@
-"""The README's run command, as a user runs it: the embedded demo and its comparison table.
+"""The README's run command, as a user runs it: the embedded demo, end to end, run once.
 
-`python -m mbt.main --config=configs/synthetic.py --workdir=DIR` generates and builds
-the synthetic copy, trains the audio+rgb MBT and its audio-only and rgb-only siblings, and
+`python -m mbt.main --config=configs/synthetic.py --workdir=DIR` generates and builds the
+synthetic VGGSound-layout copy in the workdir, trains the audio+rgb MBT, tests it on 2 clips
+per video, exports it, trains its audio-only and rgb-only siblings on the same copy and
 prints the comparison. The synthetic classes need both modalities, so fusion must win clearly
-(about 1 to 1.5 minutes on 2 CPU cores). Then, as the README's real-data example does,
-`--mode=test` on that workdir without `--config` (its config.json) repeats the test metrics.
+(about 1 to 1.5 minutes on 2 CPU cores). The tests below read what that one run left behind:
+the table, the results files, the saved config, the export (through `mbt.predict`), and a
+`--mode=test` without `--config`, as the README's real-data example does.
 """
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
+from mbt import predict
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _top1_by_run(table: str) -> dict[str, float]:
-    rows = [line.split("|")[1:-1] for line in table.strip().splitlines()[2:]]
-    return {cells[0].strip(): float(cells[1]) for cells in rows}
+SIBLINGS = ("mbt_tiny_audio", "mbt_tiny_rgb")
+# configs/synthetic.py: 144 regular clips, every 4th a test clip (36), plus the 2 test-split
+# edge-case rows the builder keeps (no audio; shorter than its segment); 2 clips per video.
+TEST_VIDEOS, TEST_CLIPS_PER_VIDEO = 38, 2
 
 
 def _main(*flags: str) -> subprocess.CompletedProcess:
@@ -32,28 +39,84 @@ def _main(*flags: str) -> subprocess.CompletedProcess:
     )
 
 
-def _test_metrics(workdir: str) -> dict:
-    with open(os.path.join(workdir, "results_test.json"), encoding="utf-8") as f:
-        return json.load(f)["metrics"]
+def _json(*parts: str) -> dict:
+    with open(os.path.join(*parts), encoding="utf-8") as f:
+        return json.load(f)
 
 
-def test_demo_command_shows_fusion_beating_each_single_modality(tmp_path):
-    workdir = str(tmp_path / "mbt_demo")
+def _top1_by_run(table: str) -> dict[str, float]:
+    rows = [line.split("|")[1:-1] for line in table.strip().splitlines()[2:]]
+    return {cells[0].strip(): float(cells[1]) for cells in rows}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo command's workdir and its stdout."""
+    workdir = str(tmp_path_factory.mktemp("demo") / "mbt_demo")
     result = _main("--config=configs/synthetic.py", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(os.path.join(workdir, "comparison.md")) as f:
+    return workdir, result.stdout
+
+
+def test_demo_command_shows_fusion_beating_each_single_modality(demo):
+    workdir, stdout = demo
+    with open(os.path.join(workdir, "comparison.md"), encoding="utf-8") as f:
         table = f.read()
-    assert table.strip() in result.stdout  # printed, not only written
+    assert table.strip() in stdout  # printed, not only written
+    lines = table.strip().splitlines()
+    assert lines[0] == "| run | top1 | map |"
     top1 = _top1_by_run(table)
+    assert list(top1) == [
+        "rgb+spectrogram (this config)",
+        "spectrogram (mbt_tiny_audio)",
+        "rgb (mbt_tiny_rgb)",
+    ]
     fused = top1["rgb+spectrogram (this config)"]
     audio, rgb = top1["spectrogram (mbt_tiny_audio)"], top1["rgb (mbt_tiny_rgb)"]
     # One modality alone tells apart at most 1/2 (rgb) or 1/3 (audio) of the classes.
     assert audio <= 0.5 and rgb <= 0.6, table
     assert fused >= 0.9 and fused > max(audio, rgb) + 0.3, table
 
-    # The workdir remembers its config: test it again without --config.
-    trained = _test_metrics(workdir)
+
+def test_demo_builds_its_copy_in_the_workdir_and_tests_every_view(demo):
+    workdir, _ = demo
+    saved = _json(workdir, "config.json")
+    # prepare_dataset generated the media and built the TFDS copy inside the workdir.
+    assert os.path.isdir(os.path.join(workdir, "synthetic_src"))
+    assert os.path.isdir(os.path.join(workdir, "tfds", "vggsound"))
+    results = _json(workdir, "results_test.json")
+    assert results["split"] == "test" and results["mode"] == "test"
+    assert results["step"] == saved["num_train_steps"]
+    metrics = results["metrics"]
+    assert metrics["num_examples"] == TEST_VIDEOS
+    assert metrics["num_views"] == TEST_VIDEOS * TEST_CLIPS_PER_VIDEO  # no padding counted
+    for name in SIBLINGS:
+        sibling = _json(workdir, name, "results_test.json")["metrics"]
+        assert sibling["num_examples"] == TEST_VIDEOS
+        # The siblings read the main run's copy instead of generating their own.
+        assert not os.path.exists(os.path.join(workdir, name, "synthetic_src"))
+
+
+def test_demo_export_is_read_by_predict_with_nothing_else(demo):
+    workdir, _ = demo
+    clip = next(
+        os.path.join(root, name)
+        for root, _, names in sorted(os.walk(os.path.join(workdir, "synthetic_src")))
+        for name in sorted(names)
+        if name.endswith(".mp4")
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = predict.main(["--workdir", workdir, "--json", "--top_k", "2", clip])
+    assert code == 0
+    record = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert record["file"] == clip and len(record["top_k"]) == 2
+
+
+def test_demo_workdir_tests_again_without_config(demo):
+    workdir, _ = demo
+    trained = _json(workdir, "results_test.json")["metrics"]
     os.remove(os.path.join(workdir, "results_test.json"))
     retested = _main(f"--workdir={workdir}", "--mode=test")
     assert retested.returncode == 0, retested.stderr[-3000:]
-    assert _test_metrics(workdir) == trained
+    assert _json(workdir, "results_test.json")["metrics"] == trained
