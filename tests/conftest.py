@@ -11,7 +11,12 @@ eviction reads every entry's access time on every write, which costs more than i
 here): one run of the suite adds about 20-40 MB; delete the folder to clear it.
 """
 
+import ctypes
+import gc
 import os
+import sys
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -35,3 +40,48 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ and (cache_dir := _compilation_
     # Every program, however small or quick to compile: the eager ops of the module tests too.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident set size (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _release_compiled_programs() -> int | None:
+    """Drops jax's in-memory program caches, returns the freed heap to the OS (glibc) and
+    returns the resident size after that."""
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc
+        pass
+    return _rss_bytes()
+
+
+# jax keeps every traced and compiled program in memory: the XLA:CPU executables of the eager
+# ops and tiny models add up to more than 4 GB over the suite. They are released after each
+# module, and after any test that leaves the process this much larger than after the last
+# release; a later test that needs one again retraces it and reads the compiled program back
+# from the persistent cache.
+RSS_GROWTH_LIMIT_BYTES = int(float(os.environ.get("MBT_TEST_RSS_GROWTH_GB", "0.75")) * 2**30)
+_rss_after_release: list[int | None] = [None]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_after_module():
+    yield
+    _rss_after_release[0] = _release_compiled_programs()
+
+
+@pytest.fixture(autouse=True)
+def _release_after_growth():
+    yield
+    rss, base = _rss_bytes(), _rss_after_release[0]
+    if rss is not None and (base is None or rss - base > RSS_GROWTH_LIMIT_BYTES):
+        _rss_after_release[0] = _release_compiled_programs() if base is not None else rss
