@@ -25,7 +25,15 @@ def _script(name):
 
 
 def test_every_cli_defines_its_flags_on_its_own_flag_values_and_twice():
-    scripts = [_script(n) for n in ("compare_compute", "benchmark_input", "fusion_flops")]
+    scripts = [
+        _script(n)
+        for n in (
+            "compare_compute",
+            "benchmark_input",
+            "fusion_flops",
+            "cross_fusion_benchmark",
+        )
+    ]
     for module in [predict, synthetic, builders_main, *scripts]:
         first, second = module._flags(), module._flags()
         assert first is not flags.FLAGS and second is not first

@@ -110,12 +110,36 @@ def test_bottleneck_flat_in_fusion_layer_while_cross_grows_as_it_falls():
             / 1e9
         )
 
+    def scenic_cross_gflops(layer):
+        config = paper_mbt(fusion="cross", fusion_layer=layer)
+        return flops.mbt_macs(config, PAPER_SHAPES, 527, scenic_cross=True).total / 1e9
+
     bottleneck = [gflops("bottleneck", layer) for layer in range(13)]
     cross = [gflops("cross", layer) for layer in range(13)]
+    scenic_cross = [scenic_cross_gflops(layer) for layer in range(13)]
     assert max(bottleneck) / min(bottleneck) < 1.01
-    assert all(a > b for a, b in zip(cross, cross[1:]))  # strictly more compute for earlier fusion
-    assert cross[0] > 1.35 * bottleneck[0]
-    assert cross[12] == pytest.approx(bottleneck[12])  # Lf = 12: both are late fusion
+    for series in (cross, scenic_cross):  # strictly more compute for earlier fusion
+        assert all(a > b for a, b in zip(series, series[1:]))
+        assert series[12] == pytest.approx(bottleneck[12])  # Lf = 12: both are late fusion
+    assert cross[0] > 1.2 * bottleneck[0]
+    assert scenic_cross[0] > 2.1 * bottleneck[0]  # each block also on the other's 1569 tokens
+
+
+def test_cross_fusion_counts_own_token_queries_over_all_keys():
+    """Fused cross layers: per modality, Q/out projections and MLP on its L_m tokens, K/V and
+    attention over all; Scenic's reference count runs each modality's block on all tokens."""
+    config = tiny_mbt(fusion="cross", fusion_layer=1)  # 2 layers: one unfused, one fused
+    count = flops.mbt_macs(config, TINY_SHAPES, 10)
+    scenic = flops.mbt_macs(config, TINY_SHAPES, 10, scenic_cross=True)
+    assert count.tokens["rgb"] == count.tokens["spectrogram"] == 33
+
+    def block(n, keys=None):
+        return sum(flops.encoder_block_macs(n, 64, 128, num_key_tokens=keys).values())
+
+    shared = count.macs["patch_embedding"] + count.macs["head"] + 2 * block(33)
+    assert count.total == shared + 2 * block(33, keys=66)
+    assert scenic.total == shared + 2 * block(66)
+    assert count.tokens["cross keys (per modality)"] == 66
 
 
 def test_the_family_provides_the_analytic_count(monkeypatch):
@@ -197,7 +221,8 @@ def test_fusion_flops_script_writes_table_and_plot(tmp_path):
     table = (tmp_path / "fusion_flops.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [int(r.split("|")[1]) for r in rows] == list(range(13))
-    assert "| 0 | 217.9 | 478.7 | 239.9 | 2.20 |" in table  # Lf = 0: bottleneck, cross, concat
+    # Lf = 0: bottleneck, cross, concat, cross / bottleneck, Scenic's cross and its ratio.
+    assert "| 0 | 217.9 | 267.7 | 239.9 | 1.23 | 478.7 | 2.20 |" in table
     assert (tmp_path / "fusion_flops.png").stat().st_size > 10_000
 
 

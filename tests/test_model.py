@@ -255,7 +255,8 @@ def test_cross_fusion_uses_modality_specific_blocks_on_joint_context():
 
 
 def test_cross_fusion_layer_runs_each_block_on_others_then_own_tokens():
-    """One fused layer: modality m's output = its block on [others ; own], own part kept."""
+    """One fused layer: modality m's output = its block on [others ; own], own part kept (the
+    model computes only that part: queries, MLP and outputs of its own tokens)."""
     encoder = mbt_lib.FusionEncoder(
         modalities=("rgb", "spectrogram"),
         num_layers=1,
@@ -290,6 +291,117 @@ def test_cross_fusion_layer_runs_each_block_on_others_then_own_tokens():
         {"params": params["encoder_norm"]}, jnp.concatenate([rgb, spec], 1)
     )
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+class ScenicCrossEncoder(mbt_lib.FusionEncoder):
+    """Cross fusion as Scenic (and this model before) computes it, kept as the reference: each
+    modality's block runs on the whole [others ; own] sequence and only its own outputs are kept."""
+
+    def _cross_layer(self, blocks, tokens, deterministic):
+        out = {}
+        for m in self.modalities:
+            context = [tokens[o] for o in self.modalities if o != m]
+            joint = blocks[m](jnp.concatenate(context + [tokens[m]], axis=1), deterministic)
+            out[m] = joint[:, -tokens[m].shape[1] :]
+        return out
+
+
+def _cross_config(n_modalities, **overrides):
+    """Cross fusion over modalities of different lengths: rgb 9, spectrogram 17, flow 5 tokens."""
+    modalities = ("rgb", "spectrogram", "flow")[:n_modalities]
+    config = tiny_config(fusion="cross", modalities=modalities, **overrides)
+    config.tokenizers.spectrogram.patches = (4, 8)
+    config.tokenizers.flow = {"kind": "temporal_sampling", "patches": (8, 8), "n_sampled_frames": 1}
+    return config
+
+
+@pytest.mark.parametrize("attention", ["fused", "einsum"])
+@pytest.mark.parametrize("remat", [False, True])
+def test_cross_fusion_on_own_tokens_equals_scenic_block_on_all_tokens(
+    attention, remat, monkeypatch
+):
+    """Logits (evaluation) and parameter gradients (training, with stochastic depth, whose
+    [B, 1, 1] draws are the same both ways) equal those of the Scenic computation."""
+    for n_modalities, fusion_layer in ((2, 0), (2, 2), (3, 1)):
+        config = _cross_config(
+            n_modalities,
+            fusion_layer=fusion_layer,
+            attention=attention,
+            remat=remat,
+            stochastic_droplayer_rate=0.5,
+        )
+        inputs = make_inputs(6, config.modalities)
+        model, params = init(config, inputs)
+        rngs = {"dropout": jax.random.PRNGKey(7)}
+
+        def loss(p, model=model, inputs=inputs, rngs=rngs):
+            logits = model.apply({"params": p}, inputs, train=True, rngs=rngs)
+            return sum(jnp.sum(v**2) for v in logits.values())
+
+        logits = model.apply({"params": params}, inputs, train=False)
+        grads = jax.grad(loss)(params)
+        with monkeypatch.context() as patch:
+            patch.setattr(mbt_lib, "FusionEncoder", ScenicCrossEncoder)
+            scenic_logits = model.apply({"params": params}, inputs, train=False)
+            scenic_grads = jax.grad(loss)(params)
+        assert float(jnp.abs(scenic_logits).max()) > 1e-2  # the head carries signal
+        np.testing.assert_allclose(logits, scenic_logits, rtol=1e-5, atol=1e-5)
+        assert jax.tree.structure(grads) == jax.tree.structure(scenic_grads)
+        for path, g in flatten_dict(grads).items():
+            want = flatten_dict(scenic_grads)[path]
+            # float32 sums in another order: 1e-5 of each array's largest entry, plus a floor
+            # for the key biases, whose exact gradient is 0 (softmax ignores a shift shared by
+            # all keys), so that only rounding noise (~1e-5) remains.
+            atol = 1e-5 * float(jnp.abs(want).max()) + 5e-5
+            np.testing.assert_allclose(g, want, rtol=0, atol=atol, err_msg="/".join(path))
+
+
+@pytest.mark.parametrize("attention", ["fused", "einsum"])
+def test_encoder_block_with_context_is_the_own_part_of_the_block_on_the_concatenation(attention):
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(size=(2, 5, D)), jnp.float32)
+    context = jnp.asarray(rng.normal(size=(2, 7, D)), jnp.float32)
+    block = vit.EncoderBlock(mlp_dim=MLP, num_heads=HEADS, attention=attention, droplayer_p=0.5)
+    params = block.init(jax.random.PRNGKey(0), x, True)["params"]
+    joint = jnp.concatenate([context, x], axis=1)
+    outputs = []
+    for train in (False, True):
+        rngs = {"dropout": jax.random.PRNGKey(3)}
+        got = block.apply({"params": params}, x, not train, context, rngs=rngs)
+        want = block.apply({"params": params}, joint, not train, rngs=rngs)[:, context.shape[1] :]
+        assert got.shape == x.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        outputs.append(got)
+    assert float(jnp.abs(outputs[0] - outputs[1]).max()) > 1e-3  # stochastic depth dropped some
+
+
+@pytest.mark.parametrize("attention, remat", [("fused", True), ("einsum", False)])
+def test_cross_fusion_trains_with_dropout_and_attention_dropout(attention, remat):
+    """Dropout masks cover only the computed (own) tokens, so they differ from Scenic's draws;
+    training still runs, and evaluation is deterministic."""
+    config = _cross_config(
+        3,
+        fusion_layer=1,
+        attention=attention,
+        remat=remat,
+        dropout_rate=0.2,
+        attention_dropout_rate=0.2,
+    )
+    inputs = make_inputs(9, config.modalities)
+    model, params = init(config, inputs)
+
+    def loss(p, key):
+        logits = model.apply({"params": p}, inputs, train=True, rngs={"dropout": key})
+        return sum(jnp.sum(v**2) for v in logits.values())
+
+    a, grads = jax.value_and_grad(loss)(params, jax.random.PRNGKey(0))
+    b = loss(params, jax.random.PRNGKey(1))
+    assert bool(jnp.isfinite(a)) and abs(float(a) - float(b)) > 1e-6
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    np.testing.assert_array_equal(
+        model.apply({"params": params}, inputs, train=False),
+        model.apply({"params": params}, inputs, train=False),
+    )
 
 
 def test_bottleneck_layers_share_the_mean_of_the_modalities_bottleneck_outputs():

@@ -8,8 +8,10 @@ from Lf on, modalities exchange information in one of three ways (`fusion`):
   mean over modalities of their bottleneck outputs. Cross-modal flow passes only through them.
 - `concat`: all modalities' tokens concatenated and processed by one shared block per layer
   (vanilla self-attention fusion).
-- `cross`: each modality's own block runs on [other modalities' tokens ; its own tokens] from the
-  previous layer and keeps the outputs of its own tokens (modality-specific weights).
+- `cross`: each modality's own block (modality-specific weights) attends from its own tokens to
+  [other modalities' tokens ; its own tokens] of the previous layer. Scenic runs the whole block
+  on that concatenation and keeps its own outputs; here queries, the output projection and the
+  MLP run on the own tokens only (same outputs, less compute; `vit.EncoderBlock`).
 
 Lf = 0 is early fusion, Lf = num_layers late fusion. The parameter tree is Scenic MBT's
 (`embedding`, `embedding_spectrogram`, `cls`, `clsspectrogram`, `bottleneck`,
@@ -170,13 +172,7 @@ class FusionEncoder(nn.Module):
                     bottleneck_outputs.append(out[:, n_own:])
                 bottleneck_BxNxD = jnp.mean(jnp.stack(bottleneck_outputs, axis=0), axis=0)
             elif self.fusion == "cross":
-                updated = {}
-                for m in self.modalities:
-                    context = [tokens[o] for o in self.modalities if o != m]
-                    n_own = tokens[m].shape[1]
-                    out = blocks[m](jnp.concatenate(context + [tokens[m]], axis=1), deterministic)
-                    updated[m] = out[:, -n_own:]
-                tokens = updated
+                tokens = self._cross_layer(blocks, tokens, deterministic)
             else:  # concat: one shared block over all tokens
                 if joint_BxLxD is None:
                     joint_BxLxD = jnp.concatenate([tokens[m] for m in self.modalities], axis=1)
@@ -185,6 +181,21 @@ class FusionEncoder(nn.Module):
         if joint_BxLxD is None:
             joint_BxLxD = jnp.concatenate([tokens[m] for m in self.modalities], axis=1)
         return nn.LayerNorm(name="encoder_norm")(joint_BxLxD)
+
+    def _cross_layer(
+        self, blocks: dict[str, nn.Module], tokens: dict[str, jax.Array], deterministic: bool
+    ) -> dict[str, jax.Array]:
+        """One cross-fusion layer: `{m: [B, L_m, D]}` → `{m: [B, L_m, D]}`.
+
+        Modality m's tokens attend to [other modalities' tokens (in `modalities` order) ; its
+        own], all from the previous layer; only its own tokens get queries, MLP and outputs
+        (`vit.EncoderBlock` with a context).
+        """
+        out = {}
+        for m in self.modalities:
+            others_BxCxD = jnp.concatenate([tokens[o] for o in self.modalities if o != m], axis=1)
+            out[m] = blocks[m](tokens[m], deterministic, others_BxCxD)
+        return out
 
 
 class MBT(nn.Module):

@@ -79,10 +79,12 @@ def einsum_attention(
 
 
 class MultiHeadDotProductAttention(nn.Module):
-    """Self-attention with Flax's MHA parameter layout, computed by `jax.nn.dot_product_attention`.
+    """Dot-product attention with Flax's MHA parameter layout, by `jax.nn.dot_product_attention`.
 
-    `jax.nn.dot_product_attention` selects the fused cuDNN kernel on GPU. It has no attention
-    dropout, so when `dropout_rate > 0` in training the einsum path runs instead.
+    Queries come from `x_q_BxQxD`, keys and values from `x_kv_BxKxD` (default: `x_q_BxQxD`, i.e.
+    self-attention); returns `[B, Q, D]`. `jax.nn.dot_product_attention` selects the fused cuDNN
+    kernel on GPU. It has no attention dropout, so when `dropout_rate > 0` in training the einsum
+    path runs instead.
     Parameters: `query`/`key`/`value` kernels `[D, heads, D/heads]`, biases `[heads, D/heads]`,
     `out` kernel `[heads, D/heads, D]`, bias `[D]`.
     """
@@ -94,8 +96,12 @@ class MultiHeadDotProductAttention(nn.Module):
     kernel_init: Any = nn.initializers.xavier_uniform()
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, *, deterministic: bool) -> jax.Array:
-        width = x_BxLxD.shape[-1]
+    def __call__(
+        self, x_q_BxQxD: jax.Array, x_kv_BxKxD: jax.Array | None = None, *, deterministic: bool
+    ) -> jax.Array:
+        if x_kv_BxKxD is None:
+            x_kv_BxKxD = x_q_BxQxD
+        width = x_q_BxQxD.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"hidden_size={width} is not divisible by num_heads={self.num_heads}")
         head_dim = width // self.num_heads
@@ -105,23 +111,23 @@ class MultiHeadDotProductAttention(nn.Module):
             dtype=self.dtype,
             name=name,
         )
-        query_BxLxNxH = dense("query")(x_BxLxD)
-        key_BxLxNxH = dense("key")(x_BxLxD)
-        value_BxLxNxH = dense("value")(x_BxLxD)
+        query_BxQxNxH = dense("query")(x_q_BxQxD)
+        key_BxKxNxH = dense("key")(x_kv_BxKxD)
+        value_BxKxNxH = dense("value")(x_kv_BxKxD)
 
         needs_dropout = self.dropout_rate > 0.0 and not deterministic
         if self.implementation == "einsum" or needs_dropout:
             rng = self.make_rng("dropout") if needs_dropout else None
-            out_BxLxNxH = einsum_attention(
-                query_BxLxNxH,
-                key_BxLxNxH,
-                value_BxLxNxH,
+            out_BxQxNxH = einsum_attention(
+                query_BxQxNxH,
+                key_BxKxNxH,
+                value_BxKxNxH,
                 dropout_rate=self.dropout_rate,
                 dropout_rng=rng,
                 deterministic=deterministic,
             )
         elif self.implementation == "fused":
-            out_BxLxNxH = jax.nn.dot_product_attention(query_BxLxNxH, key_BxLxNxH, value_BxLxNxH)
+            out_BxQxNxH = jax.nn.dot_product_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH)
         else:
             raise ValueError(
                 f"config.model.attention={self.implementation!r}; use 'fused' or 'einsum'"
@@ -132,7 +138,7 @@ class MultiHeadDotProductAttention(nn.Module):
             kernel_init=self.kernel_init,
             dtype=self.dtype,
             name="out",
-        )(out_BxLxNxH)
+        )(out_BxQxNxH)
 
 
 class MlpBlock(nn.Module):
@@ -163,6 +169,14 @@ class EncoderBlock(nn.Module):
     LayerNorm → attention → dropout → residual; LayerNorm → MLP → residual. Stochastic depth
     drops each residual branch per example with probability `droplayer_p`, independently for the
     two branches, without rescaling (as Scenic MBT does, so its checkpoints behave the same).
+
+    With `context_BxCxD` (cross fusion) the tokens `x_BxLxD` attend to [context ; x], both
+    normalised by `LayerNorm_0`: keys and values cover all C + L tokens, while queries, the
+    output projection, residuals and the MLP run on x only; the output is `[B, L, D]`. That is
+    the last L outputs of the block run on [context ; x] (what Scenic computes) without the work
+    for the context tokens' outputs. Stochastic depth draws (`[B, 1, 1]`) are the same as
+    there; dropout masks have the shape of the computed tokens, so in training with dropout the
+    two draw different masks.
     """
 
     mlp_dim: int
@@ -180,15 +194,23 @@ class EncoderBlock(nn.Module):
         dropped = jax.random.bernoulli(self.make_rng("dropout"), self.droplayer_p, shape)
         return (1.0 - dropped).astype(x.dtype)
 
+    # `context_BxCxD` is positional so that `nn.remat(..., static_argnums=(2,))` keeps working.
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, deterministic: bool) -> jax.Array:
-        y = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+    def __call__(
+        self, x_BxLxD: jax.Array, deterministic: bool, context_BxCxD: jax.Array | None = None
+    ) -> jax.Array:
+        norm = nn.LayerNorm(dtype=self.dtype)
+        if context_BxCxD is None:
+            q_BxLxD = kv_BxKxD = norm(x_BxLxD)
+        else:
+            kv_BxKxD = norm(jnp.concatenate([context_BxCxD, x_BxLxD], axis=1))
+            q_BxLxD = kv_BxKxD[:, -x_BxLxD.shape[1] :]
         y = MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             dropout_rate=self.attention_dropout_rate,
             implementation=self.attention,
             dtype=self.dtype,
-        )(y, deterministic=deterministic)
+        )(q_BxLxD, kv_BxKxD, deterministic=deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         x_BxLxD = x_BxLxD + y * self._keep_mask(y, deterministic)
 

@@ -156,14 +156,18 @@ def mbt_macs(
     model_config: ml_collections.ConfigDict,
     input_shapes: Mapping[str, tuple[int, ...]],
     num_classes: int,
+    *,
+    scenic_cross: bool = False,
 ) -> AnalyticCount:
     """Inference multiply-adds of `mbt.models.mbt.MBT` for one example, as the model computes them.
 
     Before layer Lf every modality runs its own block on its own tokens (CLS included). From Lf:
     `bottleneck`: each modality's block runs on its tokens + the bottleneck tokens
     (n_bottlenecks, + 1 with the token classifier, as in Scenic); `cross`: each modality's block
-    runs on the concatenation of all modalities' tokens (the model keeps only its own outputs,
-    but computes them all); `concat`: one block on the concatenated sequence.
+    computes queries, the output projection and the MLP for its own L_m tokens, keys and values
+    for all modalities' tokens; `concat`: one block on the concatenated sequence.
+    `scenic_cross=True` counts Scenic's cross fusion instead, a reference: each modality's block
+    runs on all modalities' tokens and keeps only its own outputs.
         `model_config` is merged over the family defaults (`ModelFamily.resolve`).
     """
     sizes = models.resolve_sizes(model_config)
@@ -191,10 +195,14 @@ def mbt_macs(
             for m in modalities:
                 count.add(encoder_block_macs(lengths[m] + n_bottleneck, width, mlp_dim))
                 count.tokens[f"{m}+bottleneck"] = lengths[m] + n_bottleneck
-        elif fusion == "cross":
+        elif fusion == "cross" and scenic_cross:
             for _ in modalities:
                 count.add(encoder_block_macs(joint, width, mlp_dim))
-            count.tokens["cross (per modality)"] = joint
+            count.tokens["cross, Scenic (per modality)"] = joint
+        elif fusion == "cross":
+            for m in modalities:
+                count.add(encoder_block_macs(lengths[m], width, mlp_dim, num_key_tokens=joint))
+            count.tokens["cross keys (per modality)"] = joint
         else:
             count.add(encoder_block_macs(joint, width, mlp_dim))
             count.tokens["concat"] = joint
