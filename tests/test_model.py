@@ -36,9 +36,12 @@ def make_inputs(seed=0, modalities=("rgb", "spectrogram")):
     return {m: jnp.asarray(rng.normal(size=shapes[m]), jnp.float32) for m in modalities}
 
 
-def init(config, inputs, seed=0):
+def init(config, inputs, seed=0, jit=False):
+    """The model and its parameters; `jit=True` initialises as one compiled program (cheaper
+    than op by op for the larger configs)."""
     model = models.build_model(config, CLASSES)
-    params = model.init({"params": jax.random.PRNGKey(seed)}, inputs, train=False)["params"]
+    init_fn = lambda x: model.init({"params": jax.random.PRNGKey(seed)}, x, train=False)  # noqa: E731
+    params = (jax.jit(init_fn) if jit else init_fn)(inputs)["params"]
     # The head is zero-initialised (as in Scenic); give it weights so logits carry signal.
     kernel = params["output_projection"]["kernel"]
     params["output_projection"]["kernel"] = jax.random.normal(jax.random.PRNGKey(99), kernel.shape)
@@ -315,45 +318,55 @@ def _cross_config(n_modalities, **overrides):
     return config
 
 
-@pytest.mark.parametrize("attention", ["fused", "einsum"])
-@pytest.mark.parametrize("remat", [False, True])
+# Each attention path, with and without remat, over 2 and 3 modalities and Lf = 0, 1, 2 (each
+# case costs several seconds of compiling on a CPU, so the pairs are covered, not the product).
+@pytest.mark.parametrize(
+    "n_modalities, fusion_layer, attention, remat",
+    [
+        (2, 0, "fused", False),
+        (2, 2, "einsum", True),
+        (3, 1, "fused", True),
+        (3, 1, "einsum", False),
+    ],
+)
 def test_cross_fusion_on_own_tokens_equals_scenic_block_on_all_tokens(
-    attention, remat, monkeypatch
+    attention, remat, n_modalities, fusion_layer, monkeypatch
 ):
     """Logits (evaluation) and parameter gradients (training, with stochastic depth, whose
     [B, 1, 1] draws are the same both ways) equal those of the Scenic computation."""
-    for n_modalities, fusion_layer in ((2, 0), (2, 2), (3, 1)):
-        config = _cross_config(
-            n_modalities,
-            fusion_layer=fusion_layer,
-            attention=attention,
-            remat=remat,
-            stochastic_droplayer_rate=0.5,
-        )
-        inputs = make_inputs(6, config.modalities)
-        model, params = init(config, inputs)
-        rngs = {"dropout": jax.random.PRNGKey(7)}
+    config = _cross_config(
+        n_modalities,
+        fusion_layer=fusion_layer,
+        attention=attention,
+        remat=remat,
+        stochastic_droplayer_rate=0.5,
+    )
+    inputs = make_inputs(6, config.modalities)
+    model, params = init(config, inputs, jit=True)
+    rngs = {"dropout": jax.random.PRNGKey(7)}
 
-        def loss(p, model=model, inputs=inputs, rngs=rngs):
-            logits = model.apply({"params": p}, inputs, train=True, rngs=rngs)
-            return sum(jnp.sum(v**2) for v in logits.values())
+    def loss(p):
+        logits = model.apply({"params": p}, inputs, train=True, rngs=rngs)
+        return sum(jnp.sum(v**2) for v in logits.values())
 
-        logits = model.apply({"params": params}, inputs, train=False)
-        grads = jax.grad(loss)(params)
-        with monkeypatch.context() as patch:
-            patch.setattr(mbt_lib, "FusionEncoder", ScenicCrossEncoder)
-            scenic_logits = model.apply({"params": params}, inputs, train=False)
-            scenic_grads = jax.grad(loss)(params)
-        assert float(jnp.abs(scenic_logits).max()) > 1e-2  # the head carries signal
-        np.testing.assert_allclose(logits, scenic_logits, rtol=1e-5, atol=1e-5)
-        assert jax.tree.structure(grads) == jax.tree.structure(scenic_grads)
-        for path, g in flatten_dict(grads).items():
-            want = flatten_dict(scenic_grads)[path]
-            # float32 sums in another order: 1e-5 of each array's largest entry, plus a floor
-            # for the key biases, whose exact gradient is 0 (softmax ignores a shift shared by
-            # all keys), so that only rounding noise (~1e-5) remains.
-            atol = 1e-5 * float(jnp.abs(want).max()) + 5e-5
-            np.testing.assert_allclose(g, want, rtol=0, atol=atol, err_msg="/".join(path))
+    def logits_and_grads():  # traced (and compiled) afresh at each call: a new function
+        evaluate = lambda p: model.apply({"params": p}, inputs, train=False)  # noqa: E731
+        return jax.jit(lambda p: (evaluate(p), jax.grad(loss)(p)))(params)
+
+    logits, grads = logits_and_grads()
+    with monkeypatch.context() as patch:
+        patch.setattr(mbt_lib, "FusionEncoder", ScenicCrossEncoder)
+        scenic_logits, scenic_grads = logits_and_grads()
+    assert float(jnp.abs(scenic_logits).max()) > 1e-2  # the head carries signal
+    np.testing.assert_allclose(logits, scenic_logits, rtol=1e-5, atol=1e-5)
+    assert jax.tree.structure(grads) == jax.tree.structure(scenic_grads)
+    for path, g in flatten_dict(grads).items():
+        want = flatten_dict(scenic_grads)[path]
+        # float32 sums in another order: 1e-5 of each array's largest entry, plus a floor for
+        # the key biases, whose exact gradient is 0 (softmax ignores a shift shared by all
+        # keys), so that only rounding noise (~1e-5) remains.
+        atol = 1e-5 * float(jnp.abs(want).max()) + 5e-5
+        np.testing.assert_allclose(g, want, rtol=0, atol=atol, err_msg="/".join(path))
 
 
 @pytest.mark.parametrize("attention", ["fused", "einsum"])
@@ -375,33 +388,36 @@ def test_encoder_block_with_context_is_the_own_part_of_the_block_on_the_concaten
     assert float(jnp.abs(outputs[0] - outputs[1]).max()) > 1e-3  # stochastic depth dropped some
 
 
-@pytest.mark.parametrize("attention, remat", [("fused", True), ("einsum", False)])
-def test_cross_fusion_trains_with_dropout_and_attention_dropout(attention, remat):
+def test_cross_fusion_trains_with_dropout_and_attention_dropout():
     """Dropout masks cover only the computed (own) tokens, so they differ from Scenic's draws;
-    training still runs, and evaluation is deterministic."""
+    training still runs (remat included), and evaluation is deterministic. With attention
+    dropout the einsum path runs whatever `attention` says."""
     config = _cross_config(
         3,
         fusion_layer=1,
-        attention=attention,
-        remat=remat,
+        attention="fused",
+        remat=True,
         dropout_rate=0.2,
         attention_dropout_rate=0.2,
     )
     inputs = make_inputs(9, config.modalities)
-    model, params = init(config, inputs)
+    model, params = init(config, inputs, jit=True)
 
     def loss(p, key):
         logits = model.apply({"params": p}, inputs, train=True, rngs={"dropout": key})
         return sum(jnp.sum(v**2) for v in logits.values())
 
-    a, grads = jax.value_and_grad(loss)(params, jax.random.PRNGKey(0))
-    b = loss(params, jax.random.PRNGKey(1))
+    @jax.jit
+    def run(p):
+        a, grads = jax.value_and_grad(loss)(p, jax.random.PRNGKey(0))
+        b = loss(p, jax.random.PRNGKey(1))
+        evaluate = lambda: model.apply({"params": p}, inputs, train=False)  # noqa: E731
+        return a, b, grads, evaluate(), evaluate()
+
+    a, b, grads, eval_1, eval_2 = run(params)
     assert bool(jnp.isfinite(a)) and abs(float(a) - float(b)) > 1e-6
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
-    np.testing.assert_array_equal(
-        model.apply({"params": params}, inputs, train=False),
-        model.apply({"params": params}, inputs, train=False),
-    )
+    np.testing.assert_array_equal(eval_1, eval_2)
 
 
 def test_bottleneck_layers_share_the_mean_of_the_modalities_bottleneck_outputs():
