@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,6 +35,7 @@ from absl import flags  # noqa: E402
 from mbt import cli  # noqa: E402
 from mbt import models  # noqa: E402
 from mbt.models import mbt as mbt_lib  # noqa: E402
+from mbt.tools import bench  # noqa: E402
 from mbt.tools import flops  # noqa: E402
 
 FIG3_SHAPES = {"rgb": (8, 224, 224, 3), "spectrogram": (800, 128, 1)}
@@ -116,12 +115,6 @@ def compiled_steps(model, params, inputs, scenic: bool):
     return fwd, grad
 
 
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start
-
-
 def small_timings(
     fusion_layer: int, num_layers: int, batch_size: int, steps: int, attention: str
 ) -> list[str]:
@@ -140,14 +133,9 @@ def small_timings(
     logits = {s: steps_by[s][0](params, inputs) for s in (False, True)}
     diff = float(jnp.abs(logits[False] - logits[True]).max())
     scale = float(jnp.abs(logits[True]).max())
-    times: dict[tuple[bool, int], list[float]] = {(s, k): [] for s in (False, True) for k in (0, 1)}
-    for kind in (0, 1):
-        for s in (False, True):  # warm-up
-            timed(steps_by[s][kind], params, inputs)
-        for step in range(steps):
-            order = (False, True) if step % 2 == 0 else (True, False)
-            for s in order:
-                times[(s, kind)].append(timed(steps_by[s][kind], params, inputs))
+    # Both versions' forward and forward+backward, alternating step by step.
+    calls = {(s, k): (steps_by[s][k], (params, inputs)) for k in (0, 1) for s in (False, True)}
+    median = {key: t * 1e3 for key, t in bench.time_interleaved(calls, steps).items()}
     analytic = {
         s: flops.mbt_macs(config, SMALL_SHAPES, NUM_CLASSES, scenic_cross=s).total / 1e9
         for s in (False, True)
@@ -162,7 +150,6 @@ def small_timings(
         "| cross fusion | analytic GFLOPs / example | forward (ms) | forward+backward (ms) |",
         "|---|---:|---:|---:|",
     ]
-    median = {key: statistics.median(v) * 1e3 for key, v in times.items()}
     for label, s in (("own tokens (mbt.models.MBT)", False), ("Scenic (all tokens)", True)):
         rows.append(
             f"| {label} | {analytic[s]:.2f} | {median[(s, 0)]:.1f} | {median[(s, 1)]:.1f} |"
