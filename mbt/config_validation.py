@@ -8,6 +8,7 @@ any data is read or anything is compiled.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,8 +126,12 @@ def validate_config(
 
     _check_choice(config, "optimizer.name", optim.OPTIMIZERS)
     _check_choice(config, "lr.schedule", optim.SCHEDULES)
-    if float(config.lr.base_lr) < 0:
-        _fail("lr.base_lr", config.lr.base_lr, "a learning rate >= 0")
+    for key in ("base_lr", "end_lr"):
+        value = config.lr.get(key)
+        if key == "end_lr" and value is None:
+            continue
+        if not math.isfinite(float(value)) or float(value) < 0:
+            _fail(f"lr.{key}", value, "a finite learning rate >= 0")
     _check_choice(config, "loss.head_reduction", HEAD_REDUCTIONS)
     _check_choice(config, "test_combine", TEST_COMBINE)
     smoothing = float(config.get("label_smoothing", 0.0) or 0.0)
@@ -169,6 +174,9 @@ def validate_config(
             continue
         if not isinstance(value, int) or value <= 0 or value % needed:
             _fail(key, value, f"a positive multiple of {needed} ({why}, config.mesh_shape={shape})")
+    keep = (config.get("checkpoint") or {}).get("keep", 3)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        _fail("checkpoint.keep", keep, "an integer >= 1 (the newest checkpoints kept on disk)")
     every = (config.get("checkpoint") or {}).get("every_steps", 0)
     if every is not None and int(every) < 0:
         _fail("checkpoint.every_steps", every, "an integer >= 0 (0 = only at the end)")

@@ -468,7 +468,7 @@ def train_and_evaluate(
     ckpt = checkpointing.Checkpointer(
         workdir,
         every_steps=int(ckpt_cfg.get("every_steps", 1000) or 0),
-        keep=int(ckpt_cfg.get("keep", 3) or 3),
+        keep=int(ckpt_cfg.get("keep", 3)),  # validated: an integer >= 1
         use_async=bool(ckpt_cfg.get("use_async", True)),
     )
     ckpt.install_sigterm_handler()

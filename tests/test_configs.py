@@ -189,6 +189,10 @@ def _broken(**overrides):
         ({"lr.schedule": "step"}, r"config.lr.schedule='step'"),
         ({"label_smoothing": 1.5}, r"config.label_smoothing=1.5"),
         ({"num_train_steps": 0, "num_epochs": 0}, r"config.num_train_steps=0"),
+        ({"lr.base_lr": float("inf")}, r"config.lr.base_lr=inf .*a finite learning rate >= 0"),
+        ({"lr.base_lr": float("nan")}, r"config.lr.base_lr=nan"),
+        ({"lr.end_lr": -1.0}, r"config.lr.end_lr=-1.0"),
+        ({"checkpoint.keep": 0}, r"config.checkpoint.keep=0 .*an integer >= 1"),
     ],
 )
 def test_config_errors_name_the_key_and_the_allowed_values(overrides, message):
