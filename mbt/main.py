@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from mbt import cli
 from mbt import config_validation
 from mbt import robustness
 from mbt import sharding
@@ -101,5 +102,25 @@ def main(argv):
         print(table, flush=True)
 
 
+def _one_line(error: BaseException) -> str:
+    """ml_collections' message without its repr quoting and escaped newlines."""
+    text = str(error).strip().strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    return " ".join(text.split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, except that a `--config.<key>=<value>` override naming no config key, or
+    with a value of the wrong type, exits with one line (and status 2) instead of a chained
+    ml_collections traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        what = "no such key: " if isinstance(error, (AttributeError, KeyError)) else ""
+        cli.usage_error(
+            "python -m mbt.main", f"bad config override in {overrides}: {what}{_one_line(error)}"
+        )
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

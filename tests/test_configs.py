@@ -221,14 +221,30 @@ def test_modalities_are_checked_against_what_the_dataset_provides():
     ],
 )
 def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path, override, message):
-    workdir = str(tmp_path / "run")
-    result = subprocess.run(
+    result = _main_with(tmp_path, override)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not os.path.exists(str(tmp_path / "run"))
+
+
+def test_a_misspelt_override_is_one_line_naming_the_key_and_the_likely_one(tmp_path):
+    result = _main_with(tmp_path, "--config.model.fusion_layr=3")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) <= 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "--config.model.fusion_layr=3" in lines[-1]
+    assert "no such key" in lines[-1] and 'Did you mean "fusion_layer"' in lines[-1]
+
+
+def _main_with(tmp_path, override):
+    """`python -m mbt.main` on configs/synthetic.py with one override, in a subprocess."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "mbt.main",
             "--config=configs/synthetic.py",
-            f"--workdir={workdir}",
+            f"--workdir={tmp_path / 'run'}",
             override,
         ],
         cwd=REPO,
@@ -237,9 +253,6 @@ def test_the_command_line_rejects_a_bad_config_before_reading_data(tmp_path, ove
         timeout=300,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert not os.path.exists(workdir)
 
 
 def test_command_line_overrides_reach_siblings_except_their_own_keys():
