@@ -18,6 +18,7 @@ modality removed (`mbt.robustness`, docs/models.md). See docs/training.md.
 """
 
 import logging
+import os
 import sys
 
 import jax
@@ -100,6 +101,7 @@ def main(argv):
         )
         table = siblings.train_siblings(config, _WORKDIR.value, result, overrides)
         print(table, flush=True)
+        print(f"(written to {os.path.join(_WORKDIR.value, 'comparison.md')})", flush=True)
 
 
 def _one_line(error: BaseException) -> str:

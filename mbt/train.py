@@ -344,6 +344,8 @@ def make_writer(workdir: str, is_main: bool):
     except ImportError as error:  # clu's TensorBoard writer needs TensorFlow
         _LOG.warning("No TensorBoard logging (%s); logging to the console only.", error)
         return _LoggingWriter()
+    if is_main:
+        _LOG.info("TensorBoard summaries: tensorboard --logdir=%s", workdir)
     return metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
 

@@ -51,18 +51,20 @@ def _top1_by_run(table: str) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo command's workdir and its stdout."""
+    """The demo command's workdir, its stdout and its stderr (the logs)."""
     workdir = str(tmp_path_factory.mktemp("demo") / "mbt_demo")
     result = _main("--config=configs/synthetic.py", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, result.stdout
+    return workdir, result.stdout, result.stderr
 
 
 def test_demo_command_shows_fusion_beating_each_single_modality(demo):
-    workdir, stdout = demo
+    workdir, stdout, logs = demo
     with open(os.path.join(workdir, "comparison.md"), encoding="utf-8") as f:
         table = f.read()
-    assert table.strip() in stdout  # printed, not only written
+    assert table.strip() in stdout  # printed, not only written, and where it was written
+    assert f"(written to {os.path.join(workdir, 'comparison.md')})" in stdout
+    assert f"tensorboard --logdir={workdir}" in stdout + logs
     lines = table.strip().splitlines()
     assert lines[0] == "| run | top1 | map |"
     top1 = _top1_by_run(table)
@@ -79,7 +81,7 @@ def test_demo_command_shows_fusion_beating_each_single_modality(demo):
 
 
 def test_demo_builds_its_copy_in_the_workdir_and_tests_every_view(demo):
-    workdir, _ = demo
+    workdir, _, _ = demo
     saved = _json(workdir, "config.json")
     # prepare_dataset generated the media and built the TFDS copy inside the workdir.
     assert os.path.isdir(os.path.join(workdir, "synthetic_src"))
@@ -98,7 +100,7 @@ def test_demo_builds_its_copy_in_the_workdir_and_tests_every_view(demo):
 
 
 def test_demo_export_is_read_by_predict_with_nothing_else(demo):
-    workdir, _ = demo
+    workdir, _, _ = demo
     clip = next(
         os.path.join(root, name)
         for root, _, names in sorted(os.walk(os.path.join(workdir, "synthetic_src")))
@@ -114,7 +116,7 @@ def test_demo_export_is_read_by_predict_with_nothing_else(demo):
 
 
 def test_demo_workdir_tests_again_without_config(demo):
-    workdir, _ = demo
+    workdir, _, _ = demo
     trained = _json(workdir, "results_test.json")["metrics"]
     os.remove(os.path.join(workdir, "results_test.json"))
     retested = _main(f"--workdir={workdir}", "--mode=test")
