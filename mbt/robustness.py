@@ -281,8 +281,10 @@ def run_robustness(
         )
         with open(os.path.join(workdir, "robustness.md"), "w", encoding="utf-8") as f:
             f.write(markdown_table(report) + "\n")
+        written = ["robustness.json", "robustness.md"] + (["robustness.png"] if plot else [])
         if plot:
             plot_report(report, os.path.join(workdir, "robustness.png"))
+        _LOG.info("robustness results written to %s", [os.path.join(workdir, w) for w in written])
     return report
 
 

@@ -1,6 +1,7 @@
 """Robustness evaluation: noise at the requested SNR, the conditions, and the mode end to end."""
 
 import json
+import logging
 import math
 import os
 
@@ -194,9 +195,16 @@ def trained(tmp_path_factory):
     return config, workdir, data
 
 
-def test_robustness_mode_writes_json_table_and_plot(trained):
+def test_robustness_mode_writes_json_table_and_plot(trained, caplog):
     config, workdir, data = trained
-    report = robustness.run_robustness(config, workdir, data)
+    with caplog.at_level(logging.INFO, logger="mbt.robustness"):
+        report = robustness.run_robustness(config, workdir, data)
+    # It says where its files are.
+    assert any(
+        "robustness results written to" in r.getMessage()
+        and os.path.join(workdir, "robustness.png") in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
     rows = {r["name"]: r for r in report["conditions"]}
     assert len(rows) == 20 and report["metric"] == "top1" and report["step"] == 8
     assert report["removals"] == ["zeros", "tokens"]
