@@ -54,7 +54,9 @@ _DTYPE = flags.DEFINE_enum(
     ["float32", "bfloat16"],
     "Overrides config.model.dtype (computation dtype; params stay float32).",
 )
-_OUT = flags.DEFINE_string("out", "results", "Directory for the markdown table ('' = don't write).")
+_OUT = flags.DEFINE_string(
+    "out", "", "Directory for the markdown table, e.g. results (default '': print only)."
+)
 
 
 def benchmark(model_config, input_shapes, num_classes: int, batch_size: int, steps: int):

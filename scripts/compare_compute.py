@@ -148,8 +148,8 @@ def _flags() -> flags.FlagValues:
     fv = flags.FlagValues()
     flags.DEFINE_string(
         "out",
-        os.path.join("results", "compare_compute.md"),
-        "markdown table to write ('' = print only)",
+        "",
+        "markdown table to write, e.g. results/compare_compute.md (default '': print only)",
         flag_values=fv,
     )
     flags.DEFINE_integer("num_classes", 527, "classes of the classifier head", flag_values=fv)

@@ -174,7 +174,10 @@ def _flags() -> flags.FlagValues:
         "attention", "fused", ["fused", "einsum"], "attention of the timed model", flag_values=fv
     )
     flags.DEFINE_string(
-        "out", "results", "directory for the markdown ('' = print only)", flag_values=fv
+        "out",
+        "",
+        "directory for the markdown, e.g. results (default '': print only)",
+        flag_values=fv,
     )
     return fv
 

@@ -138,7 +138,12 @@ def plot(gflops: dict[str, list[float]], scenic_cross: list[float], path: str) -
 
 def _flags() -> flags.FlagValues:
     fv = flags.FlagValues()
-    flags.DEFINE_string("out", "results", "output directory (table .md, plot .png)", flag_values=fv)
+    flags.DEFINE_string(
+        "out",
+        "",
+        "output directory (table .md, plot .png), e.g. results; '' = print only",
+        flag_values=fv,
+    )
     flags.DEFINE_integer(
         "xla_points",
         len(XLA_POINTS),
@@ -153,8 +158,6 @@ def main(argv=None) -> None:
     cli.parse(
         args, argv, prog="python scripts/fusion_flops.py", description=__doc__.splitlines()[0]
     )
-    os.makedirs(args.out, exist_ok=True)
-
     gflops = sweep()
     scenic_cross = scenic_cross_gflops()
     table = markdown_table(gflops, scenic_cross)
@@ -178,13 +181,15 @@ def main(argv=None) -> None:
             f"{flops.jax.devices()[0].device_kind})",
         ]
     text = "\n".join(lines) + "\n"
-    table_path = os.path.join(args.out, "fusion_flops.md")
-    plot_path = os.path.join(args.out, "fusion_flops.png")
-    with open(table_path, "w") as f:
-        f.write(text)
-    plot(gflops, scenic_cross, plot_path)
     print(text)
-    print(f"wrote {table_path} and {plot_path}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        table_path = os.path.join(args.out, "fusion_flops.md")
+        plot_path = os.path.join(args.out, "fusion_flops.png")
+        with open(table_path, "w") as f:
+            f.write(text)
+        plot(gflops, scenic_cross, plot_path)
+        print(f"wrote {table_path} and {plot_path}")
 
 
 if __name__ == "__main__":
