@@ -298,9 +298,26 @@ def write_results(
     step: int,
     config: ml_collections.ConfigDict,
 ) -> str:
-    """`<workdir>/results_<split>.json` (process 0 only); returns its path."""
+    """`<workdir>/results_<split>.json` (process 0 only); returns its path.
+
+    Replacing results of the same checkpoint step (e.g. `--mode=test` after training) is
+    logged with what they were; later steps replace earlier ones silently, as training goes.
+    """
     path = os.path.join(workdir, f"results_{split}.json")
     if jax.process_index() == 0:
+        previous = _previous_results(path)
+        if previous is not None and previous.get("step") == int(step):
+            _LOG.info(
+                "replacing %s (mode %s at step %s, %s)",
+                path,
+                previous.get("mode"),
+                previous.get("step"),
+                {
+                    k: previous.get("metrics", {}).get(k)
+                    for k in ("top1", "map")
+                    if k in previous.get("metrics", {})
+                },
+            )
         evaluate_lib.write_results_json(
             path,
             results,
@@ -314,6 +331,14 @@ def write_results(
             },
         )
     return path
+
+
+def _previous_results(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _summary(results: Mapping[str, Any], multi_label: bool, class_splits) -> str:

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -58,12 +59,18 @@ def test_training_writes_the_resolved_config(trained):
     assert workdir_lib.load_config(workdir).to_dict() == _config().to_dict()
 
 
-def test_test_mode_without_config_matches_the_test_with_it(trained):
+def test_test_mode_without_config_matches_the_test_with_it(trained, caplog):
     workdir, data = trained
     with_config = train.evaluate(_config(), workdir, "test", data)
     loaded = workdir_lib.resolve_config(None, workdir)
-    without_config = train.evaluate(loaded, workdir, "test", data)
+    with caplog.at_level(logging.INFO, logger="mbt.train"):
+        without_config = train.evaluate(loaded, workdir, "test", data)
     assert without_config == with_config
+    # The second test of the same checkpoint says which results it replaced.
+    path = os.path.join(workdir, "results_test.json")
+    assert any(
+        r.getMessage().startswith(f"replacing {path} (mode test at step 2") for r in caplog.records
+    ), caplog.text
 
 
 def test_a_non_structural_override_is_accepted(trained):
