@@ -342,6 +342,19 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# One style per noised target, drawn in TARGETS order with shrinking hollow markers and
+# different dashes, so lines with equal values (e.g. a model that ignores audio noise) stay
+# visible on top of each other.
+NOISE_LINE_STYLES: dict[str, dict[str, Any]] = {
+    target: dict(
+        marker=marker, markersize=size, markerfacecolor="none", linestyle=style, linewidth=w
+    )
+    for target, marker, size, style, w in zip(
+        TARGETS, ("o", "s", "^"), (10, 7, 4), ("-", "--", ":"), (3.0, 2.0, 1.2)
+    )
+}
+
+
 def plot_report(report: Mapping[str, Any], path: str) -> None:
     """Headline metric vs SNR per noised target; clean at the left; removed modalities as
     horizontal lines, dashed for zeros, dotted for dropped tokens."""
@@ -360,8 +373,8 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
             ax.plot(
                 [clean_x] + list(snrs),
                 [clean] + [_value(by_snr[s], metric) for s in snrs],
-                marker="o",
                 label=f"noise on {target}",
+                **NOISE_LINE_STYLES[target],
             )
     for r in rows:
         if r["dropped"]:

@@ -252,3 +252,40 @@ def test_robustness_without_a_checkpoint_says_train_first(tmp_path):
         robustness.run_robustness(
             train_fixtures.tiny_config(), str(tmp_path), train_fixtures.InMemoryData(), plot=False
         )
+
+
+def test_noise_lines_stay_visible_when_their_values_coincide(tmp_path):
+    """Each noised target has its own marker and dashes, and the later-drawn lines are thinner
+    with smaller hollow markers, so equal curves still show every line."""
+    styles = [robustness.NOISE_LINE_STYLES[t] for t in robustness.TARGETS]
+    assert set(robustness.NOISE_LINE_STYLES) == set(robustness.TARGETS)
+    assert len({(s["marker"], s["linestyle"]) for s in styles}) == len(styles)
+    sizes = [s["markersize"] for s in styles]
+    widths = [s["linewidth"] for s in styles]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(widths)
+    assert all(s["markerfacecolor"] == "none" for s in styles)
+    # A report whose three noise curves are identical still plots.
+    rows = [
+        {
+            "target": "none",
+            "snr_db": None,
+            "dropped": None,
+            "name": "clean",
+            "metrics": {"top1": 0.9},
+        }
+    ]
+    rows += [
+        {
+            "target": t,
+            "snr_db": snr,
+            "dropped": None,
+            "name": f"{t} {snr}",
+            "metrics": {"top1": 0.5},
+        }
+        for t in robustness.TARGETS
+        for snr in (10.0, 0.0)
+    ]
+    report = {"metric": "top1", "conditions": rows, "snrs_db": [10.0, 0.0], "model": "mbt"}
+    robustness.plot_report(report, str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").stat().st_size > 5_000
