@@ -258,6 +258,9 @@ def num_train_steps(config, meta, train_split: str) -> int:
 # --- evaluation -----------------------------------------------------------------------------
 
 
+EVAL_PROGRESS_SECS = 30.0  # how often a long evaluation pass logs how far it is
+
+
 def run_evaluation(
     setup: Setup, data: DataSource, params: Any, split: str, mode: str
 ) -> dict[str, float]:
@@ -277,11 +280,33 @@ def run_evaluation(
     per_process = config.get("eval_batch_size") or config.batch_size
     per_process //= jax.process_count()
     loss_sum, num_views = 0.0, 0.0
+    videos = (getattr(meta, "num_examples", None) or {}).get(split)
+    of_videos = f" of {videos}" if videos else ""
+    start = last_report = time.monotonic()
     for batch in data.batches(split, mode, per_process, seed=int(config.seed)):
         out = jax.device_get(setup.eval_step(params, setup.device_batch(batch, _EVAL_KEYS)))
         aggregator.add(out["logits"], out["label"], out["video_index"], out["batch_mask"])
         loss_sum += float(out["loss_sum"])
         num_views += float(out["num_examples"])
+        if time.monotonic() - last_report >= EVAL_PROGRESS_SECS:
+            last_report = time.monotonic()
+            _LOG.info(
+                "%s %s: %d views, %d%s videos, %.0f s",
+                mode,
+                split,
+                num_views,
+                aggregator.num_videos,
+                of_videos,
+                last_report - start,
+            )
+    _LOG.info(
+        "%s %s done: %d views of %d videos in %.1f s",
+        mode,
+        split,
+        num_views,
+        aggregator.num_videos,
+        time.monotonic() - start,
+    )
     if aggregator.num_videos == 0:
         raise ValueError(f"split {split!r} ({mode}) yielded no examples")
     results = aggregator.metrics()

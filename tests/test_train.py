@@ -5,6 +5,7 @@ steps once for the module.
 """
 
 import json
+import logging
 import math
 import os
 import signal
@@ -103,9 +104,24 @@ def test_training_evaluates_tests_and_writes_results(uninterrupted):
     assert [event.step for event in accumulator.Tensors("eval/top1")] == [4, 8]
 
 
-def test_evaluate_mode_restores_the_checkpoint_and_reproduces_the_test(uninterrupted):
+def test_evaluate_mode_restores_the_checkpoint_and_reproduces_the_test(
+    uninterrupted, caplog, monkeypatch
+):
     workdir, data, result = uninterrupted
-    again = train.evaluate(_config(), workdir, "test", data)
+    monkeypatch.setattr(train, "EVAL_PROGRESS_SECS", 0.0)  # a progress line after every batch
+    with caplog.at_level(logging.INFO, logger="mbt.train"):
+        again = train.evaluate(_config(), workdir, "test", data)
+    # The pass reports how far it is (10 test videos, 2 views each, batches of 8) and its end.
+    progress = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith(("test test:", "test test done:"))
+    ]
+    assert progress[:3] == [
+        f"test test: {views} views, {videos} of 10 videos, 0 s"
+        for views, videos in ((8, 4), (16, 8), (20, 10))
+    ], progress
+    assert progress[-1].startswith("test test done: 20 views of 10 videos in ")
     assert again["top1"] == pytest.approx(result["test"]["top1"])
     assert again["loss"] == pytest.approx(result["test"]["loss"], rel=1e-5)
 
