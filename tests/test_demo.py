@@ -65,6 +65,8 @@ def test_demo_command_shows_fusion_beating_each_single_modality(demo):
     assert table.strip() in stdout  # printed, not only written, and where it was written
     assert f"(written to {os.path.join(workdir, 'comparison.md')})" in stdout
     assert f"tensorboard --logdir={workdir}" in stdout + logs
+    # The deliberately broken clips are announced before the builder warns about them.
+    assert "deliberately broken rows (missing_file, no_audio" in stdout + logs
     lines = table.strip().splitlines()
     assert lines[0] == "| run | top1 | map |"
     top1 = _top1_by_run(table)

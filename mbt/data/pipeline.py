@@ -495,6 +495,12 @@ def make_dataset(
     return ds.as_numpy_iterator()
 
 
+def _edge_kinds() -> tuple[str, ...]:
+    from mbt.data import synthetic as synthetic_lib  # pylint: disable=g-import-not-at-top
+
+    return synthetic_lib.EDGE_KINDS
+
+
 def prepare_dataset(config, workdir: str) -> None:
     """Generates and builds a synthetic local copy when `config.dataset.synthetic.num_clips > 0`.
 
@@ -557,6 +563,13 @@ def prepare_dataset(config, workdir: str) -> None:
         source_dir,
         data_dir,
     )
+    if synthetic["edge_cases"]:
+        _LOG.info(
+            "The copy holds deliberately broken rows (%s; config.dataset.synthetic.edge_cases) "
+            "to show how the builder treats them: the warnings about them below are expected, "
+            "and the build counts what it skipped or kept.",
+            ", ".join(_edge_kinds()),
+        )
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=source_dir)
     )
