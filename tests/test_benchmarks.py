@@ -1,24 +1,13 @@
 """The benchmark scripts' building blocks (`mbt.tools.bench`) and the fusion-mode benchmark
 (`scripts/benchmark_fusion.py`) on the tiny workload, one timed step."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 import pytest
+import script_fixtures
 
 from mbt import models
 from mbt.tools import bench
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name", sorted(bench.PRESETS))
@@ -43,7 +32,7 @@ def test_time_interleaved_alternates_the_calls():
 
 
 def test_fusion_benchmark_rows_gflops_and_ratios_on_the_tiny_workload():
-    fusion = _script("benchmark_fusion")
+    fusion = script_fixtures.load_script("benchmark_fusion")
     config = bench.preset_config("tiny")
     rows = fusion.row_configs(config.model, [0])
     assert list(rows) == ["late", "bottleneck Lf=0", "concat Lf=0", "cross Lf=0"]

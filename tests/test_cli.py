@@ -1,10 +1,10 @@
 """The absl command lines (`mbt.cli`): no flag collisions in one process, argparse-like parsing."""
 
-import importlib.util
 import os
 import re
 
 import pytest
+import script_fixtures
 from absl import flags
 
 from mbt import cli
@@ -17,16 +17,9 @@ from mbt.tools import flops  # noqa: F401
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_cli_defines_its_flags_on_its_own_flag_values_and_twice():
     scripts = [
-        _script(n)
+        script_fixtures.load_script(n)
         for n in (
             "compare_compute",
             "benchmark_input",

@@ -9,6 +9,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+import script_fixtures
 
 from mbt import models
 from mbt import siblings
@@ -210,13 +211,7 @@ def test_cli_on_a_tiny_config_file(tmp_path):
 
 
 def test_fusion_flops_script_writes_table_and_plot(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "fusion_flops", os.path.join(REPO, "scripts", "fusion_flops.py")
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = script_fixtures.load_script("fusion_flops")
     script.main(["--out", str(tmp_path), "--xla_points", "0"])
     table = (tmp_path / "fusion_flops.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]

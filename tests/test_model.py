@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import script_fixtures
 from flax.traverse_util import flatten_dict
 
 from mbt import models
@@ -296,19 +297,6 @@ def test_cross_fusion_layer_runs_each_block_on_others_then_own_tokens():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-class ScenicCrossEncoder(mbt_lib.FusionEncoder):
-    """Cross fusion as Scenic (and this model before) computes it, kept as the reference: each
-    modality's block runs on the whole [others ; own] sequence and only its own outputs are kept."""
-
-    def _cross_layer(self, blocks, tokens, deterministic):
-        out = {}
-        for m in self.modalities:
-            context = [tokens[o] for o in self.modalities if o != m]
-            joint = blocks[m](jnp.concatenate(context + [tokens[m]], axis=1), deterministic)
-            out[m] = joint[:, -tokens[m].shape[1] :]
-        return out
-
-
 def _cross_config(n_modalities, **overrides):
     """Cross fusion over modalities of different lengths: rgb 9, spectrogram 17, flow 5 tokens."""
     modalities = ("rgb", "spectrogram", "flow")[:n_modalities]
@@ -330,7 +318,7 @@ def _cross_config(n_modalities, **overrides):
     ],
 )
 def test_cross_fusion_on_own_tokens_equals_scenic_block_on_all_tokens(
-    attention, remat, n_modalities, fusion_layer, monkeypatch
+    attention, remat, n_modalities, fusion_layer
 ):
     """Logits (evaluation) and parameter gradients (training, with stochastic depth, whose
     [B, 1, 1] draws are the same both ways) equal those of the Scenic computation."""
@@ -354,8 +342,9 @@ def test_cross_fusion_on_own_tokens_equals_scenic_block_on_all_tokens(
         return jax.jit(lambda p: (evaluate(p), jax.grad(loss)(p)))(params)
 
     logits, grads = logits_and_grads()
-    with monkeypatch.context() as patch:
-        patch.setattr(mbt_lib, "FusionEncoder", ScenicCrossEncoder)
+    # The reference: cross fusion as Scenic (and this model before) computes it, each modality's
+    # block on the whole [others ; own] sequence, own outputs kept.
+    with script_fixtures.load_script("cross_fusion_benchmark").scenic_cross():
         scenic_logits, scenic_grads = logits_and_grads()
     assert float(jnp.abs(scenic_logits).max()) > 1e-2  # the head carries signal
     np.testing.assert_allclose(logits, scenic_logits, rtol=1e-5, atol=1e-5)
