@@ -332,16 +332,13 @@ def write_results(
     if jax.process_index() == 0:
         previous = _previous_results(path)
         if previous is not None and previous.get("step") == int(step):
+            metrics = previous.get("metrics", {})
             _LOG.info(
                 "replacing %s (mode %s at step %s, %s)",
                 path,
                 previous.get("mode"),
-                previous.get("step"),
-                {
-                    k: previous.get("metrics", {}).get(k)
-                    for k in ("top1", "map")
-                    if k in previous.get("metrics", {})
-                },
+                step,
+                {k: metrics[k] for k in ("top1", "map") if k in metrics},
             )
         evaluate_lib.write_results_json(
             path,
