@@ -31,6 +31,7 @@ ARGS = {
     "vggsound.py": _MODELS + ("modalities=audio", "model=sft,modalities=rgb"),
     "epic_kitchens.py": _MODELS + ("modalities=audio", "model=clstm,modalities=rgb"),
     "synthetic.py": _MODELS + ("modalities=audio", "modalities=rgb", "model=sft,modalities=rgb"),
+    "sounding_objects.py": _MODELS + ("modalities=audio", "modalities=rgb"),
 }
 
 
@@ -40,7 +41,13 @@ def _relative(path):
 
 def test_the_config_tree_has_the_expected_files():
     names = {_relative(p) for p in CONFIG_FILES}
-    assert names == {"audioset.py", "vggsound.py", "epic_kitchens.py", "synthetic.py"}
+    assert names == {
+        "audioset.py",
+        "vggsound.py",
+        "epic_kitchens.py",
+        "synthetic.py",
+        "sounding_objects.py",
+    }
     # Every built-in dataset has a config file (scenic_tfrecord's is a user's own).
     datasets = {n for n in registry.names() if registry.get(n).builder}
     assert {os.path.splitext(p)[0] for p in names} >= datasets
@@ -166,7 +173,7 @@ def _broken(**overrides):
         (
             {"dataset.name": "kinetics"},
             r"config.dataset.name='kinetics' is not a registered dataset; known: "
-            r"\('audioset', 'epic_kitchens', 'scenic_tfrecord', 'vggsound'\).*"
+            r"\('audioset', 'epic_kitchens', 'scenic_tfrecord', 'sounding_objects', 'vggsound'\).*"
             r"config.dataset.imports",
         ),
         ({"model.fusion_layer": 3}, r"config.model.fusion_layer=3; allowed: integers 0..2"),

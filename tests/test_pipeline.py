@@ -154,11 +154,12 @@ def test_eval_pads_last_batch_and_is_deterministic(source):
     # One-hot from a scalar-in-a-list label [i % 6].
     labels = np.concatenate([b["label"] for b in first])[mask == 1]
     np.testing.assert_array_equal(labels.argmax(1), index[mask == 1] % 6)
-    # Centre window: example i lasts 2 + 0.5 i s, window 1 s; first frame round(10 × free / 2).
+    # Centre window: example i lasts 2 + 0.5 i s, window 1 s; the start is on the frame grid:
+    # first frame floor(10 × free / 2).
     for b in first:
         for clip, i, m in zip(b["rgb"], b["video_index"], b["batch_mask"]):
             if m:
-                first_frame = round(FPS * (2.0 + 0.5 * i - 1.0) / 2)
+                first_frame = math.floor(FPS * (2.0 + 0.5 * i - 1.0) / 2)
                 np.testing.assert_array_equal(_frame_indices(clip), first_frame + 2 * np.arange(4))
 
 
@@ -187,10 +188,10 @@ def test_test_views_share_video_index_and_are_evenly_spaced(source):
     for i in range(7):
         views = np.flatnonzero((index == i) & (mask == 1))
         assert len(views) == 3
-        # Windows start at 0, free/2 and free (s): first stored frames 0, ., round(10 × free).
+        # Windows start at 0, free/2 and free (s), rounded down to the frame grid.
         free = 2.0 + 0.5 * i - 1.0
         starts = [_frame_indices(rgb[v])[0] for v in views]
-        np.testing.assert_array_equal(starts, [0, round(FPS * free / 2), round(FPS * free)])
+        np.testing.assert_array_equal(starts, [0, math.floor(FPS * free / 2), round(FPS * free)])
 
 
 def test_three_spatial_crops_span_the_long_side():

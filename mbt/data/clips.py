@@ -3,8 +3,10 @@
 A view is a time window of the example (`window_seconds` long, where it starts given as a
 fraction of the free play `duration - window`) plus, for RGB, a square crop. The RGB clip takes
 `num_frames` stored frames `stride` apart from the window start; the audio takes
-`audio_seconds` from the same start. Windows running past the end of a short example wrap
-around to its beginning (frames and audio alike). Only the JPEG frames of the clip are
+`audio_seconds` from the same start. With RGB the start is a stored frame's time (the
+sampled start rounded down to the frame grid), so sound and picture stay in step. Windows
+running past the end of a short example wrap around to its beginning (frames and audio
+alike). Only the JPEG frames of the clip are
 decoded, and only their crop box (with `full_frame_decode`: the clip's frames whole, then
 cropped).
 """
@@ -236,6 +238,9 @@ def make_view(
     """
     free = tf.maximum(duration_seconds(example, settings) - settings.window_seconds, 0.0)
     start_s = time_fraction * free
+    if "rgb" in settings.modalities:
+        # Start at a stored frame, so the audio window begins at the first frame's time.
+        start_s = tf.floor(start_s * settings.fps + 1e-4) / settings.fps  # 1e-4: float error
     rgb_seed = spec_seed = crop_seed = None
     if seed is not None:
         rgb_seed, spec_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))

@@ -1,8 +1,9 @@
-"""TFDS builders for AudioSet, VGGSound and EPIC-Kitchens-100, and every dataset's spec.
+"""TFDS builders for AudioSet, VGGSound, EPIC-Kitchens-100 and the sounding-objects
+benchmark, and every dataset's spec.
 
 `<name>.py` holds a builder (imports TensorFlow); `<name>_spec.py` its `mbt.data.registry`
-entry (imports no TensorFlow). Importing this package imports neither: `Audioset`,
-`EpicKitchens` and `Vggsound` are loaded on first access, and importing a builder module
+entry (imports no TensorFlow). Importing this package imports neither: the builder
+classes are loaded on first access, and importing a builder module
 registers it with TFDS, e.g. `tfds build --imports=mbt.data.builders.vggsound vggsound`.
 """
 
@@ -11,6 +12,7 @@ import importlib
 _BUILDERS = {
     "Audioset": "mbt.data.builders.audioset",
     "EpicKitchens": "mbt.data.builders.epic_kitchens",
+    "SoundingObjects": "mbt.data.builders.sounding_objects",
     "Vggsound": "mbt.data.builders.vggsound",
 }
 
