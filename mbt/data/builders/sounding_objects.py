@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import math
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -192,7 +193,7 @@ def generate(
         list(synthetic.EDGE_KINDS) if edge_cases else []
     )
     os.makedirs(os.path.join(out_dir, CLIP_DIR), exist_ok=True)
-    clips = []
+    clips: list[dict[str, Any]] = []
     for i, kind in enumerate(kinds):
         if kind is None:
             split = "test" if i >= num_clips - num_test else "train"
