@@ -408,7 +408,15 @@ def write_results(
     return path
 
 
-def _write_per_class_markdown(path, split, mode, step, per_class, multi_label) -> None:
+def _write_per_class_markdown(
+    path: str,
+    split: str,
+    mode: str,
+    step: int,
+    per_class: list[dict[str, Any]],
+    multi_label: bool,
+) -> None:
+    """The ranked per-class tables with a heading naming the split, views and step (atomic)."""
     score = "AP" if multi_label else "top-1 accuracy"
     views = "all test views" if mode == "test" else "one view"
     text = (
