@@ -11,6 +11,8 @@ Argument `key=value,...` (every key optional; the first value is the default):
               manual dir's `subset_ids.txt` (AS-500K style id list);
               'full': the unbalanced train split (~2M clips).
   modalities  'av' | 'audio' | 'rgb'.
+  specaug     'paper' | 'scenic': SpecAugment as the MBT paper states it, or as Scenic's
+              released config runs it (`mbt.recipe.SPEC_AUGMENT_RECIPES` says how they differ).
 Evaluation and test use the `eval` split (4 clips per video at test). The epoch counts for
 '500k' and 'full' are this project's defaults (the references give the AS-mini recipe
 only): set --config.num_epochs for your budget.
@@ -24,10 +26,15 @@ _EPOCHS = {"mini": 50.0, "500k": 10.0, "full": 3.0}
 
 def get_config(arg=None):
     arg = recipe.parse_arg(
-        arg, model=recipe.MODEL_NAMES, split=tuple(_TRAIN_SPLITS), modalities=recipe.MODALITIES
+        arg,
+        model=recipe.MODEL_NAMES,
+        split=tuple(_TRAIN_SPLITS),
+        modalities=recipe.MODALITIES,
+        specaug=recipe.SPEC_AUGMENTS,
     )
     config = recipe.mbt_b16_config("audioset")
     recipe.set_modalities(config, arg.modalities)
+    recipe.set_spec_augment(config, arg.specaug)
     recipe.set_model(config, arg.model)
     config.dataset.train_split = _TRAIN_SPLITS[arg.split]
     config.dataset.eval_split = "eval"

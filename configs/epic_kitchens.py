@@ -7,6 +7,8 @@ Argument `key=value,...` (every key optional; the first value is the default):
   model       'mbt' (MBT-B/16) | 'sft' (SFT-B/16) | 'clstm' (early-fusion C-LSTM):
               `mbt.recipe.set_model` says what each changes in MBT's recipe.
   modalities  'av' | 'audio' | 'rgb'.
+  specaug     'paper' | 'scenic': SpecAugment as the MBT paper states it, or as Scenic's
+              released config runs it (`mbt.recipe.SPEC_AUGMENT_RECIPES` says how they differ).
 Labels are `[one-hot verb ; one-hot noun]`; the loss sums the two heads' softmax
 cross-entropies (`config.loss.head_reduction`) and the metrics report verb, noun and action
 (both right) top-1/top-5 on `validation`.
@@ -16,9 +18,12 @@ from mbt import recipe
 
 
 def get_config(arg=None):
-    arg = recipe.parse_arg(arg, model=recipe.MODEL_NAMES, modalities=recipe.MODALITIES)
+    arg = recipe.parse_arg(
+        arg, model=recipe.MODEL_NAMES, modalities=recipe.MODALITIES, specaug=recipe.SPEC_AUGMENTS
+    )
     config = recipe.mbt_b16_config("epic_kitchens")
     recipe.set_modalities(config, arg.modalities)
+    recipe.set_spec_augment(config, arg.specaug)
     recipe.set_model(config, arg.model)
     config.dataset.train_split = "train"
     config.dataset.eval_split = "validation"

@@ -17,6 +17,7 @@ import ml_collections
 from mbt import models
 from mbt import optim
 from mbt.data import registry
+from mbt.data import settings as data_settings
 
 MODES = ("train", "evaluate", "test")
 TEST_COMBINE = ("mean_logits", "mean_probs")
@@ -107,6 +108,9 @@ def validate_config(
     models.validate_model_config(config.model)
 
     registry.for_config(config.dataset)  # unknown name: ValueError listing the known ones
+    spec_augment = config.dataset.get("spec_augment")
+    if spec_augment is not None:
+        data_settings.spec_augment_settings(spec_augment)  # ValueError naming a bad key
 
     model_modalities = tuple(config.model.modalities)
     if meta is not None:

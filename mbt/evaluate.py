@@ -1,8 +1,10 @@
-"""Multi-view test aggregation and result reporting (markdown table, JSON file).
+"""Multi-view test aggregation and result reporting (markdown tables, JSON file).
 
 A test video is evaluated as several views (clips / crops) that share its `video_index`;
 `ViewAggregator` averages them into one score row per video, whatever order, batch or device
 the views arrive in, and drops padding rows (`batch_mask` 0) before anything is stored.
+`per_class_entries` names the per-class results (`metrics.ClassResults`) for the results
+JSON, and `format_per_class_table` ranks them as markdown.
 """
 
 import json
@@ -222,6 +224,104 @@ class ViewAggregator:
             class_splits=self.class_splits,
             scores_are_probs=self.scores_are_probs,
         )
+
+    def metrics_and_classes(self) -> tuple[dict[str, float], metrics_lib.ClassResults]:
+        """`metrics()` and the per-class results, from one pass over `result()`."""
+        scores, labels = self.result()
+        return metrics_lib.compute_metrics_and_classes(
+            scores,
+            labels,
+            multi_label=self.multi_label,
+            class_splits=self.class_splits,
+            scores_are_probs=self.scores_are_probs,
+        )
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def per_class_entries(
+    classes: metrics_lib.ClassResults,
+    class_names: Sequence[str],
+    class_splits: Sequence[int] | None = None,
+    head_names: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """One JSON-ready dict per label column, in class-index order.
+
+    Each is `{"index": i, "name": class_names[i], "ap": float | None, "top1": float | None,
+    "count": int}` (None where undefined: AP of a class without positives, top-1 of a class
+    without examples or of multi-label data), plus `"head"` (e.g. 'verb' / 'noun') when the
+    labels have `class_splits`; `index` counts over all columns (EPIC: verbs, then nouns).
+
+    Args:
+      classes: from `metrics.compute_metrics_and_classes`.
+      class_names: one per column; when the count differs (a label space without names),
+        columns are named 'class_<i>'.
+      class_splits: head sizes, or None for one head.
+      head_names: one per head; default 'head_<k>'.
+    """
+    num_classes = classes.ap.shape[0]
+    names = [str(n) for n in class_names]
+    if len(names) != num_classes:
+        names = [f"class_{i}" for i in range(num_classes)]
+    head_of = None
+    if class_splits:
+        heads = list(head_names) or [f"head_{k}" for k in range(len(class_splits))]
+        head_of = np.repeat(np.arange(len(class_splits)), class_splits)
+    entries = []
+    for i, (ap, top1, count) in enumerate(
+        zip(classes.ap.tolist(), classes.top1.tolist(), classes.count.tolist())
+    ):
+        entry: dict[str, Any] = {
+            "index": i,
+            "name": names[i],
+            "ap": _finite_or_none(ap),
+            "top1": _finite_or_none(top1),
+            "count": int(count),
+        }
+        if head_of is not None:
+            entry["head"] = heads[int(head_of[i])]
+        entries.append(entry)
+    return entries
+
+
+def _ranked(entries: Sequence[Mapping[str, Any]], score: str) -> list[Mapping[str, Any]]:
+    """Best `score` first, classes without a score last; ties by name, then index."""
+    return sorted(
+        entries,
+        key=lambda e: (e[score] is None, -(e[score] or 0.0), e["name"], e["index"]),
+    )
+
+
+def format_per_class_table(
+    entries: Sequence[Mapping[str, Any]], multi_label: bool, digits: int = 4
+) -> str:
+    """Markdown tables of `per_class_entries`, ranked by score (one table per head).
+
+    The score is AP for multi-label data and top-1 accuracy otherwise (AP shown beside it);
+    classes without a score come last; ties are ordered by class name. Columns: rank, class,
+    score(s), count (positives for multi-label data, examples otherwise).
+    """
+    score = "ap" if multi_label else "top1"
+    columns = [("ap", "AP")] if multi_label else [("top1", "top-1"), ("ap", "AP")]
+    count_name = "positives" if multi_label else "examples"
+    header = "| rank | class | " + " | ".join(title for _, title in columns) + f" | {count_name} |"
+    rule = "|---:|---|" + "---:|" * (len(columns) + 1)
+    heads: dict[str | None, list[Mapping[str, Any]]] = {}
+    for entry in entries:
+        heads.setdefault(entry.get("head"), []).append(entry)
+    blocks = []
+    for head, head_entries in heads.items():
+        lines = [f"### {head}", ""] if head is not None else []
+        lines += [header, rule]
+        for rank, entry in enumerate(_ranked(head_entries, score), start=1):
+            cells = [_format_cell(entry[key], digits) for key, _ in columns]
+            name = _format_cell(entry["name"], digits)
+            lines.append(f"| {rank} | {name} | " + " | ".join(cells) + f" | {entry['count']} |")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 def _format_cell(value: Any, digits: int) -> str:

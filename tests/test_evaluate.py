@@ -191,3 +191,77 @@ def test_write_results_json(tmp_path):
     assert list(tmp_path.joinpath("new_dir").iterdir()) == [path]  # no temp file left
     with pytest.raises(ValueError, match="'metrics'"):
         evaluate.write_results_json(str(path), {}, {"metrics": 1})
+
+
+def test_aggregator_per_class_results_match_its_metrics():
+    logits, labels, video_index = _views(10, num_videos=20, num_classes=5, multi_label=False)
+    aggregator = evaluate.ViewAggregator(5, combine="mean_probs")
+    _feed_shuffled(aggregator, logits, labels, video_index, seed=11)
+    result, classes = aggregator.metrics_and_classes()
+    assert result == aggregator.metrics()
+    scores, video_labels = aggregator.result()
+    _, expected = metrics.compute_metrics_and_classes(scores, video_labels, multi_label=False)
+    np.testing.assert_array_equal(classes.top1, expected.top1)
+    assert classes.count.sum() == 20
+
+
+def test_per_class_entries_name_classes_heads_and_undefined_values():
+    classes = metrics.ClassResults(
+        ap=np.array([0.5, np.nan, 1.0, 0.25, 0.75]),
+        top1=np.array([1.0, np.nan, 0.5, 0.0, 0.25]),
+        count=np.array([2, 0, 4, 1, 4]),
+    )
+    entries = evaluate.per_class_entries(
+        classes, ["cut", "open", "knife", "pan", "cup"], (2, 3), ("verb", "noun")
+    )
+    assert entries[1] == {
+        "index": 1,
+        "name": "open",
+        "ap": None,
+        "top1": None,
+        "count": 0,
+        "head": "verb",
+    }
+    assert entries[4] == {
+        "index": 4,
+        "name": "cup",
+        "ap": 0.75,
+        "top1": 0.25,
+        "count": 4,
+        "head": "noun",
+    }
+    assert [e["head"] for e in entries] == ["verb", "verb", "noun", "noun", "noun"]
+    one_head = evaluate.per_class_entries(classes, ["a", "b"])  # wrong count: generic names
+    assert [e["name"] for e in one_head] == [f"class_{i}" for i in range(5)]
+    assert all("head" not in e for e in one_head)
+
+
+def test_per_class_table_ranks_by_score_with_ties_by_name_and_missing_last():
+    entries = [
+        {"index": 0, "name": "zebra", "ap": 0.5, "top1": 0.5, "count": 2},
+        {"index": 1, "name": "a|b", "ap": None, "top1": None, "count": 0},
+        {"index": 2, "name": "bell", "ap": 0.9, "top1": 1.0, "count": 3},
+        {"index": 3, "name": "alarm", "ap": 0.25, "top1": 0.5, "count": 4},
+    ]
+    assert evaluate.format_per_class_table(entries, multi_label=False).splitlines() == [
+        "| rank | class | top-1 | AP | examples |",
+        "|---:|---|---:|---:|---:|",
+        "| 1 | bell | 1.0000 | 0.9000 | 3 |",
+        "| 2 | alarm | 0.5000 | 0.2500 | 4 |",
+        "| 3 | zebra | 0.5000 | 0.5000 | 2 |",
+        "| 4 | a\\|b |  |  | 0 |",
+    ]
+    assert evaluate.format_per_class_table(entries, multi_label=True).splitlines()[2:] == [
+        "| 1 | bell | 0.9000 | 3 |",
+        "| 2 | zebra | 0.5000 | 2 |",
+        "| 3 | alarm | 0.2500 | 4 |",
+        "| 4 | a\\|b |  | 0 |",
+    ]
+    split = [dict(e, head="verb" if e["index"] < 2 else "noun") for e in entries]
+    lines = evaluate.format_per_class_table(split, multi_label=False).splitlines()
+    assert lines[0] == "### verb" and lines[7] == "### noun"
+    assert lines[4:6] == ["| 1 | zebra | 0.5000 | 0.5000 | 2 |", "| 2 | a\\|b |  |  | 0 |"]
+    assert lines[11:] == [
+        "| 1 | bell | 1.0000 | 0.9000 | 3 |",
+        "| 2 | alarm | 0.5000 | 0.2500 | 4 |",
+    ]

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
+from sklearn.metrics import recall_score
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import top_k_accuracy_score
 
@@ -264,5 +265,90 @@ def test_audioset_sized_eval_runs_in_seconds():
     result = metrics.compute_metrics(scores, labels, multi_label=True)
     elapsed = time.perf_counter() - start
     assert elapsed < 30, f"20k x 527 metrics took {elapsed:.1f} s"
+    # The per-class results reuse the same sorts: about the same cost, the same metrics.
+    start = time.perf_counter()
+    again, classes = metrics.compute_metrics_and_classes(scores, labels, multi_label=True)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 30, f"20k x 527 metrics with per-class results took {elapsed:.1f} s"
+    assert again == result
+    assert np.nanmean(classes.ap) == pytest.approx(result["map"], abs=1e-12)
     assert 0.6 < result["mean_auc"] < 0.8  # unit-Gaussian shift of 1 -> AUC = Phi(1/sqrt2) = 0.76
     assert result["d_prime"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_per_class_results_hand_made_single_label():
+    # Classes 0, 0, 1, 1, 0; class 2 has no example. Example 3 ties classes 0 and 1 (-> 0).
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.0],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.5, 0.5, 0.0],
+            [0.3, 0.3, 0.4],
+        ]
+    )
+    labels = np.eye(3)[[0, 0, 1, 1, 0]]
+    result, classes = metrics.compute_metrics_and_classes(scores, labels, multi_label=False)
+    np.testing.assert_array_equal(classes.count, [3, 2, 0])
+    np.testing.assert_allclose(classes.top1[:2], [1 / 3, 1 / 2])
+    # Class 0 ranks +, -, +, +, -: AP = (1/1 + 2/3 + 3/4) / 3; class 1: +, -, +: (1 + 2/3) / 2.
+    np.testing.assert_allclose(classes.ap[:2], [29 / 36, 5 / 6])
+    assert np.isnan(classes.top1[2]) and np.isnan(classes.ap[2])
+    assert result == metrics.compute_metrics(scores, labels, multi_label=False)
+    assert result["top1"] == pytest.approx(2 / 5)
+
+
+def test_per_class_single_label_matches_sklearn_recall_and_ap():
+    rng = np.random.default_rng(3)
+    num_classes = 9
+    truth = rng.integers(0, num_classes - 1, 300)  # the last class never occurs
+    scores = np.round(rng.normal(size=(300, num_classes)) + 1.5 * np.eye(num_classes)[truth], 1)
+    labels = np.eye(num_classes, dtype=np.float32)[truth]
+    _, classes = metrics.compute_metrics_and_classes(scores, labels, multi_label=False)
+    # Top-1 accuracy over a class's examples is the recall of argmax predictions.
+    recall = recall_score(
+        truth,
+        np.argmax(scores, axis=1),
+        labels=range(num_classes),
+        average=None,
+        zero_division=np.nan,
+    )
+    np.testing.assert_allclose(classes.top1, recall, atol=1e-12)
+    np.testing.assert_array_equal(classes.count, np.bincount(truth, minlength=num_classes))
+    for c in range(num_classes - 1):
+        assert classes.ap[c] == pytest.approx(
+            average_precision_score(labels[:, c], scores[:, c]), abs=1e-12
+        )
+    assert np.isnan(classes.ap[-1])
+
+
+def test_per_class_multi_label_is_ap_and_positives():
+    scores, labels = _multi_label_data(4)
+    result, classes = metrics.compute_metrics_and_classes(scores, labels, multi_label=True)
+    expected_ap, _ = metrics.per_class_ap_and_auc(scores, labels > 0.5)
+    np.testing.assert_array_equal(classes.ap, expected_ap)
+    np.testing.assert_array_equal(classes.count, labels.sum(axis=0))
+    assert classes.count[3] == 0 and classes.count[7] == 1
+    assert np.all(np.isnan(classes.top1))  # no per-class top-1 for multi-label data
+    assert result == metrics.compute_metrics(scores, labels, multi_label=True)
+
+
+def test_per_class_class_splits_score_each_head_separately():
+    rng = np.random.default_rng(5)
+    verbs, nouns = rng.integers(0, 3, 60), rng.integers(0, 4, 60)
+    labels = np.concatenate([np.eye(3)[verbs], np.eye(4)[nouns]], axis=1)
+    scores = rng.normal(size=(60, 7)) + 1.2 * labels
+    result, classes = metrics.compute_metrics_and_classes(
+        scores, labels, multi_label=False, class_splits=(3, 4)
+    )
+    for head, offset, size, truth in (("verb", 0, 3, verbs), ("noun", 3, 4, nouns)):
+        predicted = np.argmax(scores[:, offset : offset + size], axis=1)
+        for c in range(size):
+            assert classes.top1[offset + c] == pytest.approx(np.mean(predicted[truth == c] == c))
+        # Examples-weighted mean of the per-class top-1 is the head's top-1.
+        counts = classes.count[offset : offset + size]
+        weighted = np.sum(classes.top1[offset : offset + size] * counts) / counts.sum()
+        assert weighted == pytest.approx(result[f"{head}_top1"])
+    for c in range(7):
+        assert classes.ap[c] == pytest.approx(average_precision_score(labels[:, c], scores[:, c]))
+    assert result == metrics.compute_metrics(scores, labels, multi_label=False, class_splits=(3, 4))

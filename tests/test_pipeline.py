@@ -244,6 +244,24 @@ def test_training_spec_augment_masks_bins(source):
     assert masked_bins.max() > 0 and masked_bins.max() <= 60
 
 
+def test_training_time_warp_from_the_config(source):
+    config = _config(modalities=("spectrogram",))
+    config.dataset.spec_augment.update(num_freq_masks=0, num_time_masks=0)
+    (plain,) = _batches(source, config, None, "train", 6, count=1)
+    config.dataset.spec_augment.time_warp_max_frames = 30
+    (warped,) = _batches(source, config, None, "train", 6, count=1)
+    assert warped["spectrogram"].shape == plain["spectrogram"].shape
+    np.testing.assert_array_equal(warped["label"], plain["label"])  # the same clips
+    differs = [not np.allclose(w, p) for w, p in zip(warped["spectrogram"], plain["spectrogram"])]
+    assert sum(differs) >= 4
+    # Warped frames interpolate the clip's own frames: never outside its range.
+    for w, p in zip(warped["spectrogram"], plain["spectrogram"]):
+        assert p.min() - 1e-4 <= w.min() and w.max() <= p.max() + 1e-4
+    config.dataset.spec_augment.time_warp_bound = "both"
+    with pytest.raises(ValueError, match="config.dataset.spec_augment.time_warp_bound='both'"):
+        _batches(source, config, None, "train", 6, count=1)
+
+
 def test_label_vectors_multi_hot_one_hot_and_verb_noun():
     audioset = sources.ExampleSource(
         "a", tuple("abcde"), None, True, ("label",), ("rgb",), 1.0, {}, None

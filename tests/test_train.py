@@ -104,6 +104,46 @@ def test_training_evaluates_tests_and_writes_results(uninterrupted):
     assert [event.step for event in accumulator.Tensors("eval/top1")] == [4, 8]
 
 
+def test_results_carry_per_class_accuracy_and_a_ranked_table(uninterrupted):
+    workdir, data, result = uninterrupted
+    with open(os.path.join(workdir, "results_test.json")) as f:
+        saved = json.load(f)
+    per_class = saved["per_class"]
+    assert [e["index"] for e in per_class] == [0, 1, 2, 3]
+    assert [e["name"] for e in per_class] == list(data.meta.class_names)
+    assert all(set(e) == {"index", "name", "ap", "top1", "count"} for e in per_class)
+    # Counts are the test videos of each class; their weighted top-1 is the split's top-1.
+    expected_counts = np.bincount(data._labels["test"], minlength=4)
+    assert [e["count"] for e in per_class] == expected_counts.tolist()
+    scored = [e for e in per_class if e["count"]]
+    assert all(0.0 <= e["top1"] <= 1.0 and 0.0 <= e["ap"] <= 1.0 for e in scored)
+    weighted = sum(e["top1"] * e["count"] for e in scored) / sum(e["count"] for e in scored)
+    assert weighted == pytest.approx(saved["metrics"]["top1"])
+    assert np.mean([e["ap"] for e in scored]) == pytest.approx(saved["metrics"]["map"])
+    assert all(e["top1"] is None and e["ap"] is None for e in per_class if not e["count"])
+
+    with open(os.path.join(workdir, "per_class.md")) as f:
+        table = f.read()
+    assert "split `test`, all test views" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "rank" not in line]
+    assert len(rows) == 4
+    ranked = sorted(scored, key=lambda e: (-e["top1"], e["name"]))
+    assert [row.split(" | ")[1] for row in rows[: len(ranked)]] == [e["name"] for e in ranked]
+    # The final single-view eval of the validation split has its own table.
+    assert os.path.exists(os.path.join(workdir, "per_class_validation.md"))
+    with open(os.path.join(workdir, "results_validation.json")) as f:
+        assert len(json.load(f)["per_class"]) == 4
+
+
+def test_head_names_come_from_the_dataset_spec():
+    config = _config()
+    assert train._head_names(config, None) == ()
+    config.dataset.name = "epic_kitchens"
+    assert train._head_names(config, (3, 4)) == ("verb", "noun")
+    config.dataset.name = "vggsound"
+    assert train._head_names(config, (3, 4)) == ("head_0", "head_1")
+
+
 def test_evaluate_mode_restores_the_checkpoint_and_reproduces_the_test(
     uninterrupted, caplog, monkeypatch
 ):

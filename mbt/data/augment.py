@@ -1,4 +1,5 @@
-"""Training-time augmentation: crop boxes, flips and colour for RGB clips; SpecAugment.
+"""Training-time augmentation: crop boxes, flips and colour for RGB clips; SpecAugment
+(time warp, frequency and time masks).
 
 All randomness is stateless (`tf.random.stateless_*` with an explicit `[2]` int seed), so an
 example's augmentation depends only on its seed and the pipeline is reproducible under
@@ -34,17 +35,99 @@ def _band_mask(length: int | tf.Tensor, count: int, max_width: int, seed: tf.Ten
     return tf.reduce_any(inside, axis=1)
 
 
+def time_warp_anchors(
+    length: int | tf.Tensor, seed: tf.Tensor, params: SpecAugment
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The random (origin, destination) frames of a time warp, float32 scalars (Lingvo's draw).
+
+    origin o = 1 + floor(u · (T - 2)), u ~ U[0, 1), so o ∈ {1, ..., T - 2}; the shift w is
+    an integer ~ U{-W, ..., W} (`time_warp_bound='static'`, W = `time_warp_max_frames`) or
+    trunc(U(-1, 1) · B) ('dynamic'), clipped to ±B with B = floor(`time_warp_max_ratio` · T);
+    destination d = clip(o + w, 1, T - 1).
+
+    Args:
+      length: T, frames of the spectrogram (>= 3).
+      seed: int `[2]` stateless seed.
+      params: the warp settings (`time_warp_enabled` must hold).
+    """
+    shift_seed, origin_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    length = tf.cast(length, tf.int32)
+    bound = tf.cast(params.time_warp_max_ratio * tf.cast(length, tf.float32), tf.int32)
+    if params.time_warp_bound == "static":
+        max_frames = int(params.time_warp_max_frames)
+        shift = tf.random.stateless_uniform(
+            [], shift_seed, -max_frames, max_frames + 1, dtype=tf.int32
+        )
+    else:
+        unit = tf.random.stateless_uniform([], shift_seed, -1.0, 1.0)
+        shift = tf.cast(unit * tf.cast(bound, tf.float32), tf.int32)  # truncates toward 0
+    shift = tf.clip_by_value(shift, -bound, bound)
+    unit = tf.random.stateless_uniform([], origin_seed)
+    origin = 1 + tf.cast(unit * tf.cast(tf.maximum(length - 2, 0), tf.float32), tf.int32)
+    destination = tf.clip_by_value(origin + shift, 1, length - 1)
+    return tf.cast(origin, tf.float32), tf.cast(destination, tf.float32)
+
+
+def warp_time(spectrogram: tf.Tensor, origin: tf.Tensor, destination: tf.Tensor) -> tf.Tensor:
+    """Moves frame `origin` of `[time, mel]` to `destination`, stretching the two sides linearly.
+
+    Output frame i (of T) reads the input at the source position
+      s(i) = i · o / d                          for i < d,
+      s(i) = o + (i - d) · (T - o) / (T - d)    for i >= d,
+    the piecewise-linear map that fixes 0 and T and sends d to o (its inverse sends o to d),
+    linearly interpolated between frames floor(s) and floor(s) + 1. Where s > T - 1 (only
+    the last frame, when o > d) the input's last frame is used: Lingvo's warp matrix instead
+    drops the weight on the missing frame T there, which dims that frame; here every output
+    frame is a convex combination of input frames, so values stay within the input's range.
+
+    Args:
+      spectrogram: float `[T, mel]`, T >= 3.
+      origin, destination: float scalars, 1 <= o <= T - 2 and 1 <= d <= T - 1.
+
+    Returns:
+      float `[T, mel]`, same dtype; identical to the input when o = d.
+    """
+    length = tf.shape(spectrogram)[0]
+    total = tf.cast(length, tf.float32)
+    frames = tf.range(total, dtype=tf.float32)
+    before = frames * origin / destination
+    after = origin + (frames - destination) * (total - origin) / (total - destination)
+    source = tf.minimum(tf.where(frames < destination, before, after), total - 1.0)
+    low = tf.cast(tf.floor(source), tf.int32)
+    high = tf.minimum(low + 1, length - 1)
+    weight = tf.cast(source - tf.floor(source), spectrogram.dtype)[:, None]
+    return (1 - weight) * tf.gather(spectrogram, low) + weight * tf.gather(spectrogram, high)
+
+
+def time_warp(spectrogram: tf.Tensor, seed: tf.Tensor, params: SpecAugment) -> tf.Tensor:
+    """Random `warp_time` of float `[time, mel]` (`time_warp_anchors`); unchanged when the
+    parameters switch it off or the spectrogram has fewer than 3 frames."""
+    if not params.time_warp_enabled:
+        return spectrogram
+    length = tf.shape(spectrogram)[0]
+
+    def warp():
+        origin, destination = time_warp_anchors(length, seed, params)
+        return warp_time(spectrogram, origin, destination)
+
+    return tf.cond(length >= 3, warp, lambda: spectrogram)
+
+
 def spec_augment(spectrogram: tf.Tensor, seed: tf.Tensor, params: SpecAugment) -> tf.Tensor:
-    """Frequency and time masking.
+    """Time warp (when enabled), then frequency and time masking, as Lingvo orders them.
 
     Args:
       spectrogram: float `[time, mel]`.
       seed: int `[2]` stateless seed.
-      params: mask counts and maximum widths.
+      params: warp settings, mask counts and maximum widths (`mbt.data.settings.SpecAugment`).
 
     Returns:
-      float `[time, mel]` with masked rows/columns set to `params.mask_value`.
+      float `[time, mel]`, warped, with masked rows/columns set to `params.mask_value`.
     """
+    if params.time_warp_enabled:
+        # A seed of its own, so the masks draw what they drew before the warp existed.
+        warp_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        spectrogram = time_warp(spectrogram, warp_seed, params)
     time_seed, freq_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shape = tf.shape(spectrogram)
     time_masked = _band_mask(shape[0], params.num_time_masks, params.max_time_width, time_seed)

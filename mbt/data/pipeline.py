@@ -44,7 +44,9 @@ docs/config.md):
   spec_channels        1, or 3 (repeated)
   use_precomputed_spectrogram
                        use a stored `spectrogram` (scenic melspec) rather than the waveform
-  spec_augment.{enabled, num_freq_masks, max_freq_width, num_time_masks, max_time_width}
+  spec_augment.{enabled, num_freq_masks, max_freq_width, num_time_masks, max_time_width,
+               time_warp_max_frames, time_warp_max_ratio, time_warp_bound}
+                       SpecAugment (mbt.data.settings.SpecAugment: time warp, then masks)
   rgb_augment.{random_flip, scale_jitter, scale_min, scale_max, color, color_prob,
                color_drop_prob, brightness, contrast, saturation, hue}
   num_test_clips       temporal views per example in 'test' mode
@@ -76,6 +78,7 @@ from mbt.data import audio as audio_lib
 from mbt.data import augment
 from mbt.data import clips
 from mbt.data import registry
+from mbt.data import settings as data_settings
 from mbt.data import sources
 from mbt.data.settings import default_dataset_config
 
@@ -196,7 +199,6 @@ def clip_settings(values: dict, source: sources.ExampleSource) -> clips.ClipSett
         power=float(values["mel_power"]),
         log_offset=float(values["log_offset"]),
     )
-    spec_aug = values["spec_augment"]
     settings = clips.ClipSettings(
         modalities=values["modalities"],
         fps=source.fps,
@@ -216,14 +218,7 @@ def clip_settings(values: dict, source: sources.ExampleSource) -> clips.ClipSett
                 for f in dataclasses.fields(augment.RgbAugment)
             }
         ),
-        spec_augment=augment.SpecAugment(
-            num_freq_masks=int(spec_aug["num_freq_masks"]),
-            max_freq_width=int(spec_aug["max_freq_width"]),
-            num_time_masks=int(spec_aug["num_time_masks"]),
-            max_time_width=int(spec_aug["max_time_width"]),
-        )
-        if spec_aug["enabled"]
-        else None,
+        spec_augment=data_settings.spec_augment_settings(values["spec_augment"]),
         full_frame_decode=source.full_frame_decode,
     )
     clips.validate(settings)

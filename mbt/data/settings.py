@@ -43,13 +43,34 @@ class RgbAugment:
     hue: float = 0.08
 
 
+TIME_WARP_BOUNDS = ("static", "dynamic")
+
+
+def _is_count(value) -> bool:
+    """An integer >= 0 (an integral float such as Scenic's `1.0` too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value >= 0 and float(value).is_integer()
+
+
 @dataclasses.dataclass(frozen=True)
 class SpecAugment:
-    """SpecAugment masks (Park et al. 2019) on a `[time, mel]` spectrogram.
+    """SpecAugment (Park et al. 2019) on a `[time, mel]` spectrogram: time warp, then masks.
 
-    Each mask's width is drawn uniformly from {0, ..., max width}, its start uniformly among
-    the positions where it fits; masked cells are set to `mask_value` (0 = the mean of a
-    normalised spectrogram).
+    Masks: each mask's width is drawn uniformly from {0, ..., max width}, its start uniformly
+    among the positions where it fits; masked cells are set to `mask_value` (0 = the mean of
+    a normalised spectrogram).
+
+    Time warp (Lingvo's `SpectrumAugmenter`, which Scenic's MBT input pipeline calls; the
+    same parameter names): with T frames, a piecewise-linear map of the time axis that fixes
+    0 and T moves an origin frame o ~ U{1, ..., T - 2} to d = clip(o + w, 1, T - 1), and
+    every output frame is linearly interpolated from the two input frames around its source
+    position (`mbt.data.augment.warp_time`). The shift w is
+      - `time_warp_bound='static'`: an integer ~ U{-W, ..., W}, W = `time_warp_max_frames`,
+        then clipped to ±floor(`time_warp_max_ratio` × T);
+      - `'dynamic'`: trunc(U(-1, 1) × floor(`time_warp_max_ratio` × T)) (no frame bound).
+    As in Lingvo the warp is off when `time_warp_max_ratio` <= 0, or W = 0 with a static
+    bound; the default W = 0 keeps it off.
     """
 
     num_freq_masks: int = 1
@@ -57,6 +78,62 @@ class SpecAugment:
     num_time_masks: int = 1
     max_time_width: int = 192
     mask_value: float = 0.0
+    time_warp_max_frames: int = 0
+    time_warp_max_ratio: float = 1.0
+    time_warp_bound: str = "static"
+
+    @property
+    def time_warp_enabled(self) -> bool:
+        """Whether the parameters warp at all (Lingvo's off switches)."""
+        if self.time_warp_max_ratio <= 0:
+            return False
+        return self.time_warp_bound == "dynamic" or self.time_warp_max_frames > 0
+
+    def validate(self) -> None:
+        """Raises ValueError naming the `config.dataset.spec_augment` key of a bad value."""
+        for key in ("num_freq_masks", "max_freq_width", "num_time_masks", "max_time_width"):
+            value = getattr(self, key)
+            if not _is_count(value):
+                raise ValueError(
+                    f"config.dataset.spec_augment.{key}={value!r} must be an integer >= 0"
+                )
+        value = self.time_warp_max_frames
+        if not _is_count(value):
+            raise ValueError(
+                f"config.dataset.spec_augment.time_warp_max_frames={value!r} must be an "
+                "integer >= 0 (frames; 0 = no warp with time_warp_bound='static')"
+            )
+        ratio = self.time_warp_max_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0:
+            raise ValueError(
+                "config.dataset.spec_augment.time_warp_max_ratio="
+                f"{self.time_warp_max_ratio!r} must be >= 0 (fraction of the frames; 0 = "
+                "no warp)"
+            )
+        if self.time_warp_bound not in TIME_WARP_BOUNDS:
+            raise ValueError(
+                f"config.dataset.spec_augment.time_warp_bound={self.time_warp_bound!r}; "
+                f"allowed: {', '.join(TIME_WARP_BOUNDS)}"
+            )
+
+
+def spec_augment_settings(values) -> SpecAugment | None:
+    """`SpecAugment` from the `config.dataset.spec_augment` mapping (None when disabled),
+    validated."""
+    if not values.get("enabled", True):
+        return None
+    defaults = dataclasses.asdict(SpecAugment())
+    params = SpecAugment(**{k: values.get(k, v) for k, v in defaults.items() if k != "mask_value"})
+    params.validate()
+    return dataclasses.replace(
+        params,
+        num_freq_masks=int(params.num_freq_masks),
+        max_freq_width=int(params.max_freq_width),
+        num_time_masks=int(params.num_time_masks),
+        max_time_width=int(params.max_time_width),
+        time_warp_max_frames=int(params.time_warp_max_frames),
+        time_warp_max_ratio=float(params.time_warp_max_ratio),
+    )
 
 
 def default_dataset_config() -> ml_collections.ConfigDict:
@@ -91,7 +168,14 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     c.use_precomputed_spectrogram = True
     c.spec_augment = ml_collections.ConfigDict(
         dict(
-            enabled=True, num_freq_masks=1, max_freq_width=48, num_time_masks=1, max_time_width=192
+            enabled=True,
+            num_freq_masks=1,
+            max_freq_width=48,
+            num_time_masks=1,
+            max_time_width=192,
+            time_warp_max_frames=0,
+            time_warp_max_ratio=1.0,
+            time_warp_bound="static",
         )
     )
     c.rgb_augment = ml_collections.ConfigDict(dataclasses.asdict(RgbAugment()))
