@@ -170,14 +170,14 @@ def test_cli_writes_the_png_and_arrays(tmp_path):
     params = fx.random_params(model)
     export.save_export(export.default_export_dir(workdir), params, config, fx.dataset_meta())
     clip = fx.write_media(tmp_path, "clip.mp4", 2.0)
-    out = tmp_path / "maps.png"
+    out = tmp_path / "figures" / "maps.png"  # the folder is made
 
     code, stdout, stderr = run_main([f"--workdir={workdir}", clip, f"--out={out}", "--save_arrays"])
     assert code == 0, stderr
     # 2 tubelet time steps + the 2-cell log-mel; input row + rgb CLS, audio CLS, bottleneck.
     assert Image.open(out).size == (160 + 160 * (2 + 2), 40 + 160 * 4)
     assert attention_plot.figure_pixels(2, True, 3) == (800, 680)
-    arrays = np.load(tmp_path / "maps.npz")
+    arrays = np.load(tmp_path / "figures" / "maps.npz")
     assert str(arrays["method"]) == "rollout"
     assert list(arrays["queries"]) == ["cls_rgb", "cls_spectrogram", "bottleneck"]
     np.testing.assert_allclose(arrays["matrix"].sum(-1), 1.0, atol=1e-5)
@@ -194,3 +194,7 @@ def test_cli_writes_the_png_and_arrays(tmp_path):
 
     code, _, stderr = run_main([f"--workdir={workdir}", clip, f"--out={out}", "--layer=2"])
     assert code == 2 and "layers 0..1" in stderr
+
+    silent = fx.write_media(tmp_path, "silent.mp4", 1.0, audio=False)
+    code, _, stderr = run_main([f"--workdir={workdir}", silent, f"--out={out}"])
+    assert code == 1 and "no audio track" in stderr

@@ -432,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         predictor = predict.build_predictor(model_args)
         _check_mbt(predictor.model)
+        layers = predictor.model.num_layers
+        if args.layer is not None and not 0 <= args.layer < layers:
+            raise ValueError(f"--layer={args.layer}; the model has layers 0..{layers - 1}")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -443,15 +446,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     missing = [m for m in predictor.meta.modalities if m not in views.provided]
     if missing:
-        print(f"error: {path} has no {' or '.join(missing)} for this model", file=sys.stderr)
+        streams = {"spectrogram": "audio track", "rgb": "video stream"}
+        lacks = " or ".join(streams.get(m, m) for m in missing)
+        reads = "+".join(predictor.meta.modalities)
+        print(f"error: {path} has no {lacks}; the model reads {reads}", file=sys.stderr)
         return 1
     inputs = {m: views.inputs[m] for m in predictor.meta.modalities}
     logits, sown = capture(predictor.model, predictor.params, inputs)
-    try:
-        result = attention_maps(predictor.model, sown, predictor.meta.input_shapes, args.layer)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = attention_maps(predictor.model, sown, predictor.meta.input_shapes, args.layer)
     scores = predict.combine_views(logits, predictor)
     best = int(np.argmax(scores))
     seconds_per_frame = predictor.settings.stride / predictor.meta.video_fps
@@ -460,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.path.basename(path)} · {result.method} · top class: "
         f"{predictor.meta.class_names[best]} ({scores[best]:.2f})"
     )
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     size = attention_plot.draw(args.out, result, shown, header)
     print(f"wrote {args.out} ({size[0]}x{size[1]} px, {result.method})")
     if args.save_arrays:
