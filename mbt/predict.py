@@ -654,9 +654,9 @@ def format_text(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _flags() -> flags.FlagValues:
-    """The CLI's flags, on their own `FlagValues` (see `mbt.cli`)."""
-    fv = flags.FlagValues()
+def define_model_flags(fv: flags.FlagValues) -> None:
+    """The flags that pick the model (`build_predictor` reads them): --workdir, --export_dir,
+    --checkpoint (alias --scenic_checkpoint), --config and --class_names."""
     flags.DEFINE_string(
         "workdir", None, "model (one of): a training workdir: uses WORKDIR/export", flag_values=fv
     )
@@ -688,6 +688,12 @@ def _flags() -> flags.FlagValues:
         "name per line",
         flag_values=fv,
     )
+
+
+def _flags() -> flags.FlagValues:
+    """The CLI's flags, on their own `FlagValues` (see `mbt.cli`)."""
+    fv = flags.FlagValues()
+    define_model_flags(fv)
     flags.DEFINE_integer("top_k", 5, "classes shown per head", flag_values=fv)
     flags.DEFINE_bool("json", False, "one JSON object per file and line on stdout", flag_values=fv)
     flags.DEFINE_integer(

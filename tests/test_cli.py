@@ -12,6 +12,7 @@ from mbt import main  # noqa: F401  (its flags live on the global absl FLAGS)
 from mbt import predict
 from mbt.data import synthetic
 from mbt.data.builders import __main__ as builders_main
+from mbt.tools import attention
 from mbt.tools import flops  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def test_every_cli_defines_its_flags_on_its_own_flag_values_and_twice():
             "cross_fusion_benchmark",
         )
     ]
-    for module in [predict, synthetic, builders_main, *scripts]:
+    for module in [predict, attention, synthetic, builders_main, *scripts]:
         first, second = module._flags(), module._flags()
         assert first is not flags.FLAGS and second is not first
         assert "out" in first or "workdir" in first or "dataset" in first
