@@ -28,7 +28,7 @@ from mbt.data import settings as data_settings
 from mbt.models import clstm
 from mbt.models import sft
 
-NUM_TRAIN_STEPS = 3000
+NUM_TRAIN_STEPS = 2000
 
 
 def _data_config():
