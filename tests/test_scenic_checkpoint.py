@@ -193,8 +193,11 @@ def test_what_cannot_be_inferred_is_asked_for():
     with pytest.raises(ValueError, match=r"config\.model\.fusion_layer \(bottleneck fusion"):
         scenic_checkpoint.infer_model_config(bottleneck)
     cross = random_params(tiny_config(fusion="cross"))
-    with pytest.raises(ValueError, match=r"config\.model\.fusion \(no bottleneck"):
+    with pytest.raises(ValueError, match=r"config\.model\.fusion \(no bottleneck.*own block"):
         scenic_checkpoint.infer_model_config(cross)
+    shared = random_params(tiny_config(fusion="concat", fusion_layer=0, share_encoder=True))
+    with pytest.raises(ValueError, match=r"no bottleneck parameter; one block per layer shared"):
+        scenic_checkpoint.infer_model_config(shared)
     inferred = scenic_checkpoint.infer_model_config(cross, {"fusion": "cross", "fusion_layer": 2})
     assert (inferred.model.fusion, inferred.model.fusion_layer) == ("cross", 2)
     sampled = tiny_config(modalities=("rgb",))
@@ -271,3 +274,58 @@ def test_init_from_scenic_checkpoint_for_fine_tuning(tmp_path, writer):
     np.testing.assert_array_equal(
         same_classes["output_projection"]["kernel"], params["output_projection"]["kernel"]
     )
+
+
+def test_a_single_modality_checkpoint_with_scenics_unused_bottleneck_loads(tmp_path):
+    """Scenic creates `bottleneck` for a single-modality model too; it is ignored, not an error."""
+    config = tiny_config(modalities=("rgb",))
+    params = random_params(config)
+    inputs = make_inputs(config)
+    logits = logits_of(models.build_model(config, CLASSES), params, inputs)
+    scenic_params = dict(params, bottleneck=np.ones((1, 5, D), np.float32))
+    write_scenic_checkpoint(tmp_path, scenic_params, 3, "params")
+    for model_config in (None, tiny_config(modalities=("rgb",), n_bottlenecks=2)):
+        restored = scenic_checkpoint.load_scenic_mbt(str(tmp_path), model_config)
+        assert restored.ignored == ["bottleneck"]
+        assert "bottleneck" not in restored.params
+        np.testing.assert_allclose(
+            logits_of(restored.model, restored.params, inputs), logits, rtol=1e-5, atol=1e-5
+        )
+    # The same unused array in a two-modality model's place still has to fit.
+    assert scenic_checkpoint.unused_params({"bottleneck": 0}, tiny_config()) == set()
+
+
+def test_settings_the_parameters_cannot_show_are_named_when_defaulted(tmp_path, writer, caplog):
+    _, params, _, _ = writer
+    write_scenic_checkpoint(tmp_path, params, 2, "params")
+    with caplog.at_level("WARNING"):
+        restored = scenic_checkpoint.load_scenic_mbt(str(tmp_path), hints={"fusion_layer": 1})
+    assert restored.inferred.defaults_used == {
+        "test_with_bottlenecks": True,
+        "stochastic_droplayer_rate": 0.3,
+    }
+    assert "do not say stochastic_droplayer_rate or test_with_bottlenecks" in caplog.text
+    caplog.clear()
+    hints = {"fusion_layer": 1, "test_with_bottlenecks": False, "stochastic_droplayer_rate": 0.1}
+    with caplog.at_level("WARNING"):
+        restored = scenic_checkpoint.load_scenic_mbt(str(tmp_path), hints=hints)
+    assert restored.inferred.defaults_used == {}
+    assert restored.model_config.test_with_bottlenecks is False
+    assert "do not say" not in caplog.text
+
+
+def test_auto_format_tells_a_video_mbt_from_a_plain_vit(tmp_path):
+    """An rgb-only MBT with a 2-D (temporal sampling) kernel has a ViT's parameter names; its
+    frames x grid position table gives it away."""
+    sampled = tiny_config(modalities=("rgb",))
+    sampled.tokenizers.rgb = {"kind": "temporal_sampling", "patches": (8, 8), "n_sampled_frames": 2}
+    path = write_scenic_checkpoint(tmp_path / "mbt", random_params(sampled), 1, "params")
+    assert formats.detect_format(str(path)) == "scenic"
+    image = formats.unflatten(
+        {
+            "embedding/kernel": np.zeros((8, 8, 3, D), np.float32),
+            "cls": np.zeros((1, 1, D), np.float32),
+            "Transformer/posembed_input/pos_embedding": np.zeros((1, 1 + 16, D), np.float32),
+        }
+    )
+    assert not formats.is_mbt_tree(image)

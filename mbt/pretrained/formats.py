@@ -15,6 +15,7 @@ msgpack checkpoints are what `flax.training.checkpoints.save_checkpoint` writes:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -129,7 +130,8 @@ def is_mbt_tree(params: Mapping[str, Any]) -> bool:
     """True when a params tree is an MBT's rather than a plain ViT's.
 
     MBT-only marks: a `bottleneck`, modality-suffixed embeddings/position embeddings/blocks,
-    `cls<modality>`, or a 3-D (tubelet) embedding kernel.
+    `cls<modality>`, a 3-D (tubelet) embedding kernel, or a position embedding whose patch
+    count is not a square grid (frames x grid of a temporal-sampling video model).
     """
     names = set(params)
     if "bottleneck" in names or any(n.startswith("embedding_") for n in names):
@@ -144,7 +146,16 @@ def is_mbt_tree(params: Mapping[str, Any]) -> bool:
         if isinstance(params.get("embedding"), Mapping)
         else None
     )
-    return kernel is not None and np.ndim(kernel) == 5
+    if kernel is not None and np.ndim(kernel) == 5:
+        return True
+    # A single-modality video MBT with a 2-D (temporal sampling) kernel has a ViT's names; its
+    # position embedding covers frames x grid, which no square image grid gives.
+    posemb = transformer.get("posembed_input", {})
+    table = posemb.get("pos_embedding") if isinstance(posemb, Mapping) else None
+    if table is None or np.ndim(table) != 3:
+        return False
+    grid = np.shape(table)[1] - (1 if "cls" in names else 0)
+    return grid > 0 and math.isqrt(grid) ** 2 != grid
 
 
 def detect_format(path: str) -> str:

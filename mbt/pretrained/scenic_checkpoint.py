@@ -12,16 +12,19 @@ What the parameter shapes tell (`infer_model_config`):
   MLP size (`Dense_0/kernel` `[D, mlp]`), classes (`output_projection/kernel` `[D', classes]`),
   `representation_size` (`pre_logits`), classifier (`cls` present → token, else gap);
 - tokens per modality (position embedding length) → input size hints;
-- fusion: `bottleneck` present → bottleneck fusion with n = its length − 1 (token) or n (gap), but
-  the fusion layer is unknown (every layer keeps a block per modality); no bottleneck and
-  per-modality blocks only below layer k < L → concat fusion from k; per-modality blocks at every
-  layer → cross (any Lf) or concat with Lf = L: ask.
+- fusion: `bottleneck` present with 2+ modalities → bottleneck fusion with n = its length − 1
+  (token) or n (gap), but the fusion layer is unknown (every layer keeps a block per
+  modality); no bottleneck and per-modality blocks only below layer k < L → concat fusion from
+  k; per-modality blocks at every layer → cross (any Lf) or concat with Lf = L; one shared
+  block per layer → concat from 0 or cross with a shared encoder: ask. A single-modality
+  checkpoint's `bottleneck` (Scenic creates one) is unused and ignored on loading.
 What cannot be read must come from `hints` (a partial or full `config.model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -38,6 +41,7 @@ from mbt.models import mbt as mbt_lib
 from mbt.pretrained import formats
 from mbt.pretrained.report import InitReport
 
+_LOG = logging.getLogger(__name__)
 _VIDEO_LIKE = ("rgb", "flow")
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)(?:_([^/]+))?/")
 # Keys that only change computation, never parameter shapes: taken from hints or defaults.
@@ -51,6 +55,10 @@ _FREE_KEYS = (
     "test_with_bottlenecks",
     "name",
 )
+# Of those, the ones that change what the model computes and that a user of a Scenic checkpoint
+# may have set differently: `test_with_bottlenecks` (evaluation of bottleneck models) and
+# `stochastic_droplayer_rate` (fine-tuning).
+_UNSEEN_KEYS = ("test_with_bottlenecks", "stochastic_droplayer_rate")
 
 
 @dataclasses.dataclass
@@ -82,7 +90,9 @@ class InferredConfig:
     `model`: a complete `config.model`; `num_classes`; `token_counts` `{modality: tokens}` (no
     CLS); `input_channels` `{modality: C}`; `evidence` `{config key: parameter it came from}`;
     `from_hints`: keys the checkpoint could not tell, taken from the hints;
-    `input_shape_hints` `{modality: text}`: input sizes that give the checkpoint's token counts.
+    `input_shape_hints` `{modality: text}`: input sizes that give the checkpoint's token counts;
+    `defaults_used` `{key: value}`: settings that change the outputs but leave no trace in the
+    parameters, neither given by the hints, so set to our defaults (see `_UNSEEN_KEYS`).
     """
 
     model: ml_collections.ConfigDict
@@ -92,6 +102,7 @@ class InferredConfig:
     evidence: dict[str, str]
     from_hints: list[str]
     input_shape_hints: dict[str, str]
+    defaults_used: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _hint(hints: Mapping[str, Any] | None, key: str) -> Any:
@@ -294,7 +305,7 @@ def infer_model_config(
     hinted_fusion = _hint(hints, "fusion")
     hinted_layer = _hint(hints, "fusion_layer")
     fusion = fusion_layer = share_encoder = None
-    if "bottleneck" in shapes:
+    if "bottleneck" in shapes and multimodal:
         fusion, share_encoder = "bottleneck", not own_layers
         evidence["fusion"] = "bottleneck"
         evidence["n_bottlenecks"] = "bottleneck"
@@ -319,10 +330,17 @@ def infer_model_config(
 
     if fusion is None:
         if multimodal and not hinted_fusion:
-            needs.append(
-                "config.model.fusion (no bottleneck parameter; per-modality blocks fit "
-                "both 'cross' and 'concat')"
-            )
+            if own_layers:
+                fits = (
+                    "its own block per modality at every layer fits 'cross' (any fusion "
+                    f"layer) and 'concat' fused after the last layer (fusion_layer={num_layers})"
+                )
+            else:
+                fits = (
+                    "one block per layer shared by all modalities fits 'concat' from "
+                    "fusion_layer 0 and 'cross' with share_encoder=True"
+                )
+            needs.append(f"config.model.fusion (no bottleneck parameter; {fits})")
         elif hinted_fusion:
             if hinted_fusion == "bottleneck" and multimodal:
                 raise ValueError(
@@ -352,7 +370,7 @@ def infer_model_config(
         )
 
     n_bottlenecks = None
-    if "bottleneck" in shapes:
+    if "bottleneck" in shapes and multimodal:  # a single modality never uses it
         n_bottlenecks = shapes["bottleneck"][1] - classifier_tokens
         hinted_n = _hint(hints, "n_bottlenecks")
         if hinted_n is not None and int(hinted_n) != n_bottlenecks:
@@ -382,10 +400,15 @@ def infer_model_config(
             )
 
     model = models.default_mbt_config()
+    defaults_used = {}
     for key in _FREE_KEYS:
         given = _hint(hints, key)
         if given is not None:
             model[key] = given
+        elif key in _UNSEEN_KEYS:
+            defaults_used[key] = model[key]
+    if fusion != "bottleneck" or not multimodal:
+        defaults_used.pop("test_with_bottlenecks", None)  # changes nothing then
     model.update(
         dict(
             modalities=tuple(modalities),
@@ -405,7 +428,7 @@ def infer_model_config(
     model.tokenizers = ml_collections.ConfigDict(tokenizer_cfg)
     models.validate_model_config(model)
     return InferredConfig(
-        model, num_classes, token_counts, channels, evidence, from_hints, shape_hints
+        model, num_classes, token_counts, channels, evidence, from_hints, shape_hints, defaults_used
     )
 
 
@@ -509,6 +532,7 @@ class RestoredModel:
     num_classes: int
     step: int | None
     inferred: InferredConfig
+    ignored: list[str] = dataclasses.field(default_factory=list)  # unused checkpoint params
 
 
 def load_scenic_mbt(
@@ -526,6 +550,7 @@ def load_scenic_mbt(
     `input_shapes` (per example) additionally checks the position embeddings against real inputs.
     """
     checkpoint = read_scenic_checkpoint(path)
+    explicit_config = model_config
     inferred = infer_model_config(
         checkpoint.params, model_config if model_config is not None else hints
     )
@@ -542,11 +567,30 @@ def load_scenic_mbt(
         else dummy_input_shapes(model_config, inferred.token_counts, inferred.input_channels)
     )
     flat = formats.flatten(checkpoint.params)
+    ignored = unused_params(flat, model_config)
+    for key in ignored:
+        _LOG.info(
+            "%s: ignoring %s %s: Scenic creates bottleneck tokens for a single-modality model "
+            "too, which never uses them.",
+            checkpoint.path,
+            key,
+            tuple(flat[key].shape),
+        )
+        del flat[key]
     check_shapes(
         {k: tuple(v.shape) for k, v in flat.items()},
         expected_param_shapes(model_config, num_classes, shapes),
         checkpoint.path,
     )
+    if explicit_config is None and inferred.defaults_used:
+        _LOG.warning(
+            "%s: the parameters do not say %s; using %s. Set them (--config.model.<key>) if the "
+            "checkpoint was trained otherwise: e.g. test_with_bottlenecks=False changes the "
+            "test logits of a bottleneck model.",
+            checkpoint.path,
+            " or ".join(inferred.defaults_used),
+            ", ".join(f"{k}={v!r}" for k, v in inferred.defaults_used.items()),
+        )
     params = formats.unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
     return RestoredModel(
         models.build_model(model_config, num_classes),
@@ -555,7 +599,16 @@ def load_scenic_mbt(
         num_classes,
         checkpoint.step,
         inferred,
+        sorted(ignored),
     )
+
+
+def unused_params(flat: Mapping[str, Any], model_config: ml_collections.ConfigDict) -> set[str]:
+    """Checkpoint parameters the model built from `model_config` never uses and does not create:
+    the `bottleneck` Scenic keeps for a single-modality model with bottleneck fusion."""
+    if len(model_config.modalities) == 1 and "bottleneck" in flat:
+        return {"bottleneck"}
+    return set()
 
 
 def init_from_scenic(
