@@ -111,6 +111,13 @@ def validate_config(
     spec_augment = config.dataset.get("spec_augment")
     if spec_augment is not None:
         data_settings.spec_augment_settings(spec_augment)  # ValueError naming a bad key
+    fraction = config.dataset.get("train_fraction")
+    if fraction is not None and (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0.0 < float(fraction) <= 1.0
+    ):
+        _fail("dataset.train_fraction", fraction, "a number in (0, 1] (1 = the whole train split)")
 
     model_modalities = tuple(config.model.modalities)
     if meta is not None:

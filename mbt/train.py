@@ -39,6 +39,7 @@ from mbt import optim
 from mbt import sharding
 from mbt import train_step as step_lib
 from mbt import workdir as workdir_lib
+from mbt.data import settings as data_settings
 
 _LOG = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Setup:
                 f"is not a split of the dataset; allowed: {sorted(meta.num_examples)}"
             )
         self.steps_per_epoch = max(
-            meta.num_examples[self.splits["train"]] / config.batch_size, 1e-9
+            train_examples(config, meta, self.splits["train"]) / config.batch_size, 1e-9
         )
         self.total_steps = num_train_steps(config, meta, self.splits["train"])
         self.schedule = optim.make_lr_schedule(config.lr, self.total_steps, self.steps_per_epoch)
@@ -247,12 +248,22 @@ def resolve_splits(config: ml_collections.ConfigDict, data: Any) -> dict[str, st
     return names
 
 
+def train_examples(config, meta, train_split: str) -> int:
+    """Examples training reads: `config.dataset.train_fraction` (default 1) of the train split.
+
+    An epoch is one pass over these, so `num_epochs` counts passes over the fraction.
+    """
+    fraction = (config.get("dataset") or {}).get("train_fraction")
+    fraction = 1.0 if fraction is None else float(fraction)
+    return data_settings.train_fraction_size(meta.num_examples[train_split], fraction)
+
+
 def num_train_steps(config, meta, train_split: str) -> int:
-    """`config.num_train_steps` if set (> 0), else epochs x examples / global batch."""
+    """`config.num_train_steps` if set (> 0), else epochs x training examples / global batch."""
     steps = config.get("num_train_steps")
     if steps:
         return int(steps)
-    examples = meta.num_examples[train_split]
+    examples = train_examples(config, meta, train_split)
     return max(1, int(math.ceil(float(config.num_epochs) * examples / config.batch_size)))
 
 

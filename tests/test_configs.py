@@ -12,6 +12,7 @@ import train_fixtures
 
 from mbt import config_validation
 from mbt import siblings
+from mbt import train
 from mbt.data import pipeline
 from mbt.data import registry
 from mbt.data import settings as data_settings
@@ -224,11 +225,23 @@ def _broken(**overrides):
             {"dataset.spec_augment": {"enabled": True, "time_warp_bound": "linear"}},
             r"config.dataset.spec_augment.time_warp_bound='linear'; allowed: static, dynamic",
         ),
+        ({"dataset.train_fraction": 0.0}, r"config.dataset.train_fraction=0.0 .*in \(0, 1\]"),
+        ({"dataset.train_fraction": 1.5}, r"config.dataset.train_fraction=1.5"),
     ],
 )
 def test_config_errors_name_the_key_and_the_allowed_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         config_validation.validate_config(_broken(**overrides), mesh_shape=(8, 1))
+
+
+def test_epochs_count_passes_over_the_training_fraction():
+    meta = train_fixtures.InMemoryData(num_train=64).meta
+    config = _broken(num_train_steps=0, num_epochs=2.0)  # batch 16
+    assert train.num_train_steps(config, meta, "train") == 8
+    config.dataset.train_fraction = 0.25  # 16 examples: 2 epochs = 2 steps
+    assert train.num_train_steps(config, meta, "train") == 2
+    config.num_train_steps = 5  # an explicit step count wins
+    assert train.num_train_steps(config, meta, "train") == 5
 
 
 def test_modalities_are_checked_against_what_the_dataset_provides():

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from mbt.data import pipeline
 from mbt.data import registry
+from mbt.data import settings
 from mbt.data import sources
 
 FPS = 10.0
@@ -134,6 +135,38 @@ def test_train_is_seeded_and_start_batch_equals_skipping(source):
     for a, b in zip(reference[5:], resumed):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_train_fraction_reads_the_first_examples_over_all_hosts_and_leaves_eval_whole(source):
+    # 0.5 of the 6 train examples = the first 3 in stored order, each epoch a permutation.
+    config = _config(train_fraction=0.5)
+    order = np.concatenate(
+        [b["video_index"] for b in _batches(source, config, None, "train", 3, 4)]
+    )
+    assert [sorted(order[i : i + 3]) for i in range(0, 12, 3)] == [[0, 1, 2]] * 4
+    # Two hosts split those 3 (host 0: [0, 1), host 1: [1, 3)), never reading past them.
+    hosts = [
+        set(
+            np.concatenate(
+                [
+                    b["video_index"]
+                    for b in _batches(
+                        source, config, None, "train", 1, 4, process_index=p, process_count=2
+                    )
+                ]
+            ).tolist()
+        )
+        for p in range(2)
+    ]
+    assert hosts == [{0}, {1, 2}]
+    # ceil(0.4 * 6) = 3 too; any fraction > 0 keeps at least one example.
+    assert settings.train_fraction_size(6, 0.4) == 3 and settings.train_fraction_size(6, 0.01) == 1
+    assert settings.train_fraction_size(10, 0.3) == 3  # not 4 from 0.3 * 10 = 3.0000000000000004
+    # Eval and test read the whole split whatever the fraction.
+    evaluated = _batches(source, config, "eval", "eval", 4)
+    assert sum(b["batch_mask"].sum() for b in evaluated) == 7
+    with pytest.raises(ValueError, match=r"config.dataset.train_fraction=0.0 must be in \(0, 1\]"):
+        _batches(source, _config(train_fraction=0.0), None, "train", 3, 1)
 
 
 def test_eval_pads_last_batch_and_is_deterministic(source):

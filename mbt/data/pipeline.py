@@ -4,11 +4,12 @@ API: `default_dataset_config()`, `get_dataset_meta(config)`, `make_dataset(confi
 mode, batch_size, ...)`, `num_batches(...)`, `prepare_dataset(config, workdir)`.
 
 Modes:
-- 'train': infinite; each epoch is a fresh seeded shuffle of the host's examples (shuffle
-  buffer over the read order); one random window and crop per example with stateless
-  augmentation seeded by (seed, host, position in the stream); full batches. Resuming with
-  `start_batch=k` gives exactly the batches after the first k, skipping whole epochs without
-  reading them and the rest of one epoch without decoding anything.
+- 'train': infinite, over the first `train_fraction` of the split; each epoch is a fresh
+  seeded shuffle of the host's examples (shuffle buffer over the read order); one random
+  window and crop per example with stateless augmentation seeded by (seed, host, position
+  in the stream); full batches. Resuming with `start_batch=k` gives exactly the batches
+  after the first k, skipping whole epochs without reading them and the rest of one epoch
+  without decoding anything.
 - 'eval': one pass, centre window, centre crop, no augmentation.
 - 'test': one pass, `num_test_clips × num_spatial_crops` views per example that share its
   `video_index`.
@@ -29,6 +30,10 @@ docs/config.md):
   train_split, eval_split, test_split
                        split names ('' = the dataset's usual ones: its spec's
                        default_splits)
+  train_fraction       fraction in (0, 1] of the split that 'train' mode reads: its first
+                       ceil(fraction x N) examples in stored order, the same for every
+                       seed and run (hosts split that subset between them); 'eval' and
+                       'test' always read the whole split
   modalities           subset of ('rgb', 'spectrogram')
   video_fps            frame rate of the stored frames (0 = the builder config's fps; 25 for
                        scenic_tfrecord)
@@ -81,6 +86,7 @@ from mbt.data import registry
 from mbt.data import settings as data_settings
 from mbt.data import sources
 from mbt.data.settings import default_dataset_config
+from mbt.data.settings import train_fraction_size
 
 _LOG = logging.getLogger(__name__)
 
@@ -379,6 +385,8 @@ def build_tf_dataset(
     total = source.split_sizes[split]
     if total == 0:
         raise ValueError(f"split {split!r} of {source.name} has no examples")
+    if mode == "train":  # the first examples in stored order, for all hosts together
+        total = train_fraction_size(total, float(values["train_fraction"]))
     start, stop = host_range(total, process_index, process_count)
     count = stop - start
     if count:
@@ -390,7 +398,8 @@ def build_tf_dataset(
     if mode == "train":
         if count == 0:
             raise ValueError(
-                f"split {split!r} has {total} examples, fewer than the "
+                f"split {split!r} has {total} examples to train on (config.dataset."
+                f"train_fraction={values['train_fraction']}), fewer than the "
                 f"{process_count} processes: host {process_index} has none to train on"
             )
         skipped = start_batch * batch_size

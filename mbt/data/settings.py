@@ -8,6 +8,7 @@ docs/config.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ml_collections
 
@@ -146,6 +147,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     c.train_split = ""
     c.eval_split = ""
     c.test_split = ""
+    c.train_fraction = 1.0
     c.modalities = ("rgb", "spectrogram")
     c.video_fps = 0.0
     c.num_frames = 32
@@ -199,3 +201,16 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     c.multi_label = True
     c.class_splits = ()
     return c
+
+
+def train_fraction_size(num_examples: int, fraction: float) -> int:
+    """How many examples of a train split of `num_examples` training reads at `fraction`.
+
+    `ceil(fraction * num_examples)` (at least 1, so any fraction in (0, 1] trains on
+    something); the pipeline reads the first that many examples of the split in stored
+    order, over all hosts together (`config.dataset.train_fraction`, docs/config.md).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"config.dataset.train_fraction={fraction!r} must be in (0, 1]")
+    # The small tolerance keeps e.g. 0.3 * 10 (= 3.0000000000000004) at 3 examples.
+    return max(1, math.ceil(fraction * num_examples - 1e-9))
