@@ -12,6 +12,7 @@ from mbt import main  # noqa: F401  (its flags live on the global absl FLAGS)
 from mbt import predict
 from mbt.data import synthetic
 from mbt.data.builders import __main__ as builders_main
+from mbt.experiments import __main__ as experiments_main
 from mbt.tools import attention
 from mbt.tools import flops  # noqa: F401
 
@@ -28,10 +29,10 @@ def test_every_cli_defines_its_flags_on_its_own_flag_values_and_twice():
             "cross_fusion_benchmark",
         )
     ]
-    for module in [predict, attention, synthetic, builders_main, *scripts]:
+    for module in [predict, attention, synthetic, builders_main, experiments_main, *scripts]:
         first, second = module._flags(), module._flags()
         assert first is not flags.FLAGS and second is not first
-        assert "out" in first or "workdir" in first or "dataset" in first
+        assert any(name in first for name in ("out", "workdir", "dataset"))
     # Same names as the global flags of mbt.main, no DuplicateFlagError.
     assert "workdir" in flags.FLAGS and "workdir" in predict._flags()
 
