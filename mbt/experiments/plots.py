@@ -33,6 +33,13 @@ def _finish(fig, path: str, title: str) -> None:
     _pyplot().close(fig)
 
 
+def _few_ticks(axis, integer: bool = False) -> None:
+    """At most 6 tick labels, so long ones (0.0017..., tiny GFLOP counts) do not overlap."""
+    from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+    axis.set_major_locator(ticker.MaxNLocator(nbins=5, integer=integer))
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -61,10 +68,14 @@ def lines_plot(x_key: str, series_key: str | None, x_label: str, *, log_x: bool 
             ax.set_ylabel(_LABELS.get(key, key))
             if log_x:
                 ax.set_xscale("log", base=2)
+            else:
+                xs = [r[x_key] for rows in series.values() for r in rows]
+                _few_ticks(ax.xaxis, integer=all(isinstance(x, int) for x in xs))
+            _few_ticks(ax.yaxis)
             ax.grid(alpha=0.3)
             if series_key and series:
                 ax.legend(fontsize=8)
-        _finish(fig, path, table["experiment"])
+        _finish(fig, path, f"{table['experiment']} ({table.get('figure', '')})")
 
     return plot
 
@@ -82,7 +93,7 @@ def bars_plot() -> PlotFn:
             ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
             ax.set_ylabel(_LABELS.get(key, key))
             ax.grid(alpha=0.3, axis="y")
-        _finish(fig, path, table["experiment"])
+        _finish(fig, path, f"{table['experiment']} ({table.get('figure', '')})")
 
     return plot
 
@@ -105,8 +116,9 @@ def scatter_plot(x_keys: Sequence[str]) -> PlotFn:
                 )
             ax.set_xlabel(_LABELS.get(key, key))
             ax.set_ylabel(metric)
+            _few_ticks(ax.xaxis)
             ax.grid(alpha=0.3)
-        _finish(fig, path, table["experiment"])
+        _finish(fig, path, f"{table['experiment']} ({table.get('figure', '')})")
 
     return plot
 
@@ -144,6 +156,6 @@ def noise_plot() -> PlotFn:
             ax.set_ylabel(table.get("noise_metric", table["metric"]))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        _finish(fig, path, table["experiment"])
+        _finish(fig, path, f"{table['experiment']} ({table.get('figure', '')})")
 
     return plot
