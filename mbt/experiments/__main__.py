@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 from absl import flags
 
 from mbt import cli
@@ -104,6 +105,10 @@ def _record_experiment(
 ) -> dict[str, Any]:
     """Writes `<out>/experiment.json`: its runs and the commands that ran them."""
     info = _experiment_info(out)
+    if info.get("experiment") not in (None, experiment.name):
+        raise ValueError(
+            f"{out} holds experiment {info['experiment']}; use another --out for {experiment.name}"
+        )
     if info.get("data") not in (None, data):
         raise ValueError(
             f"{out} holds experiment {info.get('experiment')} on --data={info['data']}; use "
@@ -117,7 +122,8 @@ def _record_experiment(
         "commands": commands,
         "runs": {run.name: dict(run.swept) for run in all_runs},
     }
-    records.write_json(os.path.join(out, records.EXPERIMENT_FILE), info)
+    if jax.process_index() == 0:
+        records.write_json(os.path.join(out, records.EXPERIMENT_FILE), info)
     return info
 
 
@@ -167,8 +173,9 @@ def run(
         if outcome == "stopped":
             status = 1
             break
-    collect_lib.collect(experiment, out, info["runs"], _info_for_table(info))
-    _print_table(out)
+    if jax.process_index() == 0:
+        collect_lib.collect(experiment, out, info["runs"], _info_for_table(info))
+        _print_table(out)
     return status
 
 
@@ -191,8 +198,6 @@ def _check_configs(
 ) -> None:
     """Builds and validates every run's config before anything runs (bad --set values fail
     here, naming the key)."""
-    import jax  # pylint: disable=g-import-not-at-top
-
     from mbt import config_validation  # pylint: disable=g-import-not-at-top
     from mbt import sharding  # pylint: disable=g-import-not-at-top
 
