@@ -6,7 +6,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import train_fixtures
 from flax.traverse_util import flatten_dict
@@ -14,7 +13,6 @@ from flax.traverse_util import flatten_dict
 from mbt import models
 from mbt import sharding
 from mbt import train
-from mbt import train_step as step_lib
 from mbt.models import sft
 from mbt.models import sft_attention
 
@@ -47,7 +45,9 @@ def make_inputs(seed=0, batch=2):
 
 def init(config, inputs, seed=0):
     model = models.build_model(config, CLASSES)
-    params = model.init({"params": jax.random.PRNGKey(seed)}, inputs, train=False)["params"]
+    # Jitted: eager initialisation of these models takes several times longer.
+    key = jax.random.PRNGKey(seed)
+    params = jax.jit(lambda: model.init({"params": key}, inputs, train=False))()["params"]
     # Zero-initialised head: give it weights so logits depend on the features.
     kernel = params["output_projection"]["kernel"]
     params["output_projection"]["kernel"] = jax.random.normal(jax.random.PRNGKey(7), kernel.shape)
@@ -121,21 +121,26 @@ def test_parameter_tree_and_logits_shape():
     assert np.isfinite(np.asarray(logits)).all()
 
 
+def _param_paths(config):
+    model = models.build_model(config, CLASSES)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), make_inputs(), train=False))
+    return {"/".join(k) for k in flatten_dict(shapes["params"])}
+
+
 def test_authors_sparse_block_holds_attention_only():
-    model, params = init(tiny_config(sparse_block="attention"), make_inputs())
+    authors, earlier = (
+        _param_paths(tiny_config(sparse_block="attention")),
+        _param_paths(tiny_config()),
+    )
     for name in ("sparse_pool", "sparse_pool_spectrogram"):
-        paths = {"/".join(k) for k in flatten_dict(params["Transformer"][name])}
-        assert paths == {
-            f"MultiHeadDotProductAttention_0/{n}/{p}"
+        assert {p for p in authors if p.startswith(f"Transformer/{name}/")} == {
+            f"Transformer/{name}/MultiHeadDotProductAttention_0/{n}/{p}"
             for n in ("query", "key", "value", "out")
             for p in ("kernel", "bias")
         }
-    # The rest of the tree is the earlier variant's: its checkpoints' other blocks still fit.
-    _, full = init(tiny_config(), make_inputs())
-    assert {k for k in params if k != "Transformer"} == {k for k in full if k != "Transformer"}
-    assert set(params["Transformer"]) == set(full["Transformer"])
-    logits = model.apply({"params": params}, make_inputs(1), train=False)
-    assert logits.shape == (2, CLASSES) and np.isfinite(np.asarray(logits)).all()
+    # Everything else is the earlier variant's tree: those checkpoints' other blocks still fit.
+    assert authors < earlier
+    assert all("/sparse_pool" in p for p in earlier - authors)
 
 
 def test_fused_cls_is_sum_of_modality_cls_and_joint_tokens_are_max_pooled():
@@ -204,7 +209,7 @@ def test_cls_topk_pooling_keeps_tokens_the_cls_attends_to_most():
 def test_window_padding_and_attention_pooling_reach_the_joint_blocks():
     # rgb 8 tokens: avg windows of 3 with 1 padding → (8 + 2) // 3 = 3 tokens; spectrogram
     # 12 tokens, pool size 0 → derived from pool_k = 5: kernel 3, padding 1 → 4 tokens.
-    for pool_type in ("avg", "attn"):
+    for pool_type in ("attn",):  # the window arithmetic of each pool: test_sft_pooling.py
         config = tiny_config(
             pool_type=pool_type,
             sparse_block="attention",
@@ -290,64 +295,15 @@ def test_latent_mixup_sows_lambdas_partners_and_mixes_only_distinct_examples():
 
 
 def _authors_tiny_config(**overrides):
-    config = tiny_config(n_layers_post_fusion=2)
+    config = tiny_config()
     data = {"num_mel_bins": 16, "hop_ms": 10.0}
     config.update(sft.authors_model_overrides(config, data))
-    config.update(n_layers_post_fusion=2, pool_sizes={"rgb": 0, "spectrogram": 4})
+    config.update(n_layers_post_fusion=1, pool_sizes={"rgb": 0, "spectrogram": 4})
     config.update(overrides)
     return config
 
 
-def test_jitted_train_step_of_the_authors_variant_lowers_the_loss():
-    """The trainer's step on the authors' SFT at tiny size: attention-only sparse block, max
-    pooling (rgb to one token, spectrogram windows of 4), latent mixup 'any' with per-example
-    λ per modality and a permutation partner, from step 2 on; AdamW with clipping 0.8."""
-    config = _authors_tiny_config(latent_mixup_after_epochs=2.0)
-    assert (config.sparse_block, config.latent_mixup, config.latent_mixup_alpha) == (
-        "attention",
-        "any",
-        0.3,
-    )
-    family = models.get_family("sft")
-    start = family.latent_mixup_start_step(config, steps_per_epoch=1.0)
-    assert start == 2
-    inputs = make_inputs(4, batch=4)
-    model, params = init(config, inputs)
-    optimizer = optax.chain(optax.clip_by_global_norm(0.8), optax.adamw(1e-2, weight_decay=0.0))
-    cfg = step_lib.StepConfig(
-        modalities=("rgb", "spectrogram"),
-        multi_label=False,
-        latent_mixup=family.latent_mixup(config),
-        latent_mixup_start_step=start,
-    )
-    step = jax.jit(step_lib.make_train_step(model, optimizer, optax.constant_schedule(1e-2), cfg))
-    state = step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        rng=jax.random.PRNGKey(0),
-    )
-    batch = dict(inputs, label=jax.nn.one_hot(jnp.arange(4) % CLASSES, CLASSES))
-    unmixed_logits = jax.jit(
-        lambda p: model.apply(
-            {"params": p},
-            inputs,
-            train=True,
-            latent_mixup_active=False,
-            rngs={"dropout": state.rng},
-        )
-    )(params)
-    unmixed = optax.softmax_cross_entropy(unmixed_logits, batch["label"]).mean()
-    state, metrics = step(state, batch, None)
-    assert float(metrics["loss"]) == pytest.approx(float(unmixed), rel=1e-5)  # step 0: unmixed
-    losses = []  # steps 1 (unmixed), 2, 3, … (mixed: targets are mixtures, losses noisier)
-    for _ in range(15):
-        state, metrics = step(state, batch, None)
-        losses.append(float(metrics["loss"]))
-    assert np.isfinite(losses).all() and np.mean(losses[-3:]) < 0.7 * np.mean(losses[1:4])
-
-
-def test_the_trainer_starts_latent_mixup_after_the_configured_epochs():
+def test_the_trainer_starts_latent_mixup_after_the_configured_epochs_and_shards_every_param():
     config = train_fixtures.tiny_config(**{"lr.warmup_steps": 0, "mesh_shape": (4, 2)})
     config.model = _authors_tiny_config(latent_mixup_after_epochs=1.0)
     data = train_fixtures.InMemoryData()
@@ -355,10 +311,6 @@ def test_the_trainer_starts_latent_mixup_after_the_configured_epochs():
     assert setup.step_cfg.latent_mixup
     assert setup.step_cfg.latent_mixup_start_step == round(setup.steps_per_epoch) > 1
     assert sharding.uncovered_paths(setup.abstract_state, sharding.rules_for(config.model)) == []
-    state = setup.init()
-    batch = next(data.batches("train", "train", config.batch_size, seed=0))
-    state, metrics = setup.run_train_step(state, batch, 1)
-    assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
 
 
 @pytest.mark.parametrize(
@@ -407,7 +359,7 @@ def test_missing_or_oversized_pool_size_is_reported():
     config.pool_sizes.rgb = 9  # only 8 rgb tokens
     model = models.build_model(config, CLASSES)
     with pytest.raises(ValueError, match="pool_sizes.rgb=9 cannot pool modality 'rgb'"):
-        model.init(jax.random.PRNGKey(0), make_inputs(), train=False)
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), make_inputs(), train=False))
     model = models.build_model(tiny_config(pool_type="topk", pool_k=9), CLASSES)
     with pytest.raises(ValueError, match="pool_k=9 cannot pool modality 'rgb'"):
-        model.init(jax.random.PRNGKey(0), make_inputs(), train=False)
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), make_inputs(), train=False))
