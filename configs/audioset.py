@@ -13,6 +13,8 @@ Argument `key=value,...` (every key optional; the first value is the default):
   modalities  'av' | 'audio' | 'rgb'.
   specaug     'paper' | 'scenic': SpecAugment as the MBT paper states it, or as Scenic's
               released config runs it (`mbt.recipe.SPEC_AUGMENT_RECIPES` says how they differ).
+  sft_recipe  'authors' | 'mbt' (model=sft only): the SFT authors' model options and AdamW
+              recipe, or this project's earlier SFT-B/16 in MBT's SGD recipe (docs/models.md).
 Evaluation and test use the `eval` split (4 clips per video at test). The epoch counts for
 '500k' and 'full' are this project's defaults (the references give the AS-mini recipe
 only): set --config.num_epochs for your budget.
@@ -31,11 +33,12 @@ def get_config(arg=None):
         split=tuple(_TRAIN_SPLITS),
         modalities=recipe.MODALITIES,
         specaug=recipe.SPEC_AUGMENTS,
+        sft_recipe=recipe.SFT_RECIPES,
     )
     config = recipe.mbt_b16_config("audioset")
     recipe.set_modalities(config, arg.modalities)
     recipe.set_spec_augment(config, arg.specaug)
-    recipe.set_model(config, arg.model)
+    recipe.set_model(config, arg.model, arg.sft_recipe)
     config.dataset.train_split = _TRAIN_SPLITS[arg.split]
     config.dataset.eval_split = "eval"
     config.dataset.test_split = "eval"

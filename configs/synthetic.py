@@ -7,6 +7,8 @@
 Argument `key=value,...` (every key optional; the first value is the default):
   model       'mbt' | 'sft' | 'clstm' (tiny sizes, below)
   modalities  'av' | 'audio' | 'rgb'
+  sft_recipe  'authors' | 'mbt' (model=sft only): the SFT authors' model options and
+              optimiser, or this project's earlier SFT with the demo's recipe (below)
 
 `mbt.data.pipeline.prepare_dataset` writes and builds the synthetic copy in the workdir
 (6 classes = 3 colour gratings x 2 tones; `mbt.data.synthetic`) and the model trains on CPU
@@ -18,8 +20,15 @@ data, and prints a table of their test top-1. Single modalities are capped by co
 Models (all width 32, AdamW lr 3e-3, 300 steps of batch 16):
 - mbt: 2 layers, bottleneck fusion from layer 1 with 4 bottleneck tokens; rgb tubelets
   2x8x8 (32 tokens), spectrogram patches 20x8 (20 tokens).
-- sft: 1 unimodal block, the sparse-pool block and 1 joint block; pool sizes 4 (rgb 32
-  tokens -> 8, spectrogram 20 -> 5): the joint block sees 1 + 13 tokens instead of 54.
+- sft: 1 unimodal block, the sparse block and 1 joint block. `sft_recipe=authors`: the
+  authors' options (`mbt.models.sft.authors_model_overrides`): attention-only sparse block,
+  max pooling of rgb to 1 token (32 tokens, one window) and of the spectrogram in 0.64 s
+  windows (3 rows of 4 patches: 20 tokens -> 1), latent mixup `any` (alpha 0.3, per-example
+  lambda per modality, permutation partner) after the first quarter of training unmixed
+  (11 of 44 epochs, their 5 of 20); their optimiser (AdamW lr 1e-3 constant, no weight
+  decay, clipping 0.8) at the demo's batch 16 and 300 steps. `sft_recipe=mbt`: the earlier
+  variant, a full encoder sparse block and pool sizes 4 (rgb 32 tokens -> 8, spectrogram
+  20 -> 5), with the recipe of the other demos.
 - clstm: 2 ConvLSTM layers (16, 32 channels, strides 4, 2), fused at the input.
 """
 
@@ -78,8 +87,21 @@ def _tiny_sft():
     model.n_layers_post_fusion = 1
     model.pool_type = "max"
     model.pool_sizes = {"rgb": 4, "spectrogram": 4}
-    model.latent_mixup_alpha = 0.0  # off, as in the B/16 configs
+    model.latent_mixup_alpha = 0.0  # off, as in the MBT-recipe configs
     return model
+
+
+def _use_sft_authors_recipe(config):
+    """The authors' SFT options and optimiser at the demo's size, batch and step count."""
+    sft.use_authors_model(config.model, config.dataset)
+    config.model.n_layers_pre_fusion = 1
+    config.model.n_layers_post_fusion = 1
+    config.model.latent_mixup_after_epochs = 11.0  # of 44: their first 5 of 20 epochs
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.grad_clip_norm = 0.8
+    config.lr.schedule = "constant"
+    config.lr.base_lr = 1e-3
+    config.lr.warmup_steps = 0
 
 
 def _tiny_clstm():
@@ -95,7 +117,11 @@ _TINY_MODELS = {"mbt": _tiny_mbt, "sft": _tiny_sft, "clstm": _tiny_clstm}
 
 
 def get_config(arg=None):
-    arg = recipe.parse_arg(arg, model=recipe.MODEL_NAMES, modalities=recipe.MODALITIES)
+    arg = recipe.parse_arg(
+        arg, model=recipe.MODEL_NAMES, modalities=recipe.MODALITIES, sft_recipe=recipe.SFT_RECIPES
+    )
+    if arg.sft_recipe != "authors" and arg.model != "sft":
+        raise ValueError(f"config argument sft_recipe={arg.sft_recipe} applies to model=sft only")
     config = config_validation.trainer_config()
     config.seed = 0
     config.dataset = _data_config()
@@ -119,6 +145,8 @@ def get_config(arg=None):
     config.log_every_steps = 25
     config.eval_every_steps = 0
     config.final_eval = False  # VGGSound has no validation split: test only
+    if arg.model == "sft" and arg.sft_recipe == "authors":
+        _use_sft_authors_recipe(config)
 
     if arg.model == "mbt" and arg.modalities == "av":
         here = os.path.abspath(__file__)

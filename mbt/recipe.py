@@ -31,6 +31,7 @@ from mbt import config_validation
 from mbt import models
 from mbt import pretrained
 from mbt.data import settings as data_settings
+from mbt.models import sft as sft_lib
 
 # The `model=` choices of the config files, MBT (the default) first.
 MODEL_NAMES = ("mbt",) + tuple(n for n in models.known_names() if n != "mbt")
@@ -59,6 +60,9 @@ SPEC_AUGMENT_RECIPES = {
     ),
 }
 SPEC_AUGMENTS = tuple(SPEC_AUGMENT_RECIPES)
+# The `sft_recipe=` choices: the SFT authors' model and recipe (default), or this project's
+# earlier SFT-B/16 in MBT's recipe (`mbt.models.sft.use_mbt_recipe`).
+SFT_RECIPES = ("authors", "mbt")
 
 
 def parse_arg(arg: str | None, **choices: Sequence[str]) -> ml_collections.ConfigDict:
@@ -119,9 +123,11 @@ def set_modalities(config: ml_collections.ConfigDict, choice: str) -> ml_collect
     modalities = MODALITY_CHOICES[choice]
     config.model.modalities = modalities
     config.dataset.modalities = modalities
-    if "pool_sizes" in config.model:  # SFT: one pool size per modality it has
+    if "pool_sizes" in config.model:  # SFT: one pool size and padding per modality it has
         sizes = dict(config.model.pool_sizes)
         config.model.pool_sizes = {m: sizes.get(m, 16) for m in modalities}
+        paddings = dict(config.model.get("pool_paddings") or {})
+        config.model.pool_paddings = {m: paddings.get(m, 0) for m in modalities}
     return config
 
 
@@ -135,13 +141,26 @@ def set_spec_augment(config: ml_collections.ConfigDict, choice: str) -> ml_colle
     return config
 
 
-def set_model(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+def set_model(
+    config: ml_collections.ConfigDict, name: str, sft_recipe: str = "authors"
+) -> ml_collections.ConfigDict:
     """Swaps the MBT-B/16 model of `config` for the defaults of family `name` (same
     modalities), with the recipe changes that family's paper needs (its `adapt_recipe`:
-    e.g. SFT keeps MBT's SGD recipe, the C-LSTM trains with AdamW from scratch)."""
+    e.g. SFT takes its authors' model options and AdamW recipe, the C-LSTM trains with AdamW
+    from scratch). `sft_recipe='mbt'` (model 'sft' only) keeps MBT's recipe and this
+    project's earlier SFT instead (`mbt.models.sft.use_mbt_recipe`)."""
+    if sft_recipe not in SFT_RECIPES:
+        raise ValueError(
+            f"config argument sft_recipe={sft_recipe!r}; allowed: {', '.join(SFT_RECIPES)}"
+        )
+    if sft_recipe != "authors" and name != "sft":
+        raise ValueError(f"config argument sft_recipe={sft_recipe} applies to model=sft only")
     family = models.get_family(name)
     mbt_model = config.model
     config.model = family.default_config()
     config.model.modalities = tuple(mbt_model.modalities)
-    family.adapt_recipe(config, mbt_model)
+    if sft_recipe == "mbt":
+        sft_lib.use_mbt_recipe(config, mbt_model)
+    else:
+        family.adapt_recipe(config, mbt_model)
     return config

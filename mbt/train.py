@@ -137,6 +137,9 @@ class Setup:
             mixup_alpha=float(mixup.get("alpha", 0.0) or 0.0),
             mixmod=bool(mixup.get("mixmod", False)),
             latent_mixup=self.family.latent_mixup(config.model),
+            latent_mixup_start_step=self.family.latent_mixup_start_step(
+                config.model, self.steps_per_epoch
+            ),
             grad_accum_steps=int(config.get("grad_accum_steps", 1) or 1),
         )
 

@@ -49,8 +49,11 @@ class StepConfig:
     (the trainer draws the lambdas, see `mixup.sample_lambdas`).
     grad_accum_steps: micro-batches per optimiser update (the batch is split in this many).
     latent_mixup: the model mixes its hidden states in training and sows
-    `intermediates/latent_mixup_lambda` (its family's `latent_mixup(config.model)`, e.g. SFT
-    with `latent_mixup_alpha > 0`); the targets are then mixed with that λ.
+    `intermediates/latent_mixup_lambda` and `latent_mixup_partner` (its family's
+    `latent_mixup(config.model)`, e.g. SFT with `latent_mixup_alpha > 0`); the targets are
+    then mixed with those λs and partners.
+    latent_mixup_start_step: steps before it (0-based `state.step`) run the model with
+    `latent_mixup_active=False` (nothing mixed); the family's `latent_mixup_start_step`.
     """
 
     modalities: tuple[str, ...]
@@ -62,6 +65,7 @@ class StepConfig:
     mixmod: bool = False
     grad_accum_steps: int = 1
     latent_mixup: bool = False
+    latent_mixup_start_step: int = 0
 
 
 def init_state(
@@ -103,18 +107,29 @@ def _split_micro_batches(tree, num: int):
 def latent_mixup_targets(targets_BxC: jnp.ndarray, intermediates: Mapping[str, Any]) -> jnp.ndarray:
     """Targets of a model that mixed its hidden states (SFT latent mixup), `[B, C]`.
 
-    The model sows `latent_mixup_lambda = ({modality: λ_m},)` and mixes example i with
-    example i − 1 (`roll(h, 1, axis=0)`); its single head sees all modalities, so the targets
-    mix with the mean λ: `λ·y + (1 − λ)·roll(y, 1, axis=0)`.
+    The model sows `latent_mixup_lambda = ({modality: λ_m},)`, each λ_m `[B]` (one per
+    example) or a scalar, and `latent_mixup_partner = ([B] int,)`, the example each one was
+    mixed with (absent: b − 1, i.e. `roll(…, 1, axis=0)`). Its single head sees all
+    modalities, so the targets mix with the mean λ over modalities, per example:
+    `λ̄_b·y_b + (1 − λ̄_b)·y_partner(b)` (the SFT authors' loss λ̄·CE(y) + (1 − λ̄)·CE(y'), as
+    cross-entropy is linear in the targets).
     """
     if "latent_mixup_lambda" not in intermediates:
         raise ValueError(
             "the step expects latent mixup (StepConfig.latent_mixup) but the model sowed no "
             "intermediates/latent_mixup_lambda (config.model.latent_mixup_alpha)"
         )
+    batch = targets_BxC.shape[0]
     lambdas = intermediates["latent_mixup_lambda"][0]
-    lam = jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32) for v in lambdas.values()]))
-    return lam * targets_BxC + (1.0 - lam) * jnp.roll(targets_BxC, 1, axis=0)
+    per_modality = [
+        jnp.broadcast_to(jnp.asarray(v, jnp.float32), (batch,)) for v in lambdas.values()
+    ]
+    lam_Bx1 = jnp.mean(jnp.stack(per_modality), axis=0)[:, None]
+    if "latent_mixup_partner" in intermediates:
+        partner_targets = jnp.take(targets_BxC, intermediates["latent_mixup_partner"][0], axis=0)
+    else:
+        partner_targets = jnp.roll(targets_BxC, 1, axis=0)
+    return lam_Bx1 * targets_BxC + (1.0 - lam_Bx1) * partner_targets
 
 
 def train_step(
@@ -163,6 +178,7 @@ def train_step(
                 {"params": params},
                 micro_inputs,
                 train=True,
+                latent_mixup_active=state.step >= cfg.latent_mixup_start_step,
                 rngs={"dropout": rng},
                 mutable=["intermediates"],
             )

@@ -21,12 +21,15 @@ from typing import Any
 import jax
 import ml_collections
 
+from mbt import models
+
 _LOG = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 
-# `config.model` keys (matched by their last component) that change how the model runs but
-# not its parameter tree: a workdir may be evaluated or resumed with other values.
+# `config.model` keys (matched by any component of the dotted name, e.g. `pool_sizes` for
+# `config.model.pool_sizes.rgb`) that change how the model runs but not its parameter tree:
+# a workdir may be evaluated or resumed with other values.
 RUNTIME_MODEL_KEYS = (
     "dropout_rate",
     "attention_dropout_rate",
@@ -36,6 +39,18 @@ RUNTIME_MODEL_KEYS = (
     "remat",
     "test_with_bottlenecks",
     "latent_mixup_alpha",
+    "latent_mixup",
+    "latent_mixup_lambdas",
+    "latent_mixup_partner",
+    "latent_mixup_layer",
+    "latent_mixup_after_epochs",
+    "pool_type",  # SFT pooling: applied after the sparse block, no parameters
+    "pool_sizes",
+    "pool_paddings",
+    "pool_k",
+    "sparse_attention_mask",
+    "sparse_attention_stride",
+    "sparse_attention_expressivity",
     "kernel_init",  # only used to initialise
 )
 
@@ -133,16 +148,26 @@ def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
     return node
 
 
+def _resolved_model(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config.model` merged over its family's defaults (a key added to a family since the
+    workdir was trained takes its default on both sides), or as given for an unknown name."""
+    model = config.to_dict().get("model") or {}
+    try:
+        return models.get_family(model.get("name")).resolve(model).to_dict()
+    except ValueError:
+        return model
+
+
 def structure_differences(
     saved: ml_collections.ConfigDict, given: ml_collections.ConfigDict
 ) -> list[tuple[str, Any, Any]]:
     """`(key, saved value, given value)` for each key that changes the param / optimizer tree:
     model keys but `RUNTIME_MODEL_KEYS`, `SHAPE_DATASET_KEYS`, the optimizer's state layout."""
-    saved_model = _flatten(saved.to_dict().get("model") or {}, "config.model")
-    given_model = _flatten(given.to_dict().get("model") or {}, "config.model")
+    saved_model = _flatten(_resolved_model(saved), "config.model")
+    given_model = _flatten(_resolved_model(given), "config.model")
     differing = []
     for key in sorted(set(saved_model) | set(given_model)):
-        if key.rsplit(".", 1)[-1] in RUNTIME_MODEL_KEYS:
+        if any(part in RUNTIME_MODEL_KEYS for part in key.split(".")[2:]):
             continue
         if saved_model.get(key) != given_model.get(key):
             differing.append((key, saved_model.get(key), given_model.get(key)))

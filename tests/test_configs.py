@@ -20,9 +20,11 @@ from mbt.data import settings as data_settings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))
 _MODELS = ("model=mbt", "model=sft", "model=clstm")
+_SFT_MBT = ("model=sft,sft_recipe=mbt",)
 # Arguments the config files document, beyond their default.
 ARGS = {
     "audioset.py": _MODELS
+    + _SFT_MBT
     + (
         "split=500k",
         "split=full",
@@ -31,9 +33,13 @@ ARGS = {
         "model=clstm,split=full",
         "specaug=scenic",
     ),
-    "vggsound.py": _MODELS + ("modalities=audio", "model=sft,modalities=rgb", "specaug=scenic"),
-    "epic_kitchens.py": _MODELS + ("modalities=audio", "model=clstm,modalities=rgb"),
-    "synthetic.py": _MODELS + ("modalities=audio", "modalities=rgb", "model=sft,modalities=rgb"),
+    "vggsound.py": _MODELS
+    + _SFT_MBT
+    + ("modalities=audio", "model=sft,modalities=rgb", "specaug=scenic"),
+    "epic_kitchens.py": _MODELS + _SFT_MBT + ("modalities=audio", "model=clstm,modalities=rgb"),
+    "synthetic.py": _MODELS
+    + _SFT_MBT
+    + ("modalities=audio", "modalities=rgb", "model=sft,modalities=rgb"),
     "sounding_objects.py": _MODELS + ("modalities=audio", "modalities=rgb"),
 }
 
@@ -136,12 +142,38 @@ def test_model_argument_swaps_the_model_and_keeps_the_dataset_recipe():
     )
     assert (mbt.model.name, sft.model.name, clstm.model.name) == ("mbt", "sft", "clstm")
     assert sft.dataset.to_dict() == mbt.dataset.to_dict() == clstm.dataset.to_dict()
-    assert sft.optimizer.to_dict() == mbt.optimizer.to_dict()  # SFT keeps MBT's SGD recipe
     assert (clstm.optimizer.name, clstm.lr.base_lr) == ("adamw", 1e-3)
-    assert dict(sft.model.pool_sizes) == {"rgb": 16, "spectrogram": 16}
+    # SFT: the authors' recipe (yding37/sft run.sh) and model options.
+    assert (sft.optimizer.name, sft.optimizer.weight_decay, sft.optimizer.grad_clip_norm) == (
+        "adamw",
+        0.0,
+        0.8,
+    )
+    assert (sft.lr.schedule, sft.lr.base_lr, sft.lr.warmup_steps) == ("constant", 1e-3, 0)
+    assert (sft.batch_size, sft.num_epochs, sft.label_smoothing, sft.mixup.alpha) == (24, 20, 0, 0)
+    assert (sft.model.sparse_block, sft.model.pool_type, sft.model.pool_k) == (
+        "attention",
+        "max",
+        1,
+    )
+    # rgb: one window over the clip (one token); spectrogram: 0.64 s = 4 rows of 8 patches.
+    assert dict(sft.model.pool_sizes) == {"rgb": 0, "spectrogram": 32}
+    assert (sft.model.latent_mixup, sft.model.latent_mixup_alpha) == ("any", 0.3)
+    assert (sft.model.latent_mixup_lambdas, sft.model.latent_mixup_partner) == (
+        "per_sample",
+        "permutation",
+    )
+    assert sft.model.latent_mixup_after_epochs == 5.0
     audio = siblings.load_config_file(path, "model=sft,modalities=audio")
     assert audio.model.modalities == audio.dataset.modalities == ("spectrogram",)
-    assert dict(audio.model.pool_sizes) == {"spectrogram": 16}
+    assert dict(audio.model.pool_sizes) == {"spectrogram": 32}
+    # sft_recipe=mbt: the earlier SFT-B/16 in MBT's SGD recipe.
+    earlier = siblings.load_config_file(path, "model=sft,sft_recipe=mbt")
+    assert earlier.optimizer.to_dict() == mbt.optimizer.to_dict()
+    assert (earlier.batch_size, earlier.mixup.to_dict()) == (mbt.batch_size, mbt.mixup.to_dict())
+    assert dict(earlier.model.pool_sizes) == {"rgb": 16, "spectrogram": 16}
+    assert (earlier.model.sparse_block, earlier.model.latent_mixup_alpha) == ("encoder", 0.0)
+    assert earlier.model.stochastic_droplayer_rate == mbt.model.stochastic_droplayer_rate
 
 
 def test_spec_augment_argument_gives_the_paper_or_the_scenic_recipe():
@@ -166,9 +198,11 @@ def test_spec_augment_argument_gives_the_paper_or_the_scenic_recipe():
         ("mini", r"config argument 'mini' in 'mini': expected key=value"),
         (
             "size=b",
-            r"expected key=value with key one of \['modalities', 'model', 'specaug', 'split'\]",
+            r"expected key=value with key one of "
+            r"\['modalities', 'model', 'sft_recipe', 'specaug', 'split'\]",
         ),
         ("specaug=park", r"config argument specaug='park'; allowed: paper, scenic"),
+        ("model=mbt,sft_recipe=mbt", r"sft_recipe=mbt applies to model=sft only"),
     ],
 )
 def test_bad_config_arguments_name_the_key_and_the_allowed_values(arg, message):

@@ -241,18 +241,39 @@ def test_sft_analytic_count_by_stage():
         "head": 64 * 10,
     }
     assert sum(count.stages.values()) == count.total
-    topk = flops.sft_macs(tiny_sft(pool_type="topk"), TINY_SHAPES, 10)
+    topk = flops.sft_macs(tiny_sft(pool_type="cls_topk"), TINY_SHAPES, 10)
     # The CLS-attention scores: CLS query, 33 keys, 33 logits, per modality.
     assert topk.total - count.total == 2 * (64 * 64 + 33 * 64 * 64 + 33 * 64)
+
+
+def test_sft_analytic_count_of_the_authors_sparse_block_and_windows():
+    # Attention-only sparse block; rgb one window (pool size 0, pool_k 1), spectrogram
+    # windows of 6 with padding 2: (32 + 4) // 6 = 6 tokens; attention-weighted average.
+    config = tiny_sft(
+        sparse_block="attention",
+        pool_type="attn",
+        pool_sizes={"rgb": 0, "spectrogram": 6},
+        pool_paddings={"spectrogram": 2},
+        pool_k=1,
+    )
+    count = flops.sft_macs(config, TINY_SHAPES, 10)
+    assert (count.tokens["rgb pooled"], count.tokens["spectrogram pooled"]) == (1, 6)
+    assert count.tokens["joint"] == 8
+    block33 = flops.encoder_block_macs(33, 64, 128)
+    assert count.stages["sparse_pool_blocks"] == 2 * (sum(block33.values()) - block33["mlp"])
+    assert count.stages["pooling"] == 2 * 32 * 64  # the weighting, no score recomputation
 
 
 @pytest.mark.parametrize(
     "overrides",
     [
         {},
-        {"pool_type": "topk"},
+        {"pool_type": "cls_topk"},
         {"pool_type": "avg", "representation_size": 32},
         {"n_layers_pre_fusion": 0},
+        {"sparse_block": "attention", "pool_sizes": {"rgb": 0, "spectrogram": 6}, "pool_k": 1},
+        {"pool_type": "attn_topk", "pool_k": 6},
+        {"sparse_block": "attention", "pool_type": "attn", "pool_paddings": {"rgb": 2}},
     ],
 )
 def test_sft_analytic_agrees_with_xla(overrides):

@@ -1,15 +1,20 @@
-"""Tests of the Sparse Fusion Transformer: parameter tree, pooling, CLS fusion, latent mixup."""
+"""Tests of the Sparse Fusion Transformer: parameter tree, pooling, CLS fusion, latent mixup,
+the authors' variant (pool and mixup functions alone: tests/test_sft_pooling.py,
+tests/test_latent_mixup.py)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+import train_fixtures
 from flax.traverse_util import flatten_dict
 
 from mbt import models
+from mbt import sharding
+from mbt import train
 from mbt.models import sft
+from mbt.models import sft_attention
 
 D, HEADS, MLP, CLASSES = 16, 2, 32, 5
 RGB_SHAPE = (2, 4, 16, 16, 3)  # tubelets (2, 8, 8) → 2×2×2 = 8 tokens
@@ -40,7 +45,9 @@ def make_inputs(seed=0, batch=2):
 
 def init(config, inputs, seed=0):
     model = models.build_model(config, CLASSES)
-    params = model.init({"params": jax.random.PRNGKey(seed)}, inputs, train=False)["params"]
+    # Jitted: eager initialisation of these models takes several times longer.
+    key = jax.random.PRNGKey(seed)
+    params = jax.jit(lambda: model.init({"params": key}, inputs, train=False))()["params"]
     # Zero-initialised head: give it weights so logits depend on the features.
     kernel = params["output_projection"]["kernel"]
     params["output_projection"]["kernel"] = jax.random.normal(jax.random.PRNGKey(7), kernel.shape)
@@ -114,24 +121,26 @@ def test_parameter_tree_and_logits_shape():
     assert np.isfinite(np.asarray(logits)).all()
 
 
-def test_pool_tokens_max_avg_topk_arithmetic():
-    tokens = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 3)), jnp.float32)
-    max_pooled = sft.pool_tokens(tokens, 3, "max")
-    avg_pooled = sft.pool_tokens(tokens, 3, "avg")
-    assert max_pooled.shape == avg_pooled.shape == (2, 2, 3)  # 7 // 3; token 6 dropped
-    for block in range(2):
-        window = np.asarray(tokens[:, 3 * block : 3 * block + 3])
-        np.testing.assert_allclose(max_pooled[:, block], window.max(axis=1))
-        np.testing.assert_allclose(avg_pooled[:, block], window.mean(axis=1), rtol=1e-6)
+def _param_paths(config):
+    model = models.build_model(config, CLASSES)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), make_inputs(), train=False))
+    return {"/".join(k) for k in flatten_dict(shapes["params"])}
 
-    scores = jnp.asarray([[0.1, 0.9, 0.0, 0.5, 0.2, 0.8, 0.3], [0.7, 0.0, 0.6, 0.1, 0.2, 0.3, 0.9]])
-    top = sft.pool_tokens(tokens, 3, "topk", scores)
-    assert top.shape == (2, 2, 3)
-    # Highest two scores, kept in sequence order: (1, 5) and (0, 6).
-    np.testing.assert_array_equal(top[0], tokens[0, jnp.asarray([1, 5])])
-    np.testing.assert_array_equal(top[1], tokens[1, jnp.asarray([0, 6])])
-    with pytest.raises(ValueError, match="exceeds"):
-        sft.pool_tokens(tokens, 8, "max")
+
+def test_authors_sparse_block_holds_attention_only():
+    authors, earlier = (
+        _param_paths(tiny_config(sparse_block="attention")),
+        _param_paths(tiny_config()),
+    )
+    for name in ("sparse_pool", "sparse_pool_spectrogram"):
+        assert {p for p in authors if p.startswith(f"Transformer/{name}/")} == {
+            f"Transformer/{name}/MultiHeadDotProductAttention_0/{n}/{p}"
+            for n in ("query", "key", "value", "out")
+            for p in ("kernel", "bias")
+        }
+    # Everything else is the earlier variant's tree: those checkpoints' other blocks still fit.
+    assert authors < earlier
+    assert all("/sparse_pool" in p for p in earlier - authors)
 
 
 def test_fused_cls_is_sum_of_modality_cls_and_joint_tokens_are_max_pooled():
@@ -173,8 +182,8 @@ def _reference_cls_attention(block_params, x_BxLxD):
     return weights.mean(axis=1)[:, 1:]
 
 
-def test_topk_pooling_keeps_tokens_the_cls_attends_to_most():
-    config = tiny_config(pool_type="topk", n_layers_post_fusion=1)
+def test_cls_topk_pooling_keeps_tokens_the_cls_attends_to_most():
+    config = tiny_config(pool_type="cls_topk", n_layers_post_fusion=1)
     inputs = make_inputs(3)
     model, params = init(config, inputs)
     names = {"sparse_pool", "sparse_pool_spectrogram", "fused_encoderblock_0"}
@@ -187,20 +196,65 @@ def test_topk_pooling_keeps_tokens_the_cls_attends_to_most():
         block_out = np.asarray(calls[name][1])
         block_params = jax.tree.map(np.asarray, params["Transformer"][name])
         scores = _reference_cls_attention(block_params, block_in)
-        np.testing.assert_allclose(
-            scores,
-            sft.cls_attention_scores(params["Transformer"][name], jnp.asarray(block_in), HEADS),
-            rtol=1e-4,
-            atol=1e-6,
+        weights = sft_attention.encoder_block_attention_weights(
+            params["Transformer"][name], jnp.asarray(block_in), HEADS, cls_only=True
         )
+        np.testing.assert_allclose(scores, weights[:, 0, 1:], rtol=1e-4, atol=1e-6)
         top = np.sort(np.argsort(-scores, axis=1)[:, :k], axis=1)
         expected = np.take_along_axis(block_out[:, 1:], top[..., None], axis=1)
         np.testing.assert_allclose(joint_in[:, offset : offset + k], expected, err_msg=m)
         offset += k
 
 
-def test_latent_mixup_sows_lambdas_and_mixes_only_distinct_examples():
-    config = tiny_config(latent_mixup_alpha=0.4)
+def test_window_padding_and_attention_pooling_reach_the_joint_blocks():
+    # rgb 8 tokens: avg windows of 3 with 1 padding → (8 + 2) // 3 = 3 tokens; spectrogram
+    # 12 tokens, pool size 0 → derived from pool_k = 5: kernel 3, padding 1 → 4 tokens.
+    for pool_type in ("attn",):  # the window arithmetic of each pool: test_sft_pooling.py
+        config = tiny_config(
+            pool_type=pool_type,
+            sparse_block="attention",
+            pool_sizes={"rgb": 3, "spectrogram": 0},
+            pool_paddings={"rgb": 1},
+            pool_k=5,
+            n_layers_post_fusion=1,
+        )
+        inputs = make_inputs(2)
+        model, params = init(config, inputs)
+        names = {"sparse_pool", "sparse_pool_spectrogram", "fused_encoderblock_0"}
+        _, calls = recorded_calls(model, params, inputs, names, train=False)
+        joint_in = np.asarray(calls["fused_encoderblock_0"][0][0])
+        assert joint_in.shape == (2, 1 + 3 + 4, D)
+        offset = 1
+        for name, window in (("sparse_pool", (3, 1)), ("sparse_pool_spectrogram", (3, 1))):
+            out, weights = (np.asarray(a) for a in calls[name][1])
+            tokens = np.pad(out[:, 1:], ((0, 0), window[1:] * 2, (0, 0)))
+            k = tokens.shape[1] // 3
+            blocks = tokens[:, : 3 * k].reshape(2, k, 3, D)
+            if pool_type == "avg":
+                expected = blocks.mean(axis=2)
+            else:  # weights: mean attention each token receives from the non-CLS queries
+                w = np.pad(weights[:, 1:, 1:].mean(axis=1), ((0, 0), window[1:] * 2))
+                w = w[:, : 3 * k].reshape(2, k, 3, 1)
+                expected = (blocks * w).sum(2) / (w.sum(2) + 3e-5)
+            np.testing.assert_allclose(joint_in[:, offset : offset + k], expected, rtol=2e-5)
+            offset += k
+
+
+def test_random_pools_are_fixed_at_evaluation_and_drawn_in_training():
+    config = tiny_config(pool_type="random", pool_k=3, sparse_block="attention")
+    inputs = make_inputs(6)
+    model, params = init(config, inputs)
+    evaluate = jax.jit(lambda p: model.apply({"params": p}, inputs, train=False))
+    np.testing.assert_array_equal(evaluate(params), evaluate(params))
+    train = jax.jit(
+        lambda p, key: model.apply({"params": p}, inputs, train=True, rngs={"dropout": key})
+    )
+    draws = [np.asarray(train(params, jax.random.PRNGKey(s))) for s in range(3)]
+    assert not np.allclose(draws[0], draws[1]) or not np.allclose(draws[0], draws[2])
+
+
+def test_latent_mixup_sows_lambdas_partners_and_mixes_only_distinct_examples():
+    config = tiny_config(latent_mixup_alpha=0.4)  # the earlier variant: per batch, roll
     inputs = make_inputs(5)
     model, params = init(config, inputs)
     plain = models.build_model(tiny_config(), CLASSES)
@@ -211,7 +265,9 @@ def test_latent_mixup_sows_lambdas_and_mixes_only_distinct_examples():
     lambdas = state["intermediates"]["latent_mixup_lambda"][0]
     point = int(state["intermediates"]["latent_mixup_point"][0])
     assert set(lambdas) == {"rgb", "spectrogram"}
-    assert all(0.0 <= float(v) <= 1.0 for v in lambdas.values())
+    for lam in lambdas.values():  # one λ per modality, repeated for every example
+        assert lam.shape == (2,) and lam[0] == lam[1] and 0.0 <= float(lam[0]) <= 1.0
+    np.testing.assert_array_equal(state["intermediates"]["latent_mixup_partner"][0], [1, 0])
     assert 0 <= point <= config.n_layers_pre_fusion + 1
     unmixed = plain.apply({"params": params}, inputs, train=True, rngs=rngs)
     assert not np.allclose(logits, unmixed, atol=1e-5)
@@ -222,44 +278,39 @@ def test_latent_mixup_sows_lambdas_and_mixes_only_distinct_examples():
         plain.apply({"params": params}, same, train=True, rngs=rngs),
         atol=1e-5,
     )
+    # Inactive (the unmixed first epochs): λ = 1, the logits of the model without mixup.
+    off, state = model.apply(
+        {"params": params},
+        inputs,
+        train=True,
+        latent_mixup_active=False,
+        rngs=rngs,
+        mutable=["intermediates"],
+    )
+    np.testing.assert_allclose(off, unmixed, atol=1e-6)
+    assert all(np.all(v == 1.0) for v in state["intermediates"]["latent_mixup_lambda"][0].values())
     # Evaluation never mixes and sows nothing.
     _, state = model.apply({"params": params}, inputs, train=False, mutable=["intermediates"])
     assert "latent_mixup_lambda" not in state.get("intermediates", {})
 
 
-def test_jitted_gradient_step_lowers_the_loss():
-    config = tiny_config(pool_type="avg", latent_mixup_alpha=0.3, n_layers_post_fusion=1)
-    inputs = make_inputs(4, batch=4)
-    labels = jax.nn.one_hot(jnp.arange(4) % CLASSES, CLASSES)
-    model, params = init(config, inputs)
-    optimizer = optax.adam(1e-2)
+def _authors_tiny_config(**overrides):
+    config = tiny_config()
+    data = {"num_mel_bins": 16, "hop_ms": 10.0}
+    config.update(sft.authors_model_overrides(config, data))
+    config.update(n_layers_post_fusion=1, pool_sizes={"rgb": 0, "spectrogram": 4})
+    config.update(overrides)
+    return config
 
-    @jax.jit
-    def step(params, opt_state, key):
-        def loss_fn(p):
-            logits, state = model.apply(
-                {"params": p}, inputs, train=True, rngs={"dropout": key}, mutable=["intermediates"]
-            )
-            lambdas = state["intermediates"]["latent_mixup_lambda"][0]
-            lam = jnp.mean(jnp.stack(list(lambdas.values())))
-            targets = lam * labels + (1 - lam) * jnp.roll(labels, 1, axis=0)
-            return optax.softmax_cross_entropy(logits, targets).mean()
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(params, updates), opt_state, loss, grads
-
-    opt_state = optimizer.init(params)
-    key = jax.random.PRNGKey(0)
-    params, opt_state, first_loss, grads = step(params, opt_state, key)
-    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
-    for name in ("encoderblock_0_spectrogram", "sparse_pool", "fused_encoderblock_0"):
-        assert np.abs(np.asarray(grads["Transformer"][name]["LayerNorm_0"]["scale"])).sum() > 0
-    for i in range(1, 10):
-        params, opt_state, _, _ = step(params, opt_state, jax.random.PRNGKey(i))
-    # Same key → same mixing point and λs as the first step: the losses are comparable.
-    _, _, last_loss, _ = step(params, opt_state, key)
-    assert np.isfinite(first_loss) and last_loss < 0.8 * first_loss
+def test_the_trainer_starts_latent_mixup_after_the_configured_epochs_and_shards_every_param():
+    config = train_fixtures.tiny_config(**{"lr.warmup_steps": 0, "mesh_shape": (4, 2)})
+    config.model = _authors_tiny_config(latent_mixup_after_epochs=1.0)
+    data = train_fixtures.InMemoryData()
+    setup = train.Setup(config, data.meta, train.resolve_splits(config, data))
+    assert setup.step_cfg.latent_mixup
+    assert setup.step_cfg.latent_mixup_start_step == round(setup.steps_per_epoch) > 1
+    assert sharding.uncovered_paths(setup.abstract_state, sharding.rules_for(config.model)) == []
 
 
 @pytest.mark.parametrize(
@@ -270,6 +321,28 @@ def test_jitted_gradient_step_lowers_the_loss():
         ({"n_layers_post_fusion": -1}, "n_layers_post_fusion"),
         ({"latent_mixup_alpha": -0.5}, "latent_mixup_alpha"),
         ({"hidden_size": 15}, "divisible"),
+        ({"pool_paddings": {"rgb": 2}}, r"pool_paddings.rgb=2 exceeds half the pool size 2"),
+        ({"pool_sizes": {"rgb": 0, "spectrogram": 5}, "pool_k": 0}, r"pool_k=0"),
+        ({"pool_type": "topk", "pool_k": -1}, r"pool_k=-1"),
+        ({"sparse_block": "mlp"}, r"sparse_block='mlp'"),
+        ({"sparse_attention_mask": "fixed"}, r"needs config.model.sparse_block='attention'"),
+        (
+            {"sparse_block": "attention", "sparse_attention_mask": "fixed"}
+            | {"sparse_attention_expressivity": 32},
+            r"sparse_attention_expressivity=32 must be below",
+        ),
+        ({"latent_mixup": "temporal"}, r"latent_mixup='temporal'"),
+        ({"latent_mixup_lambdas": "static"}, r"latent_mixup_lambdas='static'"),
+        ({"latent_mixup_partner": "flip"}, r"latent_mixup_partner='flip'"),
+        ({"latent_mixup_after_epochs": -1.0}, r"latent_mixup_after_epochs"),
+        (
+            {"latent_mixup_alpha": 0.3, "latent_mixup": "within", "n_layers_pre_fusion": 0},
+            r"latent_mixup='within' has no layer to mix at",
+        ),
+        (
+            {"latent_mixup_alpha": 0.3, "latent_mixup": "fused", "latent_mixup_layer": 0},
+            r"latent_mixup_layer=0 is outside \[1, 3\)",
+        ),
     ],
 )
 def test_bad_config_names_the_key(overrides, message):
@@ -285,5 +358,8 @@ def test_missing_or_oversized_pool_size_is_reported():
     config = tiny_config()
     config.pool_sizes.rgb = 9  # only 8 rgb tokens
     model = models.build_model(config, CLASSES)
-    with pytest.raises(ValueError, match="pool_sizes.rgb=9"):
-        model.init(jax.random.PRNGKey(0), make_inputs(), train=False)
+    with pytest.raises(ValueError, match="pool_sizes.rgb=9 cannot pool modality 'rgb'"):
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), make_inputs(), train=False))
+    model = models.build_model(tiny_config(pool_type="topk", pool_k=9), CLASSES)
+    with pytest.raises(ValueError, match="pool_k=9 cannot pool modality 'rgb'"):
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), make_inputs(), train=False))

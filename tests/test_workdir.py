@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 import train_fixtures
 
@@ -112,6 +113,27 @@ def test_structure_differences_of_the_optimizer():
         ("config.optimizer.name", "sgd", "adamw")
     ]
     assert workdir_lib.structure_differences(sgd, _config(**{"model.remat": True})) == []
+
+
+def test_an_sft_workdir_from_before_the_authors_options_stays_compatible():
+    """A workdir trained before SFT had the authors' keys: its config.json lacks them, and
+    the keys take their family defaults (the earlier variant) on both sides."""
+    earlier = siblings.load_config_file(
+        os.path.join(REPO, "configs", "vggsound.py"), "model=sft,sft_recipe=mbt"
+    )
+    saved = earlier.to_dict()
+    for key in ("sparse_block", "pool_paddings", "pool_k", "latent_mixup", "latent_mixup_layer"):
+        del saved["model"][key]
+    saved = ml_collections.ConfigDict(saved)
+    assert workdir_lib.structure_differences(saved, earlier) == []
+    # Pool and mixup settings run without parameters; the attention-only block has fewer.
+    runtime = earlier.copy_and_resolve_references()
+    runtime.model.pool_type, runtime.model.pool_sizes.rgb = "attn_topk", 4
+    runtime.model.latent_mixup_alpha, runtime.model.latent_mixup = 0.3, "any"
+    assert workdir_lib.structure_differences(saved, runtime) == []
+    authors = siblings.load_config_file(os.path.join(REPO, "configs", "vggsound.py"), "model=sft")
+    differing = {k for k, _, _ in workdir_lib.structure_differences(saved, authors)}
+    assert "config.model.sparse_block" in differing
 
 
 def test_input_shape_keys_of_the_dataset_are_structure():

@@ -20,7 +20,10 @@ It holds:
   blank frames, as the training data held.
 - `supports_init_from`: whether `config.init_from` (Scenic checkpoint / ViT import) applies.
 - `latent_mixup(config.model)`: whether the model mixes its hidden states in training and sows
-  `intermediates/latent_mixup_lambda` (`mbt.train_step.latent_mixup_targets`).
+  `intermediates/latent_mixup_lambda` and `latent_mixup_partner`
+  (`mbt.train_step.latent_mixup_targets`); such a model's `__call__` takes
+  `latent_mixup_active` (a traced bool), which the train step sets from step
+  `latent_mixup_start_step(config.model, steps_per_epoch)` on.
 - `partition_rules`: `(regex, spec)` pairs for `mbt.sharding`: the regex is searched in the
   '/'-joined parameter path (optimiser-state paths end in it); `spec` names a mesh axis or
   None per dimension, or is `REPLICATE` (any rank, never split over 'model'). Every parameter
@@ -112,6 +115,13 @@ class ModelFamily:
         """Whether training mixes hidden states and sows `latent_mixup_lambda`."""
         del model_config
         return False
+
+    def latent_mixup_start_step(
+        self, model_config: Mapping[str, Any], steps_per_epoch: float
+    ) -> int:
+        """The first optimiser step (0-based) whose forward pass mixes hidden states."""
+        del model_config, steps_per_epoch
+        return 0
 
     def branch_param_candidates(
         self, path: str, modalities: Sequence[str], full_modalities: Sequence[str]

@@ -8,8 +8,9 @@ Conventions (see docs/compute.md):
   embedding, Q/K/V/out projections, attention logits q·kᵀ, the attention-weighted sum of
   values, the two MLP layers and the classifier head. Layer norms, softmax, GELU, biases,
   residual adds, position embeddings and the bottleneck average are left out (O(tokens·D)).
-  SFT (`sft_macs`) adds its sparse-pool blocks, the top-k score recomputation and the joint
-  blocks over the pooled sequence (max / avg pooling has no multiply-adds). The C-LSTM
+  SFT (`sft_macs`) adds its sparse blocks, the attention-score recomputation of the pools
+  that need it and the joint blocks over the pooled sequence (max / avg pooling has no
+  multiply-adds). The C-LSTM
   (`clstm_macs`) counts its convolutions (gate convolutions input→4F and hidden→4F per time
   step, strided downsampling convolutions) over the real, non-padding input taps, as XLA
   does, plus the bilinear resizes (`jax.image.resize` contracts with dense interpolation
@@ -43,6 +44,7 @@ from mbt import models
 from mbt.data import registry
 from mbt.models import clstm as clstm_lib
 from mbt.models import sft as sft_lib
+from mbt.models import sft_pooling
 from mbt.models import tokenizers
 
 SPECTROGRAM_FRAMES_PER_SECOND = 100  # 10 ms hop
@@ -219,17 +221,24 @@ def sft_macs(
     """Inference multiply-adds of `mbt.models.sft.SparseFusionTransformer` for one example.
 
     Per modality m with N_m patch tokens (L_m = 1 + N_m with its CLS): the patch embedding,
-    `n_layers_pre_fusion` blocks and the sparse-pool block on L_m tokens; with `pool_type='topk'`
-    also the CLS-attention scores (query of the CLS, keys of all L_m tokens, q·kᵀ). Max / avg
-    pooling to N_m // s_m tokens and the CLS sum have no multiply-adds. Then
-    `n_layers_post_fusion` joint blocks on 1 + Σ_m N_m // s_m tokens and the head on the fused
-    CLS. `stages` splits the total into these stages.
+    `n_layers_pre_fusion` blocks on L_m tokens, and the sparse block: a full encoder block
+    (`sparse_block='encoder'`) or its attention only (`'attention'`: projections, logits and
+    weighted sum; with the fixed sparse mask the masked logits are still computed, as in the
+    model). Pooling: with an encoder block, `cls_topk` recomputes the CLS's attention (query
+    of the CLS, keys of all L_m tokens, q·kᵀ) and the saliency pools the whole attention
+    (queries and keys of L_m tokens, q·kᵀ); the attention block hands its weights over for
+    free. `attn` weights the tokens (N_m·D), `attn_wkmedoids` counts its L1 distances
+    (N_m²·D) and 5 rounds of cluster costs (N_m²·k); max / avg / top-k / random pools and the
+    CLS sum have no multiply-adds. Then `n_layers_post_fusion` joint blocks on 1 + Σ_m K_m
+    tokens (K_m: `mbt.models.sft.pooled_length`) and the head on the fused CLS. `stages`
+    splits the total into these stages.
         `model_config` is merged over the family defaults (`ModelFamily.resolve`).
     """
     sizes = sft_lib.vit_sizes(model_config)
     width, mlp_dim = sizes.hidden_size, sizes.mlp_dim
     modalities = tuple(model_config.modalities)
     pool_type = model_config.pool_type
+    attention_block = model_config.sparse_block == "attention"
     n_pre = int(model_config.n_layers_pre_fusion)
     n_post = int(model_config.n_layers_post_fusion)
     count = AnalyticCount()
@@ -243,21 +252,26 @@ def sft_macs(
         count.tokens[m] = length
         for _ in range(n_pre):
             count.add(encoder_block_macs(length, width, mlp_dim), "pre_fusion_blocks")
-        count.add(encoder_block_macs(length, width, mlp_dim), "sparse_pool_blocks")
-        pool_size = int(model_config.pool_sizes[m])
-        if pool_size > n:
-            raise ValueError(
-                f"config.model.pool_sizes.{m}={pool_size} exceeds the {n} tokens of modality {m!r}"
+        block = encoder_block_macs(length, width, mlp_dim)
+        if attention_block:
+            block.pop("mlp")
+        count.add(block, "sparse_pool_blocks")
+        kept = sft_lib.pooled_length(model_config, m, n)
+        pooling: dict[str, int] = {}
+        if not attention_block and pool_type == "cls_topk":
+            pooling["cls_attention_scores"] = (
+                width * width + length * width * width + length * width
             )
-        if pool_type == "topk":
-            # cls_attention_scores: CLS query and all keys projected again, then q·kᵀ.
-            count.add(
-                {"topk_scores": width * width + length * width * width + length * width}, "pooling"
-            )
-        else:
-            count.add({}, "pooling")
-        count.tokens[f"{m} pooled"] = n // pool_size
-        joint += n // pool_size
+        elif not attention_block and pool_type in sft_pooling.SALIENCY_POOLS:
+            pooling["attention_scores"] = 2 * length * width * width + length * length * width
+        if pool_type == "attn":
+            pooling["attention_weighting"] = n * width
+        elif pool_type == "attn_wkmedoids" and kept < n:
+            pooling["kmedoid_distances"] = n * n * width
+            pooling["kmedoid_costs"] = sft_pooling.KMEDOIDS_ITERATIONS * n * n * kept
+        count.add(pooling, "pooling")
+        count.tokens[f"{m} pooled"] = kept
+        joint += kept
     count.tokens["joint"] = joint
     for _ in range(n_post):
         count.add(encoder_block_macs(joint, width, mlp_dim), "post_fusion_blocks")
