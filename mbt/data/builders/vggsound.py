@@ -123,7 +123,8 @@ def class_names(rows: list[ClipRow], source: str = "official", path: str = CSV_N
             f"label {first.label!r} is not one of the {NUM_CLASSES} official VGGSound classes "
             f"(mbt/data/builders/{vggsound_spec.CLASS_LIST})"
             + (f"; closest: {close}" if close else "")
-            + f". {len(unknown)} rows hold {len(distinct)} such labels, e.g. {distinct[:5]}. "
+            + f". {len(unknown)} of {len(rows)} rows hold labels outside the list "
+            f"({len(distinct)} distinct: {distinct[:5]}{', ...' if len(distinct) > 5 else ''}). "
             "Correct the labels, or for a custom label set build a config with "
             "class_names_from='csv' (e.g. --config=csv_classes).",
         )
