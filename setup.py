@@ -23,7 +23,15 @@ _DATA = [
 _TFDS_CLI = ["apache-beam>=2.60", "mlcroissant>=1.0.9"]
 # Reference implementations the tests compare against, and the style checks CI runs
 # (pinned: another ruff or mypy version formats or reports differently).
-_TEST = ["pytest>=8.0", "scikit-learn>=1.4", "librosa>=0.10", "ruff==0.17.6", "mypy==2.4.1"]
+# `tensorflow_datasets.testing` (mock_data, DatasetBuilderTestCase) imports dill.
+_TEST = [
+    "pytest>=8.0",
+    "scikit-learn>=1.4",
+    "librosa>=0.10",
+    "dill>=0.3.8",
+    "ruff==0.17.6",
+    "mypy==2.4.1",
+]
 
 setuptools.setup(
     name="mbt",
@@ -36,6 +44,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["mbt", "mbt.*"]),
+    # The official VGGSound class list (names only), read by mbt.data.builders.vggsound_spec.
+    package_data={"mbt.data.builders": ["vggsound_classes.txt"]},
     python_requires=">=3.10",
     # Lower bounds: the versions the test suite was run with (older ones are untested).
     # The core (models, train step, trainer, flops, benchmarks) needs no TensorFlow.

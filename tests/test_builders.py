@@ -20,6 +20,7 @@ from mbt.data.builders import base
 from mbt.data.builders import common
 from mbt.data.builders import epic_kitchens
 from mbt.data.builders import vggsound
+from mbt.data.builders import vggsound_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FPS = 10.0
@@ -98,18 +99,20 @@ def vgg(tmp_path_factory):
     return builder, summary, root
 
 
-def test_vggsound_examples_and_sorted_labels(vgg):
+def test_vggsound_examples_and_official_labels(vgg):
     builder, summary, _ = vgg
+    # 6 label names in the CSV, still the 309 official classes (index = official position).
+    official = list(vggsound_spec.official_class_names())
+    assert builder.info.features["label"].names == official
     with open(summary["files"]["csv"], newline="") as f:
-        csv_names = sorted({row[2] for row in csv.reader(f)})
-    assert builder.info.features["label"].names == csv_names
+        assert len({row[2] for row in csv.reader(f)}) == 6
     clips = {clip["id"]: clip for clip in summary["clips"]}
     seen = 0
     for split in ("train", "test"):
         for example in _read(builder, split):
             clip = clips[example["id"].decode()]
             assert clip["split"] == split
-            assert example["label"] == csv_names.index(clip["label_names"][0])
+            assert example["label"] == official.index(clip["label_names"][0])
             assert example["video_path"].decode() == clip["path"]
             assert example["segment_start"] == 0.0
             if clip["file_seconds"] >= 2.0:
@@ -209,7 +212,11 @@ def test_vggsound_csv_header_crlf_and_quotes(tmp_path):
         ("---g-f_I2yQ", 1, "people marching", "test", 2),
         ("--9O4XZOge4", 30, "female speech, woman speaking", "train", 3),
     ]
-    assert vggsound.class_names(rows) == ["female speech, woman speaking", "people marching"]
+    assert vggsound.class_names(rows, "csv") == [
+        "female speech, woman speaking",
+        "people marching",
+    ]
+    assert len(vggsound.class_names(rows)) == 309  # both are official names
 
 
 def test_malformed_csv_line_names_file_and_line(tmp_path):

@@ -12,10 +12,12 @@ Every failure to open or decode a file raises `MediaError` (or its subclass
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fractions
 import os
 import wave
+from collections.abc import Iterator
 from typing import cast
 
 import av
@@ -50,14 +52,31 @@ class MediaInfo:
     video_codec: str | None
 
 
-def _open(path) -> av.container.InputContainer:
+@contextlib.contextmanager
+def _open(path) -> Iterator[av.container.InputContainer]:
+    """The opened container of a local file, or of a URL-style path (`gs://...`) read through
+    `tf.io.gfile` (TensorFlow is imported only then)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    source = None
+    if "://" in path:
+        import tensorflow as tf  # only for files on other filesystems
+
+        if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+            source = tf.io.gfile.GFile(path, "rb")
+    elif os.path.isfile(path):
+        source = path
+    if source is None:
         raise MediaError(f"media file not found: {path}")
     try:
-        return av.open(path, mode="r")
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise MediaError(f"cannot open media file {path}: {e}") from e
+        try:
+            container = av.open(source, mode="r")
+        except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+            raise MediaError(f"cannot open media file {path}: {e}") from e
+        with container:
+            yield container
+    finally:
+        if not isinstance(source, str):
+            source.close()
 
 
 def _stream_start_s(stream) -> float:

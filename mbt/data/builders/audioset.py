@@ -34,6 +34,8 @@ DEFAULT_FILE_PATTERNS = (
     "{ytid}.mp4",
 )
 MEDIA_SUFFIXES = (".mp4", ".wav", ".mkv", ".webm", ".m4a", ".flac")
+CLASS_COLUMNS = ("index", "mid", "display_name")
+SEGMENT_COLUMNS = ("YTID", "start_seconds", "end_seconds", "positive_labels")
 
 _LOG = logging.getLogger(__name__)
 
@@ -53,14 +55,19 @@ class AudiosetConfig(base.MediaConfig):
         per line ('#' comments allowed; a CSV line's first field is used); when present,
         a `subset` split is built from the balanced and unbalanced training rows whose
         YTID it lists.
+      num_classes: the classes `class_labels_indices.csv` must list (527 for AudioSet;
+        another number for a custom class list).
     """
 
     file_patterns: tuple[str, ...] = DEFAULT_FILE_PATTERNS
     clips_hold_segment_only: bool = True
     subset_ids_file: str = "subset_ids.txt"
+    num_classes: int = NUM_CLASSES
 
 
-def read_class_names(path: str) -> tuple[list[str], dict[str, int]]:
+def read_class_names(
+    path: str, encoding: str = common.DEFAULT_ENCODING
+) -> tuple[list[str], dict[str, int]]:
     """Reads `class_labels_indices.csv` -> (display names by index, MID -> index).
 
     Raises MalformedCsvError when the indices are not 0, 1, 2, ... in file order or a
@@ -68,10 +75,7 @@ def read_class_names(path: str) -> tuple[list[str], dict[str, int]]:
     """
     names: list[str] = []
     mid_to_index: dict[str, int] = {}
-    rows = common.read_csv(path, num_fields=3)
-    for row in rows:
-        if row.fields == ["index", "mid", "display_name"] and not names:
-            continue
+    for row in common.read_csv(path, CLASS_COLUMNS, headers=(CLASS_COLUMNS,), encoding=encoding):
         index = row.as_int(0, "index")
         mid = row.fields[1]
         if index != len(names):
@@ -82,10 +86,6 @@ def read_class_names(path: str) -> tuple[list[str], dict[str, int]]:
         names.append(row.fields[2])
     if not names:
         raise common.MalformedCsvError(path, 1, "no class rows")
-    if len(names) != NUM_CLASSES:
-        _LOG.warning(
-            "%s lists %d classes (the official AudioSet has %d).", path, len(names), NUM_CLASSES
-        )
     return names, mid_to_index
 
 
@@ -98,13 +98,18 @@ class SegmentRow:
     line: int
 
 
-def read_segments(path: str, mid_to_index: dict[str, int]) -> list[SegmentRow]:
-    """Reads a segment CSV (`YTID, start_seconds, end_seconds, "mid1,mid2"`).
+def read_segments(
+    path: str, mid_to_index: dict[str, int], encoding: str = common.DEFAULT_ENCODING
+) -> list[SegmentRow]:
+    """Reads a segment CSV (`YTID, start_seconds, end_seconds, "mid1,mid2"`); its header
+    lines are '#' comments.
 
     Raises MalformedCsvError for a bad line or a MID not in the class list.
     """
     segments = []
-    for row in common.read_csv(path, num_fields=4, skip_comments=True, skip_initial_space=True):
+    for row in common.read_csv(
+        path, SEGMENT_COLUMNS, skip_comments=True, skip_initial_space=True, encoding=encoding
+    ):
         ytid = row.fields[0]
         if not ytid:
             raise row.error("empty YTID")
@@ -122,14 +127,13 @@ def read_segments(path: str, mid_to_index: dict[str, int]) -> list[SegmentRow]:
     return segments
 
 
-def read_subset_ids(path: str) -> list[str]:
+def read_subset_ids(path: str, encoding: str = common.DEFAULT_ENCODING) -> list[str]:
     """YTIDs of a subset file: one per line ('#' comments, blanks, extra CSV fields ignored)."""
     ids = []
-    with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                ids.append(line.split(",")[0].strip())
+    for line in common.read_text(path, encoding).splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            ids.append(line.split(",")[0].strip())
     return ids
 
 
@@ -181,9 +185,11 @@ class Audioset(base.ManualMediaBuilder):
   """
 
     def _info(self) -> tfds.core.DatasetInfo:
-        # Class names come from the manual dir; they are set in `_split_generators`.
+        # The class count is the config's; the names come from the manual dir and are set in
+        # `_split_generators`.
+        label = tfds.features.ClassLabel(num_classes=self.builder_config.num_classes)
         return self.dataset_info_from_configs(
-            features=base.media_features(label=tfds.features.Sequence(tfds.features.ClassLabel())),
+            features=base.media_features(label=tfds.features.Sequence(label)),
             supervised_keys=None,
             homepage="https://research.google.com/audioset/",
         )
@@ -191,30 +197,37 @@ class Audioset(base.ManualMediaBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = os.fspath(dl_manager.manual_dir)
         config: AudiosetConfig = self.builder_config
-        names, mid_to_index = read_class_names(
-            common.require_file(os.path.join(manual_dir, CLASS_CSV), "AudioSet class list")
-        )
+        class_path = common.require_file(os.path.join(manual_dir, CLASS_CSV), "AudioSet class list")
+        names, mid_to_index = read_class_names(class_path, config.csv_encoding)
+        if len(names) != config.num_classes:
+            raise ValueError(
+                f"{class_path} lists {len(names)} classes, but builder config {config.name!r} "
+                f"has num_classes={config.num_classes} (AudioSet has {NUM_CLASSES}). Use the "
+                f"official {CLASS_CSV}, or for a custom class list build a config with "
+                f"num_classes={len(names)}, e.g. "
+                f'--config=\'{{"name": "classes{len(names)}", "num_classes": {len(names)}}}\'.'
+            )
         self.info.features["label"].feature.names = names
 
         segments = {}
         for split, filename in SEGMENT_CSVS.items():
             path = os.path.join(manual_dir, filename)
-            if os.path.isfile(path):
-                segments[split] = read_segments(path, mid_to_index)
+            if common.is_file(path):
+                segments[split] = read_segments(path, mid_to_index, config.csv_encoding)
             else:
                 _LOG.info("No %s in %s: split %s is not built.", filename, manual_dir, split)
         subset_path = common.resolve_path(manual_dir, config.subset_ids_file)
-        if os.path.isfile(subset_path):
+        if common.is_file(subset_path):
             segments["subset"] = self._subset_segments(subset_path, segments)
         if not segments:
             raise FileNotFoundError(
                 f"None of {sorted(SEGMENT_CSVS.values())} found in {manual_dir}."
             )
-        self._clip_index = common.index_files(manual_dir, MEDIA_SUFFIXES)
+        self._clip_index = self._index_files(manual_dir, MEDIA_SUFFIXES)
         return self._make_splits(manual_dir, segments)
 
     def _subset_segments(self, path: str, segments: dict[str, list[SegmentRow]]):
-        wanted = read_subset_ids(path)
+        wanted = read_subset_ids(path, self.builder_config.csv_encoding)
         by_ytid: dict[str, SegmentRow] = {}
         for source in SUBSET_SOURCES:
             for segment in segments.get(source, []):

@@ -42,12 +42,18 @@ class MediaConfig(tfds.core.BuilderConfig):
       short_tolerance_s: a clip may end this much before its segment without counting
         as `short_clip` (container durations are rarely exact); the last frame is
         repeated and the audio zero-padded to fill the gap.
+      csv_encoding: text encoding of the metadata files (CSVs, lists); any
+        ASCII-compatible codec Python knows ('utf-8', 'cp1252', 'latin-1', ...).
     """
 
     fps: float = 25.0
     short_side: int | None = 256
     skip_no_audio: bool = False
     short_tolerance_s: float = 0.1
+    csv_encoding: str = common.DEFAULT_ENCODING
+
+    def __post_init__(self):
+        common.check_encoding(self.csv_encoding, f"builder config {self.name!r}: csv_encoding")
 
 
 @dataclasses.dataclass
@@ -222,7 +228,19 @@ class ManualMediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         return epath.Path(inspect.getfile(cls))
 
     def _new_report(self, split: str) -> common.BuildReport:
-        return common.BuildReport(self.name, self.builder_config.name, str(self.version), split)
+        index = getattr(self, "_file_index", None)
+        return common.BuildReport(
+            self.name,
+            self.builder_config.name,
+            str(self.version),
+            split,
+            manual_dir=index.counts() if index is not None else None,
+        )
+
+    def _index_files(self, manual_dir: str, suffixes: tuple[str, ...]) -> common.FileIndex:
+        """`common.index_files` of the manual dir; what the walk met goes into the reports."""
+        self._file_index = common.index_files(manual_dir, suffixes)
+        return self._file_index
 
     def _make_splits(self, manual_dir: str, rows_by_split: dict[str, list]) -> dict:
         """Split generators for the splits that have rows and at least one clip on disk.

@@ -1,26 +1,39 @@
-"""Helpers shared by the AudioSet, VGGSound and EPIC-Kitchens TFDS builders.
+"""Helpers shared by the TFDS builders (AudioSet, VGGSound, EPIC-Kitchens, sounding objects).
 
-- `read_csv` / `CsvRow`: strict CSV reading; a malformed line raises `MalformedCsvError`
-  naming the file and the line number.
-- `index_files`: one `os.walk` over the manual dir, file name -> relative path.
+- File access goes through `tf.io.gfile`, so the manual dir and the data dir may be on any
+  filesystem TensorFlow reads (`gs://`, `ram://`, local): `is_remote`, `is_file`,
+  `read_text`, `require_file`, `resolve_path`.
+- `read_csv` / `CsvRow`: the one CSV reader. Anything that cannot be read (bad encoding, a
+  field holding a line break, a wrong field count, a value that fails validation) raises
+  `MalformedCsvError` naming the file, the line and the column, and saying what to do.
+- `index_files` / `FileIndex`: one walk over the manual dir, file name -> relative path.
+  Links to folders and files are followed, also out of the manual dir; a folder reached a
+  second time (a link loop) is not walked again; loops, broken links, links leading out of
+  the manual dir and unreadable folders are counted.
 - `BuildReport`: per-split counts of bad input, logged and written as JSON beside the data.
 - `resample` / `fit_length`: waveform resampling (EPIC's 24 kHz HDF5 audio), cropping/padding.
 """
 
 from __future__ import annotations
 
+import codecs
+import collections.abc
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 AUDIO_SAMPLE_RATE = 16000
+DEFAULT_ENCODING = "utf-8"
 
 # Kinds of bad input. Examples of the first group are dropped, the others are kept.
 SKIPPED_KINDS = {
@@ -37,8 +50,94 @@ KEPT_KINDS = {
 _LOG = logging.getLogger(__name__)
 
 
+# ---------------------------------------------------------------------------------------
+# Files on any filesystem
+
+
+def is_remote(path: str) -> bool:
+    """True for a URL-style path (`gs://bucket/x`, `ram://x`): read through tf.io.gfile only."""
+    return "://" in os.fspath(path)
+
+
+def is_file(path: str) -> bool:
+    path = os.fspath(path)
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def resolve_path(manual_dir: str, path: str) -> str:
+    """`path` if absolute (or a URL), else `path` inside `manual_dir`."""
+    if os.path.isabs(path) or is_remote(path):
+        return path
+    return os.path.join(os.fspath(manual_dir), path)
+
+
+def require_file(path: str, what: str) -> str:
+    """Returns `path` or raises FileNotFoundError saying which metadata file is missing."""
+    if not is_file(path):
+        raise FileNotFoundError(f"{what} not found: {path} (see MANUAL_DOWNLOAD_INSTRUCTIONS).")
+    return path
+
+
+def check_encoding(encoding: str, where: str) -> None:
+    """Raises ValueError unless `encoding` is a codec that writes ',', '"' and line breaks
+    as ASCII does (UTF-8, Latin-1, cp1252, ...): CSV syntax is found in the decoded text,
+    but line numbers in messages are counted in the bytes."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"{where}: unknown text encoding {encoding!r}") from None
+    if ',"\r\n'.encode(encoding) != b',"\r\n':
+        raise ValueError(
+            f"{where}: encoding {encoding!r} is not ASCII-compatible; re-save the file as "
+            "UTF-8 (or Latin-1 / cp1252)"
+        )
+
+
+def _line_and_column(data: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column of byte `offset` (lines end at \\n, \\r\\n or \\r)."""
+    lines = data[:offset].splitlines(keepends=True)
+    if not lines or lines[-1].endswith((b"\n", b"\r")):
+        return len(lines) + 1, 1
+    return len(lines), len(lines[-1]) + 1
+
+
+def read_text(path: str, encoding: str = DEFAULT_ENCODING) -> str:
+    """The text of a metadata file (any filesystem), a UTF-8 byte-order mark dropped.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      MalformedCsvError: a byte sequence is not valid in `encoding`; the message names the
+        line, the byte offset and what to do.
+    """
+    path = os.fspath(path)
+    check_encoding(encoding, path)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as e:
+        # utf-8-sig reports offsets after the 3-byte mark it dropped.
+        offset = e.start + (3 if codec == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else 0)
+        line, column = _line_and_column(data, offset)
+        bad = data[offset : offset + 1].hex()
+        raise MalformedCsvError(
+            path,
+            line,
+            f"byte 0x{bad} at byte offset {offset} (column {column}) is not valid {encoding} "
+            f"({e.reason}). Re-save the file as UTF-8, or name its encoding in the builder "
+            "config field `csv_encoding` (e.g. 'cp1252'; docs/datasets.md).",
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# CSV
+
+
 class MalformedCsvError(ValueError):
-    """A CSV line that cannot be parsed; the message names the file and line."""
+    """A line of a metadata file that cannot be read; the message names the file and line."""
 
     def __init__(self, path: str, line: int, reason: str):
         super().__init__(f"{path}, line {line}: {reason}")
@@ -48,14 +147,27 @@ class MalformedCsvError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class CsvRow:
-    """One parsed CSV record with where it came from, for error messages."""
+    """One parsed CSV record with where it came from, for error messages.
+
+    Attributes:
+      path: the file.
+      line: the line the record is on (1-based, counting blank and comment lines).
+      fields: the stripped fields, one per column.
+      columns: the column names, for messages.
+      header_note: appended to errors of the file's first record when the file may have a
+        header: says why that line was read as data.
+    """
 
     path: str
     line: int
     fields: list[str]
+    columns: tuple[str, ...] = ()
+    header_note: str = ""
 
     def error(self, reason: str) -> MalformedCsvError:
-        return MalformedCsvError(self.path, self.line, f"{reason} (row {self.fields})")
+        return MalformedCsvError(
+            self.path, self.line, f"{reason} (row {self.fields}){self.header_note}"
+        )
 
     def as_float(self, index: int, column: str) -> float:
         try:
@@ -75,70 +187,267 @@ class CsvRow:
             ) from None
 
 
-def read_csv(
-    path: str, *, num_fields: int, skip_comments: bool = False, skip_initial_space: bool = False
-) -> Iterator[CsvRow]:
-    """Yields the records of a CSV file, each with exactly `num_fields` stripped fields.
+def _header_key(fields: Sequence[str]) -> tuple[str, ...]:
+    """Header fields compared without case, surrounding spaces, or ' '/'-' vs '_'."""
+    return tuple(f.strip().lower().replace(" ", "_").replace("-", "_") for f in fields)
 
-    Tolerates a UTF-8 BOM, CRLF line endings and blank lines. With `skip_comments`,
-    lines starting with '#' are skipped (AudioSet's header lines). With
-    `skip_initial_space`, the space after each ',' is dropped so that quoted fields
-    after ', ' parse (AudioSet's `"--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"`).
+
+def read_csv(
+    path: str,
+    columns: Sequence[str],
+    *,
+    headers: Sequence[Sequence[str]] = (),
+    skip_comments: bool = False,
+    skip_initial_space: bool = False,
+    encoding: str = DEFAULT_ENCODING,
+) -> Iterator[CsvRow]:
+    """Yields the records of a CSV file, each with one stripped field per column.
+
+    Tolerates a UTF-8 byte-order mark, CRLF line endings and blank lines. The first record
+    is skipped as a header only when it reads like one of `headers` (ignoring case, spaces
+    around fields and ' '/'-' vs '_'); otherwise it is data, and an error about it says
+    why it was not taken as a header. With `skip_comments`, lines starting with '#' are
+    skipped (AudioSet's header lines). With `skip_initial_space`, the space after each ','
+    is dropped so that quoted fields after ', ' parse (AudioSet's
+    `--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"`).
 
     Raises:
       FileNotFoundError: `path` does not exist.
-      MalformedCsvError: a line has the wrong number of fields or broken quoting.
+      MalformedCsvError: bytes not valid in `encoding`; broken quoting; a field holding a
+        line break (a quoted field spanning lines: usually a quote left open, which would
+        shift every later field); a record with the wrong number of fields.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, strict=True, skipinitialspace=skip_initial_space)
-        while True:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise MalformedCsvError(path, reader.line_num, f"bad CSV syntax: {e}") from None
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue
-            if skip_comments and fields[0].lstrip().startswith("#"):
-                continue
-            if len(fields) != num_fields:
+    columns = tuple(columns)
+    known_headers = {_header_key(h) for h in headers}
+    header_note = ""
+    if headers:
+        shown = " or ".join(repr(",".join(h)) for h in headers)
+        header_note = (
+            f"; the first record is read as data: a header is recognised only when it reads {shown}"
+        )
+    reader = csv.reader(
+        io.StringIO(read_text(path, encoding), newline=""),
+        strict=True,
+        skipinitialspace=skip_initial_space,
+    )
+    first = True
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise MalformedCsvError(
+                path, start, f"bad CSV syntax in the record starting here: {e}"
+            ) from None
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue
+        if skip_comments and fields[0].lstrip().startswith("#"):
+            continue
+        for i, field in enumerate(fields):
+            if "\n" in field or "\r" in field:
+                column = columns[i] if i < len(columns) else f"#{i + 1}"
                 raise MalformedCsvError(
                     path,
-                    reader.line_num,
-                    f"expected {num_fields} fields, found {len(fields)}: {fields}",
+                    start,
+                    f"field {i + 1} ({column!r}) holds a line break, so the record runs on to "
+                    f"line {reader.line_num}: {field!r}. A quote is probably left open; "
+                    "no field may span lines: fix the quoting.",
                 )
-            yield CsvRow(path, reader.line_num, [field.strip() for field in fields])
+        if len(fields) != len(columns):
+            raise MalformedCsvError(
+                path,
+                start,
+                f"expected {len(columns)} fields ({','.join(columns)}), "
+                f"found {len(fields)}: {fields}",
+            )
+        stripped = [field.strip() for field in fields]
+        if first and _header_key(stripped) in known_headers:
+            first = False
+            continue
+        yield CsvRow(path, start, stripped, columns, header_note if first else "")
+        first = False
 
 
-def index_files(root: str, suffixes: tuple[str, ...]) -> dict[str, str]:
-    """Maps the file names under `root` (recursively) to their paths relative to `root`.
+# ---------------------------------------------------------------------------------------
+# The manual dir's files
 
-    Suffixes are matched case-insensitively ('.mp4' also finds '.MP4'). When a name
-    occurs twice, the first in sorted walk order wins and the duplicate is logged.
+
+@dataclasses.dataclass(eq=False)
+class FileIndex(collections.abc.Mapping):
+    """File name -> path relative to `root` of the files `index_files` found, and what the
+    walk met on the way (each list holds 'relative path -> target' or 'path: reason').
+
+    Attributes:
+      root: the walked folder.
+      paths: file name -> relative path (the first in sorted walk order).
+      duplicates: relative paths of later files with an already indexed name (ignored).
+      revisited: links to a folder already walked (a loop, or a second link to it): not
+        walked again.
+      outside: links whose target lies outside `root`: followed.
+      broken: links whose target does not exist (or that loop onto themselves).
+      unreadable: folders that could not be listed.
     """
-    suffixes = tuple(s.lower() for s in suffixes)
-    index: dict[str, str] = {}
-    duplicates = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for filename in sorted(filenames):
-            if not filename.lower().endswith(suffixes):
+
+    root: str
+    paths: dict[str, str] = dataclasses.field(default_factory=dict)
+    duplicates: list[str] = dataclasses.field(default_factory=list)
+    revisited: list[str] = dataclasses.field(default_factory=list)
+    outside: list[str] = dataclasses.field(default_factory=list)
+    broken: list[str] = dataclasses.field(default_factory=list)
+    unreadable: list[str] = dataclasses.field(default_factory=list)
+
+    def __getitem__(self, name: str) -> str:
+        return self.paths[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        """What the walk met, by kind (for build reports)."""
+        return {
+            "duplicate_names": len(self.duplicates),
+            "links_revisited": len(self.revisited),
+            "links_outside": len(self.outside),
+            "links_broken": len(self.broken),
+            "unreadable_folders": len(self.unreadable),
+        }
+
+    def _add(self, name: str, relative: str) -> None:
+        if name in self.paths:
+            self.duplicates.append(relative)
+        else:
+            self.paths[name] = relative
+
+    def log(self) -> None:
+        """One log line per kind met: warnings, and an info line for the followed outside links."""
+        root = self.root
+        for items, message in (
+            (self.duplicates, "files share a name with an earlier one and are ignored"),
+            (
+                self.revisited,
+                "folder links lead to a folder already indexed (a link loop, or a second "
+                "link to it) and are not walked again",
+            ),
+            (self.broken, "links are broken (their target is missing); their files are missing"),
+            (self.unreadable, "folders could not be read; files in them are missing"),
+        ):
+            if items:
+                _LOG.warning("%s: %d %s, e.g. %s", root, len(items), message, items[:3])
+        if self.outside:
+            _LOG.info(
+                "%s: %d links lead outside it and are followed, e.g. %s",
+                root,
+                len(self.outside),
+                self.outside[:3],
+            )
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _walk_local(index: FileIndex, suffixes: tuple[str, ...]) -> None:
+    """Fills `index` from a local folder: links followed, each folder walked once (by device
+    and inode, which also catches bind-mount loops)."""
+    root = os.fspath(index.root)
+    root_real = os.path.realpath(root)
+
+    def inside(real: str) -> bool:
+        return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+    root_stat = os.stat(root)
+    walked = {(root_stat.st_dev, root_stat.st_ino)}
+
+    def visit(folder: str, relative: str) -> None:
+        try:
+            with os.scandir(folder) as entries:
+                listing = sorted(entries, key=lambda e: e.name)
+        except OSError as e:
+            index.unreadable.append(f"{relative or '.'}: {e.strerror or e}")
+            return
+        folders = []
+        for entry in listing:
+            path = _join(relative, entry.name)
+            if entry.is_symlink():
+                if not os.path.exists(entry.path):
+                    index.broken.append(f"{path} -> {os.readlink(entry.path)}")
+                    continue
+                real = os.path.realpath(entry.path)
+                if not inside(real):
+                    index.outside.append(f"{path} -> {real}")
+            try:
+                is_folder = entry.is_dir()
+            except OSError:
+                is_folder = False
+            if is_folder:
+                folders.append((entry.path, path))
+            elif entry.name.lower().endswith(suffixes):
+                index._add(entry.name, path)
+        for folder_path, path in folders:
+            try:
+                stat = os.stat(folder_path)
+            except OSError as e:
+                index.unreadable.append(f"{path}: {e.strerror or e}")
                 continue
-            relative = os.path.relpath(os.path.join(dirpath, filename), root)
-            if filename in index:
-                duplicates.append(relative)
-            else:
-                index[filename] = relative
-    if duplicates:
-        _LOG.warning(
-            "%d files under %s share a name with an earlier one and are ignored, e.g. %s",
-            len(duplicates),
-            root,
-            duplicates[:3],
-        )
+            key = (stat.st_dev, stat.st_ino)
+            if key in walked:
+                index.revisited.append(f"{path} -> {os.path.realpath(folder_path)}")
+                continue
+            walked.add(key)
+            visit(folder_path, path)
+
+    visit(root, "")
+
+
+def _walk_remote(index: FileIndex, suffixes: tuple[str, ...]) -> None:
+    """Fills `index` from a URL-style folder through tf.io.gfile (object stores have no links)."""
+    root = index.root.rstrip("/")
+
+    def unreadable(error) -> None:
+        index.unreadable.append(str(error))
+
+    for folder, subfolders, files in tf.io.gfile.walk(root, onerror=unreadable):
+        subfolders.sort()  # walked in this order
+        relative = folder[len(root) :].strip("/")
+        for name in sorted(files):
+            if name.lower().endswith(suffixes):
+                index._add(name, _join(relative, name))
+
+
+def index_files(root: str, suffixes: tuple[str, ...]) -> FileIndex:
+    """Indexes the files under `root` (recursively) whose names end in one of `suffixes`.
+
+    Suffixes are matched case-insensitively ('.mp4' also finds '.MP4'). Folders are walked
+    in sorted order, a folder's files before its subfolders; when a name occurs twice, the
+    first wins. Links to files and folders are followed, also when they lead outside
+    `root` (a manual dir made of links into a shared store works); a folder reached again
+    through a link is not walked again, so link loops end. Everything met on the way is
+    counted in the returned index and logged (`FileIndex.log`).
+
+    Raises:
+      FileNotFoundError: `root` is not a folder.
+    """
+    root = os.fspath(root)
+    if not tf.io.gfile.isdir(root):
+        raise FileNotFoundError(f"manual dir not found or not a folder: {root}")
+    index = FileIndex(root)
+    suffixes = tuple(s.lower() for s in suffixes)
+    if is_remote(root):
+        _walk_remote(index, suffixes)
+    else:
+        _walk_local(index, suffixes)
+    index.log()
     return index
+
+
+# ---------------------------------------------------------------------------------------
+# Build reports
 
 
 class BuildReport:
@@ -158,8 +467,11 @@ class BuildReport:
         *,
         max_logged: int = 5,
         max_listed: int = 50,
+        manual_dir: dict[str, int] | None = None,
     ):
         self.dataset, self.config, self.version, self.split = dataset, config, version, split
+        # What the walk over the manual dir met (`FileIndex.counts`), shared by all splits.
+        self.manual_dir = dict(manual_dir or {})
         self.max_logged = max_logged
         self.max_listed = max_listed
         self.rows = 0
@@ -216,13 +528,15 @@ class BuildReport:
             "skipped": self.skipped,
             "kinds": {**SKIPPED_KINDS, **KEPT_KINDS},
             "first": self.first,
+            "manual_dir": self.manual_dir,
         }
 
     def summary(self) -> str:
         bad = ", ".join(f"{k}={v}" for k, v in self.counts.items() if v) or "no bad input"
+        walk = ", ".join(f"{k}={v}" for k, v in self.manual_dir.items() if v)
         return (
             f"[{self.dataset}/{self.config} {self.split}] {self.written} examples written "
-            f"from {self.rows} rows; {bad}"
+            f"from {self.rows} rows; {bad}" + (f"; manual dir: {walk}" if walk else "")
         )
 
     def write(self, directory: str, complete: bool = True) -> str:
@@ -231,11 +545,12 @@ class BuildReport:
         During `download_and_prepare` TFDS builds into `<config dir>/incomplete.XXXX_<version>`
         and renames it to `<config dir>/<version>` on success; the message names the latter.
         """
-        directory = os.path.normpath(directory)
+        directory = os.fspath(directory)
+        directory = directory.rstrip("/") if is_remote(directory) else os.path.normpath(directory)
         path = os.path.join(directory, f"build_report_{self.split}.json")
-        os.makedirs(directory, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.as_dict(complete), f, indent=2)
+        tf.io.gfile.makedirs(directory)
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(json.dumps(self.as_dict(complete), indent=2))
         shown = path
         if os.path.basename(directory).startswith("incomplete."):
             shown = os.path.join(os.path.dirname(directory), self.version, os.path.basename(path))
@@ -268,18 +583,6 @@ def fit_length(array: np.ndarray, length: int, *, repeat_last: bool) -> np.ndarr
     else:
         pad = np.zeros((length - len(array),) + array.shape[1:], array.dtype)
     return np.concatenate([array, pad], axis=0)
-
-
-def resolve_path(manual_dir: str, path: str) -> str:
-    """`path` if absolute, else `path` inside `manual_dir`."""
-    return path if os.path.isabs(path) else os.path.join(os.fspath(manual_dir), path)
-
-
-def require_file(path: str, what: str) -> str:
-    """Returns `path` or raises FileNotFoundError saying which metadata file is missing."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path} (see MANUAL_DOWNLOAD_INSTRUCTIONS).")
-    return path
 
 
 def resample(

@@ -14,6 +14,7 @@ import os
 import re
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mbt.data import media
@@ -44,6 +45,7 @@ ANNOTATION_COLUMNS = (
     "all_noun_classes",
 )
 _COLUMN = {name: i for i, name in enumerate(ANNOTATION_COLUMNS)}
+CLASS_COLUMNS = ("id", "key", "instances", "category")
 _TIMESTAMP = re.compile(r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)$")
 AUDIO_SOURCES = ("mp4", "hdf5")
 
@@ -59,13 +61,18 @@ class EpicKitchensConfig(base.MediaConfig):
         `audio_hdf5_file` (one 1-D float32 dataset per video id) instead.
       audio_hdf5_file: the HDF5 file, relative to the manual dir or absolute.
       hdf5_sample_rate: sample rate of the HDF5 waveforms in Hz (resampled to 16 kHz).
+      num_verbs, num_nouns: the classes the class CSVs must list (EPIC-Kitchens-100: 97
+        verbs, 300 nouns).
     """
 
     audio_source: str = "mp4"
     audio_hdf5_file: str = AUDIO_HDF5
     hdf5_sample_rate: int = 24000
+    num_verbs: int = NUM_VERBS
+    num_nouns: int = NUM_NOUNS
 
     def __post_init__(self):
+        super().__post_init__()
         if self.audio_source not in AUDIO_SOURCES:
             raise ValueError(
                 f"EpicKitchensConfig {self.name!r}: audio_source="
@@ -82,12 +89,10 @@ def parse_timestamp(text: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def read_class_keys(path: str) -> list[str]:
+def read_class_keys(path: str, encoding: str = common.DEFAULT_ENCODING) -> list[str]:
     """Class names (`key` column) of EPIC_100_{verb,noun}_classes.csv, by `id`."""
     keys: list[str] = []
-    for row in common.read_csv(path, num_fields=4):
-        if not keys and row.fields[:2] == ["id", "key"]:
-            continue
+    for row in common.read_csv(path, CLASS_COLUMNS, headers=(CLASS_COLUMNS,), encoding=encoding):
         class_id = row.as_int(0, "id")
         if class_id != len(keys):
             raise row.error(f"class id {class_id} out of order, expected {len(keys)}")
@@ -108,7 +113,9 @@ class Narration:
     noun_class: int
 
 
-def read_annotations(path: str, num_verbs: int, num_nouns: int) -> list[Narration]:
+def read_annotations(
+    path: str, num_verbs: int, num_nouns: int, encoding: str = common.DEFAULT_ENCODING
+) -> list[Narration]:
     """Reads EPIC_100_{train,validation}.csv (header in `ANNOTATION_COLUMNS`).
 
     Raises:
@@ -116,9 +123,10 @@ def read_annotations(path: str, num_verbs: int, num_nouns: int) -> list[Narratio
         columns that are not Python literals.
     """
     narrations = []
-    for row in common.read_csv(path, num_fields=len(ANNOTATION_COLUMNS)):
-        if row.fields[0] == "narration_id":
-            continue
+    rows = common.read_csv(
+        path, ANNOTATION_COLUMNS, headers=(ANNOTATION_COLUMNS,), encoding=encoding
+    )
+    for row in rows:
         field = lambda name: row.fields[_COLUMN[name]]  # noqa: B023 (used in this iteration only)
         times = {}
         for column in ("start_timestamp", "stop_timestamp"):
@@ -153,10 +161,10 @@ def read_annotations(path: str, num_verbs: int, num_nouns: int) -> list[Narratio
     return narrations
 
 
-def find_file(manual_dir: str, filename: str, index: dict[str, str]) -> str | None:
+def find_file(manual_dir: str, filename: str, index: common.FileIndex) -> str | None:
     """`manual_dir/filename`, else the first file of that name below the manual dir."""
     direct = os.path.join(manual_dir, filename)
-    if os.path.isfile(direct):
+    if common.is_file(direct):
         return direct
     if filename in index:
         return os.path.join(manual_dir, index[filename])
@@ -175,10 +183,14 @@ class Hdf5Audio:
 
         self.path = path
         self.sample_rate = sample_rate
-        self._file = h5py.File(path, "r")
+        # h5py reads a local path itself, any other filesystem through a file object.
+        self._source = tf.io.gfile.GFile(path, "rb") if common.is_remote(path) else None
+        self._file = h5py.File(self._source or path, "r")
 
     def close(self):
         self._file.close()
+        if self._source is not None:
+            self._source.close()
 
     def loader(self, video_id: str):
         """`(start_s, end_s) -> float32 [round((end - start) * 16000)]`, or None per call when
@@ -243,10 +255,13 @@ class EpicKitchens(base.ManualMediaBuilder):
   """
 
     def _info(self) -> tfds.core.DatasetInfo:
-        # Verb/noun names come from the class CSVs; they are set in `_split_generators`.
+        # The class counts are the config's; the verb/noun names come from the class CSVs and
+        # are set in `_split_generators`.
+        config: EpicKitchensConfig = self.builder_config
         return self.dataset_info_from_configs(
             features=base.media_features(
-                verb_label=tfds.features.ClassLabel(), noun_label=tfds.features.ClassLabel()
+                verb_label=tfds.features.ClassLabel(num_classes=config.num_verbs),
+                noun_label=tfds.features.ClassLabel(num_classes=config.num_nouns),
             ),
             supervised_keys=None,
             homepage="https://epic-kitchens.github.io/",
@@ -255,7 +270,7 @@ class EpicKitchens(base.ManualMediaBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = os.fspath(dl_manager.manual_dir)
         config: EpicKitchensConfig = self.builder_config
-        index = common.index_files(manual_dir, (".mp4", ".csv"))
+        index = self._index_files(manual_dir, (".mp4", ".csv"))
 
         def metadata(filename, what):
             path = find_file(manual_dir, filename, index)
@@ -266,13 +281,23 @@ class EpicKitchens(base.ManualMediaBuilder):
                 )
             return path
 
-        verbs = read_class_keys(metadata(VERB_CSV, "EPIC-Kitchens verb classes"))
-        nouns = read_class_keys(metadata(NOUN_CSV, "EPIC-Kitchens noun classes"))
-        for kind, names, expected in (("verb", verbs, NUM_VERBS), ("noun", nouns, NUM_NOUNS)):
-            if len(names) != expected:
-                _LOG.warning(
-                    "%d %s classes (EPIC-Kitchens-100 has %d).", len(names), kind, expected
+        encoding = config.csv_encoding
+        class_lists = {}
+        for kind, filename, expected, official in (
+            ("verb", VERB_CSV, config.num_verbs, NUM_VERBS),
+            ("noun", NOUN_CSV, config.num_nouns, NUM_NOUNS),
+        ):
+            path = metadata(filename, f"EPIC-Kitchens {kind} classes")
+            class_lists[kind] = read_class_keys(path, encoding)
+            if len(class_lists[kind]) != expected:
+                count = len(class_lists[kind])
+                raise ValueError(
+                    f"{path} lists {count} {kind} classes, but builder config {config.name!r} "
+                    f"has num_{kind}s={expected} (EPIC-Kitchens-100 has {official}). Use the "
+                    f"official {filename}, or build a config with num_{kind}s={count} "
+                    f"(docs/datasets.md)."
                 )
+        verbs, nouns = class_lists["verb"], class_lists["noun"]
         self.info.features["verb_label"].names = verbs
         self.info.features["noun_label"].names = nouns
 
@@ -287,7 +312,7 @@ class EpicKitchens(base.ManualMediaBuilder):
             if path is None:
                 _LOG.info("No %s in %s: split %s is not built.", filename, manual_dir, split)
                 continue
-            narrations[split] = read_annotations(path, len(verbs), len(nouns))
+            narrations[split] = read_annotations(path, len(verbs), len(nouns), encoding)
         if not narrations:
             raise FileNotFoundError(f"None of {sorted(SPLIT_CSVS.values())} found in {manual_dir}.")
         self._video_index = index

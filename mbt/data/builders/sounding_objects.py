@@ -278,16 +278,18 @@ class ClipRow:
     line: int
 
 
-def read_class_names(path: str) -> list[str]:
+def read_class_names(path: str, encoding: str = common.DEFAULT_ENCODING) -> list[str]:
     """Object names of `classes.txt`, one per non-blank line, in class-index order."""
-    with open(path, encoding="utf-8-sig") as f:
-        names = [line.strip() for line in f if line.strip()]
+    names = [line.strip() for line in common.read_text(path, encoding).splitlines()]
+    names = [name for name in names if name]
     if len(names) < 2 or len(set(names)) != len(names):
         raise ValueError(f"{path}: needs at least 2 distinct class names, found {names}")
     return names
 
 
-def read_rows(path: str, names: list[str]) -> list[ClipRow]:
+def read_rows(
+    path: str, names: list[str], encoding: str = common.DEFAULT_ENCODING
+) -> list[ClipRow]:
     """Rows of `sounding_objects.csv` (header `clip_id,split,label,shown`).
 
     Raises:
@@ -296,9 +298,7 @@ def read_rows(path: str, names: list[str]) -> list[ClipRow]:
     """
     known = set(names)
     rows: list[ClipRow] = []
-    for row in common.read_csv(path, num_fields=len(CSV_HEADER)):
-        if row.line == 1 and tuple(row.fields) == CSV_HEADER:
-            continue
+    for row in common.read_csv(path, CSV_HEADER, headers=(CSV_HEADER,), encoding=encoding):
         clip_id, split, label, shown_field = row.fields
         shown = tuple(s.strip() for s in shown_field.split(SHOWN_SEPARATOR) if s.strip())
         if split not in SPLITS:
@@ -316,9 +316,11 @@ def read_rows(path: str, names: list[str]) -> list[ClipRow]:
 
 @dataclasses.dataclass(eq=False)
 class SoundingObjectsConfig(base.MediaConfig):
-    """`base.MediaConfig` with the clip length read from each file (from its start)."""
+    """`base.MediaConfig` with the clip length read from each file (from its start) and the
+    number of object types N (`classes.txt` must list `object_names(num_classes)`)."""
 
     clip_seconds: float = DEFAULT_CLIP_SECONDS
+    num_classes: int = DEFAULT_NUM_OBJECTS
 
 
 class SoundingObjects(base.ManualMediaBuilder):
@@ -342,10 +344,10 @@ class SoundingObjects(base.ManualMediaBuilder):
   """
 
     def _info(self) -> tfds.core.DatasetInfo:
-        # Class names come from classes.txt; they are set in `_split_generators`.
+        names = object_names(self.builder_config.num_classes)  # classes.txt is checked against
         return self.dataset_info_from_configs(
             features=base.media_features(
-                label=tfds.features.ClassLabel(),
+                label=tfds.features.ClassLabel(names=names),
                 shown=tfds.features.Sequence(tfds.features.Text()),
             ),
             supervised_keys=None,
@@ -353,13 +355,22 @@ class SoundingObjects(base.ManualMediaBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = os.fspath(dl_manager.manual_dir)
-        names = read_class_names(
-            common.require_file(os.path.join(manual_dir, CLASSES_NAME), "class list")
-        )
-        rows = read_rows(common.require_file(os.path.join(manual_dir, CSV_NAME), "CSV"), names)
-        self.info.features["label"].names = names
+        config: SoundingObjectsConfig = self.builder_config
+        classes_path = common.require_file(os.path.join(manual_dir, CLASSES_NAME), "class list")
+        names = read_class_names(classes_path, config.csv_encoding)
+        expected = object_names(config.num_classes)
+        if names != expected:
+            raise ValueError(
+                f"{classes_path} lists {names}, but builder config {config.name!r} has "
+                f"num_classes={config.num_classes}: {expected}. Generate the clips with "
+                f"--num_classes={config.num_classes}, or build a config with "
+                f"num_classes={len(names)}, e.g. "
+                f'--config=\'{{"name": "n{len(names)}", "num_classes": {len(names)}}}\'.'
+            )
+        csv_path = common.require_file(os.path.join(manual_dir, CSV_NAME), "CSV")
+        rows = read_rows(csv_path, names, config.csv_encoding)
         self._label_index = {name: i for i, name in enumerate(names)}
-        self._clip_index = common.index_files(manual_dir, (".mp4",))
+        self._clip_index = self._index_files(manual_dir, (".mp4",))
         return self._make_splits(
             manual_dir, {split: [r for r in rows if r.split == split] for split in SPLITS}
         )

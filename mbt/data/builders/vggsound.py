@@ -7,6 +7,7 @@ Build (see docs/datasets.md):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 
@@ -14,10 +15,15 @@ import tensorflow_datasets as tfds
 
 from mbt.data.builders import base
 from mbt.data.builders import common
+from mbt.data.builders import vggsound_spec
 
-NUM_CLASSES = 309
+NUM_CLASSES = vggsound_spec.NUM_CLASSES
 CSV_NAME = "vggsound.csv"
+CSV_COLUMNS = ("youtube_id", "start_seconds", "label", "split")
+# First lines taken as a header (the official CSV has none).
+CSV_HEADERS = (CSV_COLUMNS, ("ytid", "start_seconds", "label", "split"))
 SPLITS = ("train", "test")
+CLASS_SOURCES = ("official", "csv")
 
 _LOG = logging.getLogger(__name__)
 
@@ -30,10 +36,23 @@ class VggsoundConfig(base.MediaConfig):
       clip_seconds: length of the segment read from the start of each clip file (the
         official clips are 10 s; a file that ends earlier counts as `short_clip`).
       file_pattern: clip file name; `{ytid}` and `{start}` (integer seconds) are filled in.
+      class_names_from: 'official': the 309 official classes (`vggsound_spec`), a class
+        index is a position in that list and a CSV label outside it is an error; 'csv':
+        the sorted label names the CSV holds (custom label sets; the head is as wide as
+        the number of names found).
     """
 
     clip_seconds: float = 10.0
     file_pattern: str = "{ytid}_{start:06d}.mp4"
+    class_names_from: str = "official"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.class_names_from not in CLASS_SOURCES:
+            raise ValueError(
+                f"VggsoundConfig {self.name!r}: class_names_from={self.class_names_from!r}, "
+                f"expected one of {CLASS_SOURCES}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,21 +64,19 @@ class ClipRow:
     line: int
 
 
-def read_rows(path: str) -> list[ClipRow]:
+def read_rows(path: str, encoding: str = common.DEFAULT_ENCODING) -> list[ClipRow]:
     """Reads `vggsound.csv` rows `youtube_id,start_seconds,label,split`.
 
-    A header line (first line, non-numeric start) is skipped; CRLF and quoted labels
+    The first line is skipped when it is a header (`CSV_HEADERS`); CRLF and quoted labels
     with commas are fine.
 
     Raises:
-      MalformedCsvError: a line with a wrong field count, non-integer start, empty label
-        or a split other than train/test.
+      MalformedCsvError: a line with a wrong field count, non-integer start, empty label,
+        a split other than train/test, or a label spanning lines.
     """
     rows: list[ClipRow] = []
-    for row in common.read_csv(path, num_fields=4):
+    for row in common.read_csv(path, CSV_COLUMNS, headers=CSV_HEADERS, encoding=encoding):
         ytid, start, label, split = row.fields
-        if not rows and row.line == 1 and not start.lstrip("-").isdigit():
-            continue  # header such as `youtube_id,start_seconds,label,split`
         start_s = row.as_int(1, "start_seconds")
         if not label:
             raise row.error("empty label")
@@ -71,16 +88,55 @@ def read_rows(path: str) -> list[ClipRow]:
     return rows
 
 
-def class_names(rows: list[ClipRow]) -> list[str]:
-    """Sorted label names: a class index is a position in this list (as the official code)."""
-    names = sorted({row.label for row in rows})
-    if len(names) != NUM_CLASSES:
-        _LOG.warning(
-            "vggsound CSV has %d label names (the official VGGSound has %d).",
-            len(names),
+def class_names(rows: list[ClipRow], source: str = "official", path: str = CSV_NAME) -> list[str]:
+    """The class names; a class index is a position in this list.
+
+    `source` 'official': the 309 official names (sorted as the official code sorts them);
+    'csv': the sorted label names of `rows`.
+
+    Raises:
+      MalformedCsvError: with 'official', a label that is not an official class name (the
+        message names the first such line of `path` and the closest official names).
+    """
+    if source == "csv":
+        names = sorted({row.label for row in rows})
+        if len(names) != NUM_CLASSES:
+            _LOG.warning(
+                "%s has %d label names (the official VGGSound has %d): class_names_from='csv' "
+                "gives a %d-way head.",
+                path,
+                len(names),
+                NUM_CLASSES,
+                len(names),
+            )
+        return names
+    official = vggsound_spec.official_class_names()
+    known = set(official)
+    unknown = [row for row in rows if row.label not in known]
+    if unknown:
+        first = unknown[0]
+        close = difflib.get_close_matches(first.label, official, n=3)
+        distinct = sorted({row.label for row in unknown})
+        raise common.MalformedCsvError(
+            path,
+            first.line,
+            f"label {first.label!r} is not one of the {NUM_CLASSES} official VGGSound classes "
+            f"(mbt/data/builders/{vggsound_spec.CLASS_LIST})"
+            + (f"; closest: {close}" if close else "")
+            + f". {len(unknown)} of {len(rows)} rows hold labels outside the list "
+            f"({len(distinct)} distinct: {distinct[:5]}{', ...' if len(distinct) > 5 else ''}). "
+            "Correct the labels, or for a custom label set build a config with "
+            "class_names_from='csv' (e.g. --config=csv_classes).",
+        )
+    used = len({row.label for row in rows})
+    if used < NUM_CLASSES:
+        _LOG.info(
+            "%s uses %d of the %d official classes; the label space stays the official one.",
+            path,
+            used,
             NUM_CLASSES,
         )
-    return names
+    return list(official)
 
 
 class Vggsound(base.ManualMediaBuilder):
@@ -97,6 +153,19 @@ class Vggsound(base.ManualMediaBuilder):
             clip_seconds=2.0,
             description="10 fps, short side 64 px, first 2 s (tests, demos).",
         ),
+        VggsoundConfig(
+            name="csv_classes",
+            class_names_from="csv",
+            description="As default, classes = the label names in the CSV (custom label sets).",
+        ),
+        VggsoundConfig(
+            name="tiny_csv_classes",
+            fps=10.0,
+            short_side=64,
+            clip_seconds=2.0,
+            class_names_from="csv",
+            description="As tiny, classes = the label names in the CSV (the synthetic demo).",
+        ),
     ]
     DEFAULT_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
@@ -104,23 +173,32 @@ class Vggsound(base.ManualMediaBuilder):
     {CSV_NAME}  (rows youtube_id,start_seconds,label,split)
     the clips anywhere below it (searched recursively), named {{ytid}}_{{start:06d}}.mp4,
     e.g. ---g-f_I2yQ_000001.mp4
+  Labels must be official class names (vggsound_classes.txt) unless the config has
+  class_names_from='csv' (configs csv_classes, tiny_csv_classes).
   """
 
     def _info(self) -> tfds.core.DatasetInfo:
-        # Class names come from the CSV; they are set in `_split_generators`.
+        config: VggsoundConfig = self.builder_config
+        if config.class_names_from == "official":
+            label = tfds.features.ClassLabel(names=vggsound_spec.official_class_names())
+        else:  # the CSV's names, set in `_split_generators`
+            label = tfds.features.ClassLabel()
         return self.dataset_info_from_configs(
-            features=base.media_features(label=tfds.features.ClassLabel()),
+            features=base.media_features(label=label),
             supervised_keys=None,
             homepage="https://www.robots.ox.ac.uk/~vgg/data/vggsound/",
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = os.fspath(dl_manager.manual_dir)
-        rows = read_rows(common.require_file(os.path.join(manual_dir, CSV_NAME), "VGGSound CSV"))
-        names = class_names(rows)
-        self.info.features["label"].names = names
+        config: VggsoundConfig = self.builder_config
+        csv_path = common.require_file(os.path.join(manual_dir, CSV_NAME), "VGGSound CSV")
+        rows = read_rows(csv_path, config.csv_encoding)
+        names = class_names(rows, config.class_names_from, csv_path)
+        if config.class_names_from == "csv":
+            self.info.features["label"].names = names
         self._label_index = {name: i for i, name in enumerate(names)}
-        self._clip_index = common.index_files(manual_dir, (".mp4",))
+        self._clip_index = self._index_files(manual_dir, (".mp4",))
         return self._make_splits(
             manual_dir, {split: [r for r in rows if r.split == split] for split in SPLITS}
         )
