@@ -34,7 +34,7 @@ CONFIGS_DIR = os.path.join(
 # experiment's demo sizes are derived from (its model=mbt|sft|clstm and modalities=av|audio|rgb
 # argument keys are the ones the experiments use).
 DATA_CONFIGS = {
-    "demo": "synthetic.py",
+    "demo": "sounding_objects.py",
     "audioset": "audioset.py",
     "vggsound": "vggsound.py",
     "epic_kitchens": "epic_kitchens.py",
