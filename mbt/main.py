@@ -11,10 +11,14 @@ Training writes the resolved config to `<workdir>/config.json`; without `--confi
 uses that file (`--mode=train` resumes with it). A `--config` that changes the model or
 optimizer structure of a trained workdir is refused before anything is restored
 (`mbt.workdir`).
-`--mode=train` trains (resuming from the workdir's checkpoints), evaluates and tests;
+`--mode=train` trains (resuming from the workdir's checkpoints), evaluates and tests, holding
+`<workdir>/train.lock` so that a second training run on the workdir stops at once;
 `evaluate` / `test` restore the latest checkpoint and run the single-view eval / multi-view
-test; `robustness` restores it and evaluates under white noise at several SNRs and with a
-modality removed (`mbt.robustness`, docs/models.md). See docs/training.md.
+test (without the lock: a workdir still training can be evaluated); `robustness` restores it
+and evaluates under white noise at several SNRs and with a modality removed
+(`mbt.robustness`, docs/models.md). A checkpoint fault (none restores, a write failed, the
+workdir is locked) ends the command with one `error: ...` message and exit status 1. See
+docs/training.md.
 """
 
 import logging
@@ -26,6 +30,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from mbt import checkpointing
 from mbt import cli
 from mbt import config_validation
 from mbt import robustness
@@ -85,6 +90,13 @@ def main(argv):
         _WORKDIR.value,
         _MODE.value,
     )
+    try:
+        _run_mode(config)
+    except checkpointing.CheckpointError as error:  # its message says what to do
+        sys.exit(f"error: {error}")
+
+
+def _run_mode(config):
     if _MODE.value == "robustness":
         report = robustness.run_robustness(config, _WORKDIR.value)
         print(robustness.markdown_table(report), flush=True)

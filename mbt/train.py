@@ -584,6 +584,12 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`, evaluates, tests; returns the final results.
 
+    The run holds `<workdir>/train.lock` throughout (`checkpointing.workdir_lock`): a second
+    training run on the same workdir raises `checkpointing.WorkdirLockedError` before doing
+    anything. A resume skips damaged checkpoints (moving them to
+    `<workdir>/checkpoints_damaged/`); a failed checkpoint write stops training with
+    `checkpointing.CheckpointWriteError` at the next log step or save.
+
     Args:
       config: the full config (see docs/training.md for the keys); written to
         `<workdir>/config.json` (`mbt.workdir`) after checking that it does not change the
@@ -595,6 +601,11 @@ def train_and_evaluate(
       `{'step': last step, 'stopped_early': bool, 'final_state': TrainState,
         'eval': metrics or None, 'test': metrics or None}`.
     """
+    with checkpointing.workdir_lock(workdir):
+        return _train_and_evaluate(config, workdir, data, on_step)
+
+
+def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
     workdir_lib.check_compatible(config, workdir)  # before any data is read or restored
     workdir_lib.save_config(config, workdir)
     data = data if data is not None else PipelineData(config, workdir)
@@ -611,7 +622,7 @@ def train_and_evaluate(
     )
     ckpt.install_sigterm_handler()
     try:
-        restored = ckpt.restore(setup.abstract_state, setup.state_shardings)
+        restored = ckpt.restore(setup.abstract_state, setup.state_shardings, set_aside_damaged=True)
         if restored is None:
             state = initial_state(setup, config, workdir)
             start_step, consumed = 0, 0
@@ -676,6 +687,7 @@ def train_and_evaluate(
                 means.add(*previous)
                 previous = None
             if do_log:
+                ckpt.check_for_errors()  # a failed background write stops the run here
                 train_means = means.pop()
                 writer.write_scalars(step, train_means)
                 rate = (step - step_start) / max(time.monotonic() - t_start, 1e-9)
@@ -787,7 +799,8 @@ def evaluate(
     """Restores the latest checkpoint of `workdir` and evaluates it.
 
     mode 'evaluate': single-view pass on the eval split; 'test': multi-view pass on the test
-    split. Writes `<workdir>/results_<split>.json` and returns the metrics.
+    split. Writes `<workdir>/results_<split>.json` and returns the metrics. Takes no workdir
+    lock: evaluating the checkpoints of a run still training is allowed.
     """
     if mode not in ("evaluate", "test"):
         raise ValueError(f"mode={mode!r}; allowed: 'evaluate', 'test'")
@@ -816,6 +829,9 @@ def restore_params(
     setup: Setup, workdir: str, config: ml_collections.ConfigDict | None = None
 ) -> tuple[Any, int]:
     """(params, step) of the latest checkpoint in `<workdir>/checkpoints`, sharded as in training.
+
+    Damaged checkpoints are skipped with a warning (the newest one that restores is used) and
+    left where they are; `checkpointing.CheckpointRestoreError` when none restores.
 
     With no checkpoint in the workdir and `config.init_from` naming a checkpoint whose classifier
     head is restored (`restore_output_projection=True`, e.g. a Scenic MBT model-zoo checkpoint),

@@ -9,6 +9,8 @@ the same (8, 1) mesh; it prints the mesh and the test checks it.
 A watcher thread SIGKILLs the child as soon as a checkpoint of step >= `_KILL_AFTER` is
 committed on disk, while the child keeps training (it sleeps `_PACE_S` per step to leave a
 window, and blocks at step `_GATE_STEP` < `_NUM_STEPS` so that it can never finish first).
+Just before the kill, the watcher tries to take the workdir lock as a second trainer would, and
+must be refused (the child holds it); the kernel drops the lock with the killed child.
 The run is then resumed in this process in the same workdir and its final `TrainState`
 (step, params, optimiser state, RNG key) and test loss are compared with those of an
 uninterrupted run of the same config, also in this process: it compiles while the child
@@ -29,6 +31,7 @@ import numpy as np
 import pytest
 import train_fixtures
 
+from mbt import checkpointing
 from mbt import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,6 +117,7 @@ class _KillAfterCheckpoint(threading.Thread):
         self.min_step, self.timeout_s = min_step, timeout_s
         self.outcome = None  # 'killed' | 'exited' | 'timeout'
         self.steps_at_kill = None
+        self.lock_error = None  # the WorkdirLockedError of a lock attempt just before the kill
 
     def run(self):
         deadline = time.monotonic() + self.timeout_s
@@ -123,6 +127,10 @@ class _KillAfterCheckpoint(threading.Thread):
                 return
             steps = _committed_steps(self.workdir)
             if steps and steps[-1] >= self.min_step:
+                try:  # a second trainer, while the child trains
+                    checkpointing.WorkdirLock(self.workdir).acquire().release()
+                except checkpointing.WorkdirLockedError as error:
+                    self.lock_error = str(error)
                 self.child.send_signal(signal.SIGKILL)
                 self.steps_at_kill = steps
                 self.outcome = "killed"
@@ -194,6 +202,9 @@ def test_a_sigkilled_training_run_resumes_to_the_uninterrupted_parameters(tmp_pa
         f"stdout:\n{_tail(out_path)}\nstderr:\n{_tail(err_path)}"
     )
     assert child.returncode == -signal.SIGKILL, (child.returncode, _tail(err_path))
+    # The training child held the workdir lock; the kernel dropped it with the child, so
+    # the resume below needs no manual step.
+    assert watcher.lock_error is not None and f"pid {child.pid}, since " in watcher.lock_error
     assert "finished" not in lines
     printed_steps = [int(s) for k, s in zip(lines, lines[1:]) if k == "step"]
     assert _KILL_AFTER <= max(printed_steps) <= _GATE_STEP < _NUM_STEPS, printed_steps
