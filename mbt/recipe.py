@@ -40,15 +40,7 @@ MODALITY_CHOICES = {"av": ("rgb", "spectrogram"), "audio": ("spectrogram",), "rg
 MODALITIES = tuple(MODALITY_CHOICES)
 # Argument value -> config.dataset.spec_augment values (see the module docstring).
 SPEC_AUGMENT_RECIPES = {
-    "paper": dict(
-        num_freq_masks=1,
-        max_freq_width=48,
-        num_time_masks=1,
-        max_time_width=192,
-        time_warp_max_frames=0,
-        time_warp_max_ratio=1.0,
-        time_warp_bound="static",
-    ),
+    "paper": data_settings.PAPER_SPEC_AUGMENT,
     "scenic": dict(
         num_freq_masks=1,
         max_freq_width=48,

@@ -137,6 +137,19 @@ def spec_augment_settings(values) -> SpecAugment | None:
     )
 
 
+# SpecAugment as the MBT paper states it: one frequency mask of <= 48 mel bins, one time mask
+# of <= 192 frames, no time warp (the default; `mbt.recipe.SPEC_AUGMENT_RECIPES['paper']`).
+PAPER_SPEC_AUGMENT = dict(
+    num_freq_masks=1,
+    max_freq_width=48,
+    num_time_masks=1,
+    max_time_width=192,
+    time_warp_max_frames=0,
+    time_warp_max_ratio=1.0,
+    time_warp_bound="static",
+)
+
+
 def default_dataset_config() -> ml_collections.ConfigDict:
     """`config.dataset` with every key the pipeline reads, at MBT's values."""
     c = ml_collections.ConfigDict()
@@ -168,18 +181,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     c.spec_std = 2.762
     c.spec_channels = 1
     c.use_precomputed_spectrogram = True
-    c.spec_augment = ml_collections.ConfigDict(
-        dict(
-            enabled=True,
-            num_freq_masks=1,
-            max_freq_width=48,
-            num_time_masks=1,
-            max_time_width=192,
-            time_warp_max_frames=0,
-            time_warp_max_ratio=1.0,
-            time_warp_bound="static",
-        )
-    )
+    c.spec_augment = ml_collections.ConfigDict(dict(enabled=True, **PAPER_SPEC_AUGMENT))
     c.rgb_augment = ml_collections.ConfigDict(dataclasses.asdict(RgbAugment()))
     c.num_test_clips = 4
     c.num_spatial_crops = 1
