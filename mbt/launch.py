@@ -220,7 +220,7 @@ def initialize(spec: LaunchSpec) -> None:
     if spec.mode == SINGLE:
         return
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
-        # Cross-process collectives on CPU (jax's default before 0.5 was none at all).
+        # Cross-process collectives on CPU; set explicitly, as jax's default has changed.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs: dict[str, Any] = {"initialization_timeout": spec.initialization_timeout_s}
     if spec.coordinator_address is not None:
