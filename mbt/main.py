@@ -5,6 +5,9 @@
         --config.batch_size=32 --config.dataset.data_dir=/data/tfds
     python -m mbt.main --workdir=/ckpt/as_mini --mode=test
     python -m mbt.main --workdir=/ckpt/as_mini --mode=robustness
+    # process 1 of 2 (process 0 runs the same with --process_id=0); see README "Multi-host"
+    python -m mbt.main --config=... --workdir=/shared/run \
+        --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=1
 
 Config files define `get_config(arg=None)`; `--config.<key>=<value>` overrides any key.
 Training writes the resolved config to `<workdir>/config.json`; without `--config` every mode
@@ -19,6 +22,9 @@ and evaluates under white noise at several SNRs and with a modality removed
 (`mbt.robustness`, docs/models.md). A checkpoint fault (none restores, a write failed, the
 workdir is locked) ends the command with one `error: ...` message and exit status 1. See
 docs/training.md.
+Several processes (`mbt.launch`): `--coordinator_address`, `--num_processes`, `--process_id`
+(and `--local_device_ids`) on every process, or nothing under SLURM / Open MPI / Cloud TPU
+(auto-detected); inconsistent values stop the command (status 2) before anything starts.
 """
 
 import logging
@@ -33,6 +39,7 @@ from ml_collections import config_flags
 from mbt import checkpointing
 from mbt import cli
 from mbt import config_validation
+from mbt import launch
 from mbt import robustness
 from mbt import sharding
 from mbt import siblings
@@ -61,6 +68,35 @@ _LIBRARY_LOGS = flags.DEFINE_bool(
     "Show the INFO logs of orbax, TFDS and clu (absl's logger); by "
     "default only mbt's own progress lines and the libraries' warnings are shown.",
 )
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Several processes: host:port of process 0 (a free port), the same on every process. "
+    "Default: $JAX_COORDINATOR_ADDRESS, or auto-detected under SLURM / Open MPI / Cloud TPU.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes",
+    None,
+    "Several processes: how many, the same on every process (1 = a single process, no "
+    "auto-detection). Default: $JAX_NUM_PROCESSES, or auto-detected.",
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id",
+    None,
+    "Several processes: this process's id in 0..num_processes-1 (0 runs the coordinator). "
+    "Default: $JAX_PROCESS_ID, or auto-detected.",
+)
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids",
+    None,
+    "Several processes: the local accelerators this process uses, e.g. 0,1 (one process per "
+    "GPU: its GPU's number). Default: $JAX_LOCAL_DEVICE_IDS, else all (jax's default).",
+)
+_INITIALIZATION_TIMEOUT_S = flags.DEFINE_integer(
+    "initialization_timeout_s",
+    300,
+    "Several processes: seconds to wait for all processes to join before giving up.",
+)
 flags.mark_flags_as_required(["workdir"])
 
 _LOG = logging.getLogger("mbt.main")
@@ -72,7 +108,21 @@ def main(argv):
     logging.getLogger("mbt").setLevel(logging.INFO)
     if not _LIBRARY_LOGS.value:
         logging.getLogger("absl").setLevel(logging.WARNING)
-    sharding.maybe_initialize_distributed()
+    try:  # before any other JAX call
+        launch_spec = launch.resolve(
+            _COORDINATOR_ADDRESS.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            _LOCAL_DEVICE_IDS.value,
+            _INITIALIZATION_TIMEOUT_S.value,
+        )
+    except launch.LaunchError as error:
+        cli.usage_error("python -m mbt.main", str(error))
+    try:
+        launch.initialize(launch_spec)
+    except launch.LaunchError as error:
+        sys.exit(f"error: {error}")
+    _LOG.info("Topology (%s launch): %s", launch_spec.mode, launch.topology())
     # Fail before any data is read, anything restored or compiled.
     try:
         config = workdir_lib.resolve_config(_CONFIG.value, _WORKDIR.value)

@@ -21,7 +21,6 @@ Rules are applied to the abstract state from `jax.eval_shape`, before anything i
 """
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -47,35 +46,6 @@ STATE_RULES = (
     (r"^step$", REPLICATE),
     (r"^rng$", REPLICATE),
 )
-
-
-def maybe_initialize_distributed() -> bool:
-    """Calls `jax.distributed.initialize()` when this is one of several processes.
-
-    Several processes are recognised from the environment: `JAX_COORDINATOR_ADDRESS`
-    (with `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID`), a SLURM job with more than one task, an
-    Open MPI world of more than one, or a multi-host Cloud TPU slice. `MBT_DISTRIBUTED=1`
-    forces it, `MBT_DISTRIBUTED=0` disables it. Must run before any other JAX call.
-    Returns True when it initialised.
-    """
-    forced = os.environ.get("MBT_DISTRIBUTED")
-    if forced is not None:
-        wanted = forced.strip() not in ("", "0", "false", "False")
-    else:
-        wanted = (
-            "JAX_COORDINATOR_ADDRESS" in os.environ
-            or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-            or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-            or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-        )
-    if wanted:
-        jax.distributed.initialize()
-        _LOG.info(
-            "jax.distributed initialised: process %d of %d",
-            jax.process_index(),
-            jax.process_count(),
-        )
-    return wanted
 
 
 def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tuple[int, int]:

@@ -32,6 +32,7 @@ import numpy as np
 from mbt import checkpointing
 from mbt import config_validation
 from mbt import evaluate as evaluate_lib
+from mbt import launch
 from mbt import metrics as metrics_lib
 from mbt import mixup as mixup_lib
 from mbt import models
@@ -728,6 +729,13 @@ def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
         if previous is not None:
             means.add(*previous)
         ckpt.wait()
+        if jax.process_count() > 1:  # equal on every process unless a replica drifted
+            _LOG.info(
+                "process %d parameters at step %d: %s",
+                jax.process_index(),
+                step,
+                launch.replica_fingerprint(state.params),
+            )
 
         test_results = None
         if not stopped_early:

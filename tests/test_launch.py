@@ -1,0 +1,259 @@
+"""Multi-process launch by flags (`mbt.launch`, `python -m mbt.main --num_processes=...`).
+
+The flag checks are unit tests of `launch.resolve` (no JAX job is started), plus one
+command line showing that a bad combination stops `mbt.main` with status 2 before it touches
+the workdir. The real thing: two `python -m mbt.main` processes on 127.0.0.1 (2 simulated CPU
+devices each, gloo collectives) train the toy dataset to the end, both exit 0, and print the
+same digest of their parameter copies and the same test metrics.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import toy_dataset_fixtures
+
+from mbt import launch
+from mbt.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def resolve(environ=None, **flags):
+    return launch.resolve(environ=environ or {}, **flags)
+
+
+# --- flag checks --------------------------------------------------------------------------
+
+
+def test_nothing_given_is_a_single_process():
+    assert resolve() == launch.LaunchSpec(launch.SINGLE)
+    assert resolve(num_processes=1).mode == launch.SINGLE
+    assert resolve(num_processes=1, process_id=0).mode == launch.SINGLE
+
+
+def test_explicit_flags_and_the_environment_variables_jax_does_not_read():
+    spec = resolve(
+        coordinator_address="10.0.0.2:8476",
+        num_processes=4,
+        process_id=3,
+        local_device_ids=["0", "1"],
+        initialization_timeout_s=60,
+    )
+    assert spec == launch.LaunchSpec(launch.EXPLICIT, "10.0.0.2:8476", 4, 3, (0, 1), 60)
+    env = {
+        "JAX_COORDINATOR_ADDRESS": "node-0:1234",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": "1",
+    }
+    assert resolve(env) == launch.LaunchSpec(launch.EXPLICIT, "node-0:1234", 2, 1)
+    # A flag wins over its variable.
+    assert resolve(env, process_id=0).process_id == 0
+
+
+def test_auto_detection_stays_when_nothing_is_given():
+    assert resolve({"SLURM_NTASKS": "8"}) == launch.LaunchSpec(launch.AUTO)
+    assert resolve({"OMPI_COMM_WORLD_SIZE": "2"}).mode == launch.AUTO
+    assert resolve({"TPU_WORKER_HOSTNAMES": "t1,t2"}).mode == launch.AUTO
+    assert resolve({"SLURM_NTASKS": "1"}).mode == launch.SINGLE
+    assert resolve({"MBT_DISTRIBUTED": "1"}).mode == launch.AUTO
+    assert resolve({"MBT_DISTRIBUTED": "0", "SLURM_NTASKS": "8"}).mode == launch.SINGLE
+    # Under SLURM an address alone is passed on; jax detects the count and the id.
+    spec = resolve({"SLURM_NTASKS": "8"}, coordinator_address="n0:9000")
+    assert (spec.mode, spec.coordinator_address, spec.num_processes) == (
+        launch.AUTO,
+        "n0:9000",
+        None,
+    )
+    # --num_processes=1 is one process even inside a SLURM job of several tasks.
+    assert resolve({"SLURM_NTASKS": "8"}, num_processes=1).mode == launch.SINGLE
+
+
+@pytest.mark.parametrize(
+    "environ, flags, message",
+    [
+        ({}, {"process_id": 1}, "--process_id=1 without --num_processes: give every process"),
+        (
+            {},
+            {"num_processes": 2, "process_id": 2, "coordinator_address": "h:1"},
+            "--process_id=2 is out of range for --num_processes=2: process ids are 0..1",
+        ),
+        ({}, {"num_processes": 2, "process_id": -1}, "--process_id=-1 is out of range"),
+        ({"JAX_PROCESS_ID": "5", "JAX_NUM_PROCESSES": "4"}, {}, "JAX_PROCESS_ID=5 is out of"),
+        ({}, {"num_processes": 0}, "--num_processes=0 must be at least 1"),
+        ({"JAX_NUM_PROCESSES": "two"}, {}, "JAX_NUM_PROCESSES='two' is not an integer"),
+        (
+            {},
+            {"num_processes": 2, "coordinator_address": "h:1"},
+            "--num_processes=2 also needs --process_id on every process",
+        ),
+        (
+            {},
+            {"num_processes": 2},
+            "--num_processes=2 also needs --process_id and --coordinator_address",
+        ),
+        ({}, {"coordinator_address": "10.0.0.2"}, "--coordinator_address='10.0.0.2' is not"),
+        ({}, {"coordinator_address": "http://h:1"}, "is not host:port"),
+        ({}, {"coordinator_address": "h:70000"}, "port 70000 is not in 1..65535"),
+        ({"JAX_COORDINATOR_ADDRESS": "h:"}, {}, "JAX_COORDINATOR_ADDRESS='h:' is not host:port"),
+        ({}, {"coordinator_address": "h:1"}, "--coordinator_address=h:1 alone: outside SLURM"),
+        (
+            {"MBT_DISTRIBUTED": "0"},
+            {"num_processes": 2, "process_id": 0, "coordinator_address": "h:1"},
+            "MBT_DISTRIBUTED=0 turns multi-process off but --num_processes=2",
+        ),
+        ({}, {"local_device_ids": ["0", "0"]}, "must be distinct device numbers >= 0"),
+        ({}, {"local_device_ids": ["a"]}, "--local_device_ids='a' is not an integer"),
+        ({}, {"local_device_ids": ["1"]}, "selects devices for one of several processes"),
+        ({}, {"initialization_timeout_s": 0}, "--initialization_timeout_s=0 must be at least"),
+    ],
+)
+def test_inconsistent_or_malformed_values_are_refused(environ, flags, message):
+    with pytest.raises(launch.LaunchError) as error:
+        resolve(environ, **flags)
+    assert message in str(error.value)
+
+
+def test_addresses():
+    assert launch.parse_address("10.0.0.2:8476") == ("10.0.0.2", 8476)
+    assert launch.parse_address("node-0.cluster:1") == ("node-0.cluster", 1)
+    assert launch.parse_address("[::1]:8476") == ("[::1]", 8476)
+
+
+def test_the_command_line_stops_before_touching_the_workdir(tmp_path):
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "mbt.main", f"--workdir={workdir}", "--process_id=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO),
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "python -m mbt.main: error: --process_id=1 without --num_processes: give every process "
+        "the same --num_processes=N and its own --process_id in 0..N-1"
+    )
+    assert not workdir.exists()
+
+
+# --- two processes on 127.0.0.1 -----------------------------------------------------------
+
+_CONFIG_FILE = textwrap.dedent("""
+    import sys
+
+    sys.path[:0] = [{tests!r}, {src!r}]
+    import toy_dataset_fixtures
+
+
+    def get_config(arg=None):
+        config = toy_dataset_fixtures.toy_config()
+        config.dataset.data_dir = {data_dir!r}  # built by the test: no process builds it
+        config.dataset.synthetic.num_clips = 0
+        config.export = False
+        return config
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def toy_data_dir(tmp_path, monkeypatch):
+    """The toy dataset built once in this process, read by both training processes."""
+    toy_dataset_fixtures.install_toy_module(tmp_path / "src", monkeypatch)
+    config = toy_dataset_fixtures.toy_config()
+    pipeline.prepare_dataset(config, str(tmp_path / "data"))
+    yield config.dataset.data_dir
+    sys.modules.pop(toy_dataset_fixtures.MODULE, None)
+
+
+def test_two_processes_train_to_the_end_and_agree(tmp_path, toy_data_dir):
+    config_path = tmp_path / "toy_config.py"
+    config_path.write_text(
+        _CONFIG_FILE.format(tests=TESTS, src=str(tmp_path / "src"), data_dir=toy_data_dir)
+    )
+    workdir = tmp_path / "run"
+    address = f"127.0.0.1:{_free_port()}"
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=REPO,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(name, None)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mbt.main",
+                f"--config={config_path}",
+                f"--workdir={workdir}",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={pid}",
+                "--initialization_timeout_s=120",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in (0, 1)
+    ]
+    logs = []
+    try:
+        for proc in procs:
+            logs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for pid, (proc, log) in enumerate(zip(procs, logs)):
+        assert proc.returncode == 0, f"process {pid}:\n{log[-4000:]}"
+        assert f"process {pid} of 2: 2 local cpu devices" in log, log[-4000:]
+        assert "of 4" in log
+    fingerprints = [
+        re.findall(r"parameters at step 4: (sha256 \S+ of \d+ .*)", log) for log in logs
+    ]
+    assert len(fingerprints[0]) == 1 and fingerprints[0] == fingerprints[1], fingerprints
+    tests = [re.findall(r"test test \(8 views\): (.*) ->", log) for log in logs]
+    assert len(tests[0]) == 1 and tests[0] == tests[1], tests
+    assert (workdir / "results_test.json").is_file()
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+
+def test_the_replica_fingerprint_sees_one_changed_element():
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from mbt import sharding
+
+    mesh = sharding.make_mesh((-1, 1))
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+    w = np.arange(16, dtype=np.float32).reshape(4, 4)
+    tree = {"w": put(w, P()), "b": put(np.ones(8, np.float32), P("data"))}
+    same = {"w": put(w.copy(), P()), "b": put(np.zeros(8, np.float32), P("data"))}
+    w_changed = w.copy()  # (device_put on CPU may share w's memory)
+    w_changed[3, 3] += 1e-6
+    changed = {"w": put(w_changed, P()), "b": tree["b"]}
+    text = launch.replica_fingerprint(tree)
+    assert text.endswith("of 1 replicated arrays (1 sharded ones not included)")
+    assert launch.replica_fingerprint(same) == text
+    assert launch.replica_fingerprint(changed) != text
