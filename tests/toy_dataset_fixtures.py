@@ -106,12 +106,16 @@ TOY_MODULE = textwrap.dedent('''
 
 def install_toy_module(src_dir, monkeypatch) -> str:
     """Writes the module to `src_dir`, puts that on sys.path and leaves the registry as it was
-    after the test (monkeypatch undoes both). Returns the module name."""
+    after the test (monkeypatch undoes each: our registry and TFDS's). Returns the module name."""
     src_dir.mkdir(exist_ok=True)
     (src_dir / f"{MODULE}.py").write_text(TOY_MODULE)
     monkeypatch.syspath_prepend(str(src_dir))
     registry.names()  # the built-in specs, registered for good
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    # TFDS refuses a second class named ToySounds, which a later test's fresh import makes.
+    from tensorflow_datasets.core import registered
+
+    monkeypatch.setattr(registered, "_DATASET_REGISTRY", dict(registered._DATASET_REGISTRY))
     monkeypatch.delitem(sys.modules, MODULE, raising=False)
     return MODULE
 
