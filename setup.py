@@ -19,6 +19,7 @@ _DATA = [
     "tensorboard>=2.21",
     "av>=18.1",
     "h5py>=3.10",
+    "grain>=0.2.18",  # random-access input (mbt.data.grain_input), with array_record
 ]
 _TFDS_CLI = ["apache-beam>=2.60", "mlcroissant>=1.0.9"]
 # Reference implementations the tests compare against, and the style checks CI runs
@@ -51,7 +52,7 @@ setuptools.setup(
     # The core (models, train step, trainer, flops, benchmarks) needs no TensorFlow.
     install_requires=_CORE,
     extras_require={
-        # The input side: TFDS builders, the tf.data pipeline, media decoding, predict.
+        # The input side: TFDS builders, the tf.data and grain pipelines, media decoding, predict.
         "data": _DATA,
         # TFDS's `tfds build` command imports these at start-up, even for Beam-less builders.
         "tfds_cli": _TFDS_CLI,

@@ -42,6 +42,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+# Exit status of `python -m mbt.main` after a SIGTERM stop with a saved checkpoint
+# (EX_TEMPFAIL: a temporary failure; the same command resumes).
+EXIT_PREEMPTED = 75
+
 _LOG = logging.getLogger(__name__)
 
 DAMAGED_DIR = "checkpoints_damaged"  # `<workdir>/checkpoints_damaged/<step>`: set aside, kept
@@ -443,8 +447,15 @@ class Checkpointer:
         return bool(multihost_utils.reached_preemption_sync_point(step))
 
     def install_sigterm_handler(self):
-        """On SIGTERM, ask the train loop to save and stop (main thread only; no-op elsewhere)."""
+        """On SIGTERM, ask the train loop to save and stop (main thread only; no-op elsewhere).
+
+        With several processes, JAX's preemption service (its own SIGTERM handler, installed
+        by `jax.distributed.initialize`) agrees on the step to stop at: a Python handler
+        here would replace it, so none is installed.
+        """
         if threading.current_thread() is not threading.main_thread():
+            return
+        if jax.process_count() > 1:
             return
 
         def handler(signum, frame):

@@ -20,8 +20,9 @@ optimizer structure of a trained workdir is refused before anything is restored
 test (without the lock: a workdir still training can be evaluated); `robustness` restores it
 and evaluates under white noise at several SNRs and with a modality removed
 (`mbt.robustness`, docs/models.md). A checkpoint fault (none restores, a write failed, the
-workdir is locked) ends the command with one `error: ...` message and exit status 1. See
-docs/training.md.
+workdir is locked) ends the command with one `error: ...` message and exit status 1. A
+SIGTERM (to any one process of a multi-process run) makes training save a checkpoint and stop
+with exit status 75 (checkpointing.EXIT_PREEMPTED); the same command resumes. See docs/training.md.
 Several processes (`mbt.launch`): `--coordinator_address`, `--num_processes`, `--process_id`
 (and `--local_device_ids`) on every process, or nothing under SLURM / Open MPI / Cloud TPU
 (auto-detected); inconsistent values stop the command (status 2) before anything starts.
@@ -155,6 +156,14 @@ def _run_mode(config):
         train.evaluate(config, _WORKDIR.value, _MODE.value)
         return
     result = train.train_and_evaluate(config, _WORKDIR.value)
+    if result["stopped_early"]:
+        print(
+            f"stopped at step {result['step']} on SIGTERM after saving a checkpoint; run the "
+            f"same command to resume (exit status {checkpointing.EXIT_PREEMPTED})",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(checkpointing.EXIT_PREEMPTED)
     if config.get("siblings") and not result["stopped_early"]:
         overrides = (
             config_flags.get_override_values(flags.FLAGS["config"])

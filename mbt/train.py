@@ -635,7 +635,7 @@ def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
         else:
             state, ckpt_meta = restored
             start_step = int(state.step)
-            consumed = int(ckpt_meta.get("train_batches_consumed", start_step))
+            consumed = resume_batches(ckpt_meta, start_step, config)
             _LOG.info("Resumed at step %d of %d from %s.", start_step, total_steps, ckpt.directory)
         if is_main and start_step == 0:
             writer.write_hparams(
@@ -703,7 +703,7 @@ def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
                     _format_secs((total_steps - step) / max(rate, 1e-9)),
                 )
             if do_save:
-                ckpt.save(step, state, {"train_batches_consumed": consumed})
+                ckpt.save(step, state, checkpoint_meta(consumed, config))
             if do_eval:
                 eval_results = run_evaluation(setup, data, state.params, the_eval_split, "eval")
                 writer.write_scalars(
@@ -759,6 +759,38 @@ def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
     finally:
         ckpt.close()
         writer.close()
+
+
+def checkpoint_meta(consumed: int, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What a checkpoint stores besides the train state: the input stream's position.
+
+    `train_input` does not depend on the process layout: the next global position of the
+    train stream (examples, `consumed` global batches of `config.batch_size`), which the
+    grain loader (mbt.data.grain_input) continues from on any number of processes.
+    """
+    return {
+        "train_batches_consumed": consumed,
+        "train_input": {
+            "next_position": consumed * int(config.batch_size),
+            "global_batch_size": int(config.batch_size),
+            "seed": int(config.seed),
+        },
+    }
+
+
+def resume_batches(ckpt_meta: Mapping[str, Any], step: int, config) -> int:
+    """Global batches of `config.batch_size` the restored run had read (its data position)."""
+    position = (ckpt_meta.get("train_input") or {}).get("next_position")
+    if position is None:  # checkpoints written before train_input was stored
+        return int(ckpt_meta.get("train_batches_consumed", step))
+    batches, rest = divmod(int(position), int(config.batch_size))
+    if rest:
+        raise ValueError(
+            f"the checkpoint's input stream is at example {position}, not a whole number of "
+            f"batches of config.batch_size={config.batch_size}: resume with the batch size it "
+            f"was written with ({ckpt_meta['train_input'].get('global_batch_size')})"
+        )
+    return batches
 
 
 def _final_evaluations(setup, data, state, workdir, writer):

@@ -2,23 +2,17 @@
 
 The flag checks are unit tests of `launch.resolve` (no JAX job is started), plus one
 command line showing that a bad combination stops `mbt.main` with status 2 before it touches
-the workdir. The real thing: two `python -m mbt.main` processes on 127.0.0.1 (2 simulated CPU
-devices each, gloo collectives) train the toy dataset to the end, both exit 0, and print the
-same digest of their parameter copies and the same test metrics.
+the workdir. The real thing, two `python -m mbt.main` processes on 127.0.0.1, is in
+tests/test_topology.py.
 """
 
 import os
-import re
-import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
-import toy_dataset_fixtures
 
 from mbt import launch
-from mbt.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -142,99 +136,6 @@ def test_the_command_line_stops_before_touching_the_workdir(tmp_path):
         "the same --num_processes=N and its own --process_id in 0..N-1"
     )
     assert not workdir.exists()
-
-
-# --- two processes on 127.0.0.1 -----------------------------------------------------------
-
-_CONFIG_FILE = textwrap.dedent("""
-    import sys
-
-    sys.path[:0] = [{tests!r}, {src!r}]
-    import toy_dataset_fixtures
-
-
-    def get_config(arg=None):
-        config = toy_dataset_fixtures.toy_config()
-        config.dataset.data_dir = {data_dir!r}  # built by the test: no process builds it
-        config.dataset.synthetic.num_clips = 0
-        config.export = False
-        return config
-""")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def toy_data_dir(tmp_path, monkeypatch):
-    """The toy dataset built once in this process, read by both training processes."""
-    toy_dataset_fixtures.install_toy_module(tmp_path / "src", monkeypatch)
-    config = toy_dataset_fixtures.toy_config()
-    pipeline.prepare_dataset(config, str(tmp_path / "data"))
-    yield config.dataset.data_dir
-    sys.modules.pop(toy_dataset_fixtures.MODULE, None)
-
-
-def test_two_processes_train_to_the_end_and_agree(tmp_path, toy_data_dir):
-    config_path = tmp_path / "toy_config.py"
-    config_path.write_text(
-        _CONFIG_FILE.format(tests=TESTS, src=str(tmp_path / "src"), data_dir=toy_data_dir)
-    )
-    workdir = tmp_path / "run"
-    address = f"127.0.0.1:{_free_port()}"
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=REPO,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(name, None)
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mbt.main",
-                f"--config={config_path}",
-                f"--workdir={workdir}",
-                f"--coordinator_address={address}",
-                "--num_processes=2",
-                f"--process_id={pid}",
-                "--initialization_timeout_s=120",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for pid in (0, 1)
-    ]
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=300)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for pid, (proc, log) in enumerate(zip(procs, logs)):
-        assert proc.returncode == 0, f"process {pid}:\n{log[-4000:]}"
-        assert f"process {pid} of 2: 2 local cpu devices" in log, log[-4000:]
-        assert "of 4" in log
-    fingerprints = [
-        re.findall(r"parameters at step 4: (sha256 \S+ of \d+ .*)", log) for log in logs
-    ]
-    assert len(fingerprints[0]) == 1 and fingerprints[0] == fingerprints[1], fingerprints
-    tests = [re.findall(r"test test \(8 views\): (.*) ->", log) for log in logs]
-    assert len(tests[0]) == 1 and tests[0] == tests[1], tests
-    assert (workdir / "results_test.json").is_file()
-    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
 
 
 def test_the_replica_fingerprint_sees_one_changed_element():

@@ -1,9 +1,12 @@
-"""tf.data input pipeline: stored examples → numpy batches for the trainer (docs/design.md).
+"""Input pipeline: stored examples → numpy batches for the trainer (docs/design.md).
 
 API: `default_dataset_config()`, `get_dataset_meta(config)`, `make_dataset(config, split,
 mode, batch_size, ...)`, `num_batches(...)`, `prepare_dataset(config, workdir)`.
 
-Modes:
+Two loaders cut the same views (`mbt.data.clips`): grain (`mbt.data.grain_input`) for
+ArrayRecord builds, whose global stream is independent of the process layout, and tf.data
+(below) for sequential files (TFRecord builds, Scenic TFRecords, memory). `loader='auto'`
+takes grain where the data allows. The tf.data modes:
 - 'train': infinite, over the first `train_fraction` of the split; each epoch is a fresh
   seeded shuffle of the host's examples (shuffle buffer over the read order); one random
   window and crop per example with stateless augmentation seeded by (seed, host, position
@@ -56,7 +59,14 @@ docs/config.md):
                color_drop_prob, brightness, contrast, saturation, hue}
   num_test_clips       temporal views per example in 'test' mode
   num_spatial_crops    1 (centre) or 3 (both ends and centre of the long side) in 'test' mode
-  shuffle_buffer       training shuffle buffer (examples, held undecoded)
+  shuffle_buffer       training shuffle buffer (examples, held undecoded; tf.data)
+  loader               'auto' (grain for ArrayRecord builds, else tf.data) | 'grain' |
+                       'tf.data'; grain's stream is the same on any process layout
+                       (mbt.data.grain_input)
+  file_format          format TFDS builds write: 'tfrecord' | 'array_record' (random
+                       access, read through grain)
+  grain_threads, grain_workers
+                       grain: threads per process, worker processes (0 = none)
   synthetic.{num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases}
                        prepare_dataset's synthetic copy (num_clips = 0: none)
   tfrecord_pattern     scenic_tfrecord: glob with '{split}', or a dict split → glob
@@ -172,7 +182,7 @@ def split_names(values: Mapping[str, Any]) -> dict[str, str]:
     return {mode: values[f"{mode}_split"] or default for mode, default in zip(MODES, defaults)}
 
 
-def _source(values: dict) -> sources.ExampleSource:
+def source_from_values(values: dict) -> sources.ExampleSource:
     """The source of the dataset spec: its factory, else its TFDS builder's prepared copy."""
     spec = registry.get(values["name"], values["imports"])
     if spec.source_factory is not None:
@@ -268,7 +278,7 @@ def _meta(values: dict, source: sources.ExampleSource, settings: clips.ClipSetti
 def get_dataset_meta(config) -> DatasetMeta:
     """Classes, label layout, modalities, per-example input shapes and split sizes."""
     values = dataset_values(config)
-    source = _source(values)
+    source = source_from_values(values)
     return _meta(values, source, clip_settings(values, source))
 
 
@@ -311,6 +321,25 @@ def _resolve_split(
     return split
 
 
+LOADERS = ("auto", "grain", "tf.data")
+
+
+def uses_grain(values: Mapping[str, Any], source: sources.ExampleSource) -> bool:
+    """Whether `config.dataset.loader` reads `source` through grain (mbt.data.grain_input)."""
+    loader = values["loader"]
+    if loader not in LOADERS:
+        raise ValueError(f"config.dataset.loader={loader!r}: allowed values are {LOADERS}")
+    random_access = source.records is not None
+    if loader == "grain" and not random_access:
+        raise ValueError(
+            f"config.dataset.loader='grain' needs random access, but {source.name} is not "
+            "stored as ArrayRecord: rebuild it with config.dataset.file_format='array_record' "
+            "(`python -m mbt.data.builders --file_format=array_record`), or use "
+            "loader='tf.data'"
+        )
+    return loader == "grain" or (loader == "auto" and random_access)
+
+
 def _example_views(mode: str, values: dict) -> int:
     return values["num_test_clips"] * values["num_spatial_crops"] if mode == "test" else 1
 
@@ -322,10 +351,16 @@ def num_batches(
     if mode == "train":
         return None
     values = dataset_values(config)
-    source = _source(values)
+    source = source_from_values(values)
     split = _resolve_split(values, source, split, mode)
     if process_count is None:
         _, process_count = _process_layout(None, None)
+    if uses_grain(values, source):
+        from mbt.data import grain_input  # pylint: disable=g-import-not-at-top
+
+        return grain_input.num_eval_batches(
+            source.split_sizes[split], _example_views(mode, values), batch_size * process_count
+        )
     per_host = math.ceil(source.split_sizes[split] / process_count)
     return math.ceil(per_host * _example_views(mode, values) / batch_size)
 
@@ -339,7 +374,8 @@ def _options() -> tf.data.Options:
     return options
 
 
-def _finish(view: dict, example: dict, source: sources.ExampleSource) -> dict:
+def finish_view(view: dict, example: dict, source: sources.ExampleSource) -> dict:
+    """A view plus its label vector, batch_mask 1 and video_index (tf.data and grain)."""
     return {
         **view,
         "label": sources.label_vector(example, source),
@@ -353,6 +389,15 @@ def _padding(element_spec: dict, count: int) -> tf.data.Dataset:
     zeros = {k: tf.zeros(spec.shape, spec.dtype) for k, spec in element_spec.items()}
     zeros["video_index"] = tf.constant(-1, tf.int32)
     return tf.data.Dataset.from_tensors(zeros).repeat(count)
+
+
+def _check_request(mode: str, batch_size: int, start_batch: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if start_batch < 0:
+        raise ValueError(f"start_batch={start_batch} must be >= 0")
 
 
 def build_tf_dataset(
@@ -371,14 +416,9 @@ def build_tf_dataset(
 
     `source` overrides the source named by the config (e.g. `sources.memory_source`).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {MODES}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    if start_batch < 0:
-        raise ValueError(f"start_batch={start_batch} must be >= 0")
+    _check_request(mode, batch_size, start_batch)
     values = dataset_values(config)
-    source = source or _source(values)
+    source = source or source_from_values(values)
     settings = clip_settings(values, source)
     split = _resolve_split(values, source, split, mode)
     process_index, process_count = _process_layout(process_index, process_count)
@@ -424,7 +464,7 @@ def build_tf_dataset(
                 crop_position=None,
                 seed=view_seed,
             )
-            return _finish(view, example, source)
+            return finish_view(view, example, source)
 
         ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
         ds = ds.skip(skip_in_epoch)
@@ -446,7 +486,7 @@ def build_tf_dataset(
                 crop_position=crop_position,
                 seed=None,
             )
-            return _finish(view, example, source)
+            return finish_view(view, example, source)
 
         ds = examples.flat_map(lambda ex: tf.data.Dataset.range(views).map(lambda v: (v, ex)))
         ds = ds.map(eval_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -486,6 +526,24 @@ def make_dataset(
       `[B, time, mel, C]`, `label` float32 `[B, num_classes]`, `batch_mask` float32 `[B]`
       and `video_index` int32 `[B]`.
     """
+    values = dataset_values(config)
+    source = source_from_values(values)
+    if uses_grain(values, source):
+        from mbt.data import grain_input  # pylint: disable=g-import-not-at-top
+
+        _check_request(mode, batch_size, start_batch)
+        process_index, process_count = _process_layout(process_index, process_count)
+        return grain_input.make_batches(
+            values,
+            source,
+            _resolve_split(values, source, split, mode),
+            mode,
+            batch_size,
+            seed=seed,
+            start_batch=start_batch,
+            process_index=process_index,
+            process_count=process_count,
+        )
     ds = build_tf_dataset(
         config,
         split,
@@ -495,6 +553,7 @@ def make_dataset(
         start_batch=start_batch,
         process_index=process_index,
         process_count=process_count,
+        source=source,
     )
     return ds.as_numpy_iterator()
 
@@ -553,7 +612,11 @@ def prepare_dataset(config, workdir: str) -> None:
     if not values["data_dir"]:
         config.dataset.data_dir = data_dir
     builder = sources.tfds_builder(
-        name, values["builder_config"] or None, data_dir, values["imports"]
+        name,
+        values["builder_config"] or None,
+        data_dir,
+        values["imports"],
+        file_format=values["file_format"],
     )
     if builder.is_prepared():
         _LOG.info("%s/%s already built in %s.", builder.name, builder.builder_config.name, data_dir)

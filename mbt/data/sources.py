@@ -46,6 +46,10 @@ class ExampleSource:
       full_frame_decode: JPEG frames are decoded whole and then cropped (the same pixels as
         decoding every frame up front) rather than with `tf.io.decode_and_crop_jpeg`, whose
         chroma upsampling can change the pixels at the crop's edge.
+      records: for random-access storage (ArrayRecord), `records(split)` → the split's
+        serialized examples by index (index = `video_index`); None for sequential storage.
+      deserialize: serialized example (tf.string scalar) → the stored example dict `read`
+        gives (less `video_index`); set with `records`.
     """
 
     name: str
@@ -59,6 +63,8 @@ class ExampleSource:
     read: Callable[[str, int, int], tf.data.Dataset]
     stored_spectrogram_bins: int | None = None
     full_frame_decode: bool = False
+    records: Callable[[str], Sequence[bytes]] | None = None
+    deserialize: Callable[[tf.Tensor], dict] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -95,17 +101,35 @@ def keep_needed(example: dict, modalities: Sequence[str]) -> dict:
 # TFDS builders (the `builder` of a registry spec)
 
 
+FILE_FORMATS = ("tfrecord", "array_record")
+
+
 def tfds_builder(
-    name: str, builder_config: str | None, data_dir: str | None, imports: Sequence[str] = ()
+    name: str,
+    builder_config: str | None,
+    data_dir: str | None,
+    imports: Sequence[str] = (),
+    *,
+    file_format: str | None = None,
 ):
-    """The TFDS builder of dataset `name` (its registry spec's `builder`, imported lazily)."""
+    """The TFDS builder of dataset `name` (its registry spec's `builder`, imported lazily).
+
+    `file_format` ('tfrecord' | 'array_record') is what a build writes; a prepared dataset is
+    read in the format it was written in.
+    """
     import tensorflow_datasets as tfds
 
     spec = registry.get(name, imports)
     if spec.builder is None:
         raise ValueError(f"config.dataset.name={name!r} has no TFDS builder (it is read directly)")
     cls = registry.load(spec.builder)
-    kwargs = {"config": builder_config} if builder_config else {}
+    kwargs: dict = {"config": builder_config} if builder_config else {}
+    if file_format:
+        if file_format not in FILE_FORMATS:
+            raise ValueError(
+                f"config.dataset.file_format={file_format!r}: allowed values are {FILE_FORMATS}"
+            )
+        kwargs["file_format"] = file_format
     try:
         return tfds.builder(cls.name, data_dir=data_dir or None, **kwargs)
     except ValueError as e:
@@ -191,6 +215,18 @@ def tfds_source(
         )
         return ds.map(add_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+    records = deserialize = None
+    if str(getattr(builder.info.file_format, "value", "")) == "array_record":
+        skip_rgb = {"rgb": tfds.decode.SkipDecoding()}
+
+        def records(split: str) -> Sequence[bytes]:
+            return builder.as_data_source(
+                split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+            )
+
+        def deserialize(serialized: tf.Tensor) -> dict:
+            return dict(builder.info.features.deserialize_example(serialized, decoders=skip_rgb))
+
     return ExampleSource(
         name=f"{builder.name}/{builder.builder_config.name}",
         class_names=class_names,
@@ -201,6 +237,8 @@ def tfds_source(
         fps=float(stored_fps),
         split_sizes=split_sizes,
         read=read,
+        records=records,
+        deserialize=deserialize,
     )
 
 
