@@ -1,21 +1,26 @@
-"""Step time, throughput and achieved FLOP/s of a model, fused vs einsum attention, in one run.
+"""Step time, throughput, achieved FLOP/s and MFU of a model, fused vs einsum attention.
 
     python scripts/benchmark_model.py                       # tiny MBT, < 1 min on a CPU
     python scripts/benchmark_model.py --preset=mbt_b16 --dtype=bfloat16 --batch_size=8   # GPU
     python scripts/benchmark_model.py --config=configs/<file>.py --batch_size=4 --steps=10
+    python scripts/benchmark_model.py --preset=mbt_b16 --stop_after=flops   # no compile
 
 For each attention path (`config.model.attention` = 'fused', i.e. jax.nn.dot_product_attention,
 and 'einsum', plain softmax(q·kᵀ)·v) it prints: compile time, forward (inference) and
 forward+backward (gradient of a sigmoid cross-entropy w.r.t. all parameters, train=True, no
-optimiser update) median time per step (the two paths timed alternately), examples/s,
-achieved FLOP/s and the fraction of the device's peak where known, then the einsum/fused
-time ratios.
+optimiser update) median time per step over `--steps` after one warm-up (the two paths timed
+alternately), examples/s, achieved FLOP/s and the fraction of the device's peak where known;
+then the model FLOPs per training step, the MFU of the forward+backward step against the
+device's dense peak (`mbt.tools.device_peaks`; "peak unknown" on CPUs), the einsum/fused time
+ratios, XLA's temp buffers and the device's peak memory in use (`memory_stats()`; n/a on CPU).
+`--stop_after=flops` stops before compiling, `--stop_after=compile` before timing.
 
-Achieved FLOP/s uses the hardware convention (1 multiply-add = 2 FLOPs):
+Model FLOPs use the hardware convention (1 multiply-add = 2 FLOPs):
 forward = 2 · analytic multiply-adds (mbt.tools.flops) · batch; forward+backward = 3× that
-(the backward pass does two matrix products per forward one). Elementwise ops are not counted.
-Peaks are dense tensor-core numbers; 'float32' means JAX's default precision for float32
-matmuls, which is TF32 on NVIDIA Ampere and newer and one bfloat16 pass on TPU.
+(the backward pass does two matrix products per forward one). Matrix products only: no
+elementwise ops, no rematerialisation. Peaks are dense tensor-core / MXU numbers; 'float32'
+means JAX's default precision for float32 matmuls, which is TF32 on NVIDIA Ampere and newer
+and one bfloat16 pass on TPU.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from mbt import models  # noqa: E402
 from mbt.tools import bench  # noqa: E402
+from mbt.tools import device_peaks  # noqa: E402
 from mbt.tools import flops  # noqa: E402
 
 ATTENTIONS = ("fused", "einsum")
@@ -54,13 +60,20 @@ _DTYPE = flags.DEFINE_enum(
     ["float32", "bfloat16"],
     "Overrides config.model.dtype (computation dtype; params stay float32).",
 )
+_STOP_AFTER = flags.DEFINE_enum(
+    "stop_after",
+    "time",
+    ["flops", "compile", "time"],
+    "flops: print the FLOPs and the device's peak only (no compile); compile: also compile both "
+    "attention paths (compile time, XLA memory) but do not run them; time: the full benchmark.",
+)
 _OUT = flags.DEFINE_string(
     "out", "", "Directory for the markdown table, e.g. results (default '': print only)."
 )
 
 
-def benchmark(model_config, input_shapes, num_classes: int, batch_size: int, steps: int):
-    """{attention: {'forward_s', 'train_s' (median s/step), compile times, temp bytes}}."""
+def compile_paths(model_config, input_shapes, num_classes: int, batch_size: int):
+    """{attention: bench.compile_steps(...)} for both attention paths, on the same parameters."""
     inputs, labels = bench.make_batch(input_shapes, batch_size, num_classes)
     model = models.build_model(model_config, num_classes)
     params = bench.random_params(flops.abstract_params(model, inputs))  # same tree for both paths
@@ -69,23 +82,28 @@ def benchmark(model_config, input_shapes, num_classes: int, batch_size: int, ste
         variant = ml_collections.ConfigDict(model_config.to_dict())
         variant.attention = attention
         results[attention] = bench.compile_steps(variant, num_classes, params, inputs, labels)
+    return results
+
+
+def time_paths(results, steps: int) -> None:
+    """Adds 'forward_s' and 'train_s' (median seconds per step) to each path's results."""
     for step in ("forward", "train"):
         medians = bench.time_interleaved({a: r[step] for a, r in results.items()}, steps)
         for attention, seconds in medians.items():
             results[attention][f"{step}_s"] = seconds
-    return results
 
 
-def report_rows(results, macs_per_example: int, batch_size: int, device_kind: str, dtype: str):
-    peak = bench.peak_tflops(device_kind, dtype)
+def report_rows(results, macs_per_example: int, batch_size: int, peak: float | None):
+    """The markdown table: one row per attention path."""
     header = (
         "| attention | compile s fwd / fwd+bwd | fwd ms/step | fwd ex/s | fwd TFLOP/s | "
         "fwd+bwd ms/step | fwd+bwd ex/s | fwd+bwd TFLOP/s | fwd / fwd+bwd % of peak |"
     )
     rows = [header, "|---|" + "---:|" * 8]
+    fwd_flops = bench.step_flops(macs_per_example, batch_size, train=False)
+    train_flops = bench.step_flops(macs_per_example, batch_size, train=True)
     for attention, r in results.items():
-        fwd_flops = 2 * macs_per_example * batch_size
-        fwd_tf, train_tf = fwd_flops / r["forward_s"] / 1e12, 3 * fwd_flops / r["train_s"] / 1e12
+        fwd_tf, train_tf = fwd_flops / r["forward_s"] / 1e12, train_flops / r["train_s"] / 1e12
         of_peak = f"{100 * fwd_tf / peak:.1f} / {100 * train_tf / peak:.1f}" if peak else "unknown"
         rows.append(
             f"| {attention} | {r['forward_compile_s']:.1f} / {r['train_compile_s']:.1f} "
@@ -93,7 +111,70 @@ def report_rows(results, macs_per_example: int, batch_size: int, device_kind: st
             f"| {batch_size / r['forward_s']:.4g} | {fwd_tf:.4g} | {1e3 * r['train_s']:.2f} "
             f"| {batch_size / r['train_s']:.4g} | {train_tf:.4g} | {of_peak} |"
         )
-    return rows, peak
+    return rows
+
+
+def flops_lines(macs_per_example: int, batch_size: int, device_kind: str, dtype: str):
+    """The model FLOPs per step and the device's dense peak for `dtype` (or 'peak unknown')."""
+    train_flops = bench.step_flops(macs_per_example, batch_size, train=True)
+    peak = device_peaks.peak_tflops(device_kind, dtype)
+    row = device_peaks.lookup(device_kind)
+    return [
+        f"model FLOPs per training step: {train_flops / 1e12:.4g} TFLOP (forward+backward = 3 × "
+        f"forward; forward = 2 FLOPs per analytic multiply-add × {macs_per_example / 1e9:.4g} G "
+        f"× batch {batch_size})",
+        f"device peak, {dtype} dense: "
+        + (
+            f"{peak:g} TFLOP/s ({row.name})"
+            if peak and row
+            else f"peak unknown for {device_kind!r}"
+        ),
+    ]
+
+
+def mfu_line(results, macs_per_example: int, batch_size: int, device_kind: str, dtype: str):
+    """MFU of the forward+backward step of each attention path against the device's dense peak
+    for `dtype`, or 'peak unknown for <kind>' and the achieved TFLOP/s."""
+    train_flops = bench.step_flops(macs_per_example, batch_size, train=True)
+    peak = device_peaks.peak_tflops(device_kind, dtype)
+    if peak is None:
+        achieved = ", ".join(
+            f"{a} {train_flops / r['train_s'] / 1e12:.4g}" for a, r in results.items()
+        )
+        return f"MFU: peak unknown for {device_kind!r} (achieved TFLOP/s, fwd+bwd: {achieved})"
+    parts = []
+    for attention, r in results.items():
+        fraction = device_peaks.utilisation(train_flops, r["train_s"], peak)
+        parts.append(f"{attention} {100 * fraction:.1f} %")
+    return f"MFU (fwd+bwd model FLOPs / step time / {peak:g} TFLOP/s {dtype} peak): " + ", ".join(
+        parts
+    )
+
+
+def memory_lines(results) -> list[str]:
+    """XLA's temp buffers of each compiled step and the device's peak bytes in use."""
+    fused, einsum = results["fused"], results["einsum"]
+    peak = bench.peak_bytes_in_use(jax.devices()[0])
+    if peak is None:
+        device_line = "peak device memory: n/a (this backend reports no peak_bytes_in_use)"
+    else:
+        used, limit = peak
+        of_limit = f" of {limit / 2**30:.1f} GiB" if limit else ""
+        device_line = (
+            f"peak device memory: {used / 2**30:.2f} GiB{of_limit} (memory_stats "
+            "peak_bytes_in_use since start: parameters, inputs and both attention paths)"
+        )
+    return [
+        "XLA temp buffers (activation memory estimate), fused / einsum: "
+        + ", ".join(
+            f"{label} {bench.mib(fused[key])} / {bench.mib(einsum[key])}"
+            for label, key in (
+                ("forward", "forward_temp_bytes"),
+                ("forward+backward", "train_temp_bytes"),
+            )
+        ),
+        device_line,
+    ]
 
 
 def main(argv):
@@ -122,25 +203,39 @@ def main(argv):
         f"device: {device_kind} ({jax.devices()[0].platform}, {jax.device_count()} devices, "
         f"using 1)   config: {source}   model: {model_config.name}   dtype: {dtype}"
     )
-    print(f"inputs per example: {input_shapes}   batch: {batch_size}   timed steps: {_STEPS.value}")
+    print(
+        f"inputs per example: {input_shapes}   batch: {batch_size}   timed steps: {_STEPS.value} "
+        "(median, after one warm-up)"
+    )
     print(f"analytic GFLOPs/example (1 multiply-add = 1 FLOP): {macs / 1e9:.4g}")
-    results = benchmark(model_config, input_shapes, num_classes, batch_size, _STEPS.value)
-    rows, peak = report_rows(results, macs, batch_size, device_kind, dtype)
-    fused, einsum = results["fused"], results["einsum"]
-    lines = rows + [
-        "",
-        f"peak {dtype}: " + (f"{peak:g} TFLOP/s" if peak else f"unknown for {device_kind!r}"),
-        f"einsum / fused time: forward {einsum['forward_s'] / fused['forward_s']:.3f}, "
-        f"forward+backward {einsum['train_s'] / fused['train_s']:.3f}",
-        "XLA temp buffers (activation memory estimate), fused / einsum: "
-        + ", ".join(
-            f"{label} {bench.mib(fused[key])} / {bench.mib(einsum[key])}"
-            for label, key in (
-                ("forward", "forward_temp_bytes"),
-                ("forward+backward", "train_temp_bytes"),
+    lines = flops_lines(macs, batch_size, device_kind, dtype)
+    if _STOP_AFTER.value == "flops":
+        print("\n".join(lines))
+        return
+    results = compile_paths(model_config, input_shapes, num_classes, batch_size)
+    if _STOP_AFTER.value == "compile":
+        lines.append(
+            "compile s (lower + compile), forward / forward+backward: "
+            + ", ".join(
+                f"{a} {r['forward_compile_s']:.1f} / {r['train_compile_s']:.1f}"
+                for a, r in results.items()
             )
-        ),
-    ]
+        )
+        print("\n".join(lines + memory_lines(results)))
+        return
+    time_paths(results, _STEPS.value)
+    fused, einsum = results["fused"], results["einsum"]
+    lines = (
+        report_rows(results, macs, batch_size, device_peaks.peak_tflops(device_kind, dtype))
+        + [""]
+        + lines
+        + [
+            mfu_line(results, macs, batch_size, device_kind, dtype),
+            f"einsum / fused time: forward {einsum['forward_s'] / fused['forward_s']:.3f}, "
+            f"forward+backward {einsum['train_s'] / fused['train_s']:.3f}",
+        ]
+        + memory_lines(results)
+    )
     print("\n".join(lines))
     if _OUT.value:
         os.makedirs(_OUT.value, exist_ok=True)

@@ -1,5 +1,11 @@
-"""The benchmark scripts' building blocks (`mbt.tools.bench`) and the fusion-mode benchmark
-(`scripts/benchmark_fusion.py`) on the tiny workload, one timed step."""
+"""The benchmark scripts' building blocks (`mbt.tools.bench`), the fusion-mode benchmark
+(`scripts/benchmark_fusion.py`) on the tiny workload, one timed step, and the model benchmark
+(`scripts/benchmark_model.py`, in a subprocess: its absl flags clash with the fusion one's)."""
+
+import os
+import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -7,7 +13,9 @@ import pytest
 import script_fixtures
 
 from mbt import models
+from mbt import siblings
 from mbt.tools import bench
+from mbt.tools import flops
 
 
 @pytest.mark.parametrize("name", sorted(bench.PRESETS))
@@ -51,3 +59,60 @@ def test_fusion_benchmark_rows_gflops_and_ratios_on_the_tiny_workload():
         assert result["train_compile_s"] > 0
         grads = jax.tree_util.tree_leaves(result["train"][0](*result["train"][1])[1])
         assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
+def test_mbt_b16_preset_is_the_audioset_configs_model_at_its_input_shapes():
+    preset = bench.preset_config("mbt_b16")
+    audioset = siblings.load_config_file(
+        os.path.join(script_fixtures.REPO, "configs", "audioset.py")
+    )
+    assert preset.model.to_dict() == audioset.model.to_dict()
+    assert flops.input_shapes_from_config(preset) == flops.input_shapes_from_config(audioset)
+    assert flops.input_shapes_from_config(preset) == {
+        "rgb": (32, 224, 224, 3),
+        "spectrogram": (800, 128, 1),
+    }
+
+
+def _benchmark_model(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, os.path.join("scripts", "benchmark_model.py"), *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=script_fixtures.REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_model_benchmark_reports_model_flops_and_peak_unknown_mfu_on_cpu():
+    out = _benchmark_model("--steps=1", "--batch_size=2")
+    config = bench.preset_config("tiny")
+    macs = models.get_family("mbt").analytic_macs(
+        config.model, flops.input_shapes_from_config(config), flops.num_classes_from_config(config)
+    )
+    train_tflop = bench.step_flops(macs.total, 2, train=True) / 1e12
+    printed = re.search(r"model FLOPs per training step: (\S+) TFLOP", out)
+    assert printed and float(printed.group(1)) == pytest.approx(train_tflop, rel=1e-3)
+    assert "device peak, float32 dense: peak unknown for 'cpu'" in out
+    achieved = re.search(
+        r"MFU: peak unknown for 'cpu' \(achieved TFLOP/s, fwd\+bwd: "
+        r"fused (\S+), einsum (\S+)\)",
+        out,
+    )
+    assert achieved and all(float(x) > 0 for x in achieved.groups()), out
+    assert "peak device memory: n/a" in out
+    assert re.search(r"^\| fused \| .* \| unknown \|$", out, flags=re.MULTILINE)
+
+
+def test_model_benchmark_stops_after_the_flops_of_mbt_b16_without_compiling():
+    out = _benchmark_model(
+        "--preset=mbt_b16", "--dtype=bfloat16", "--batch_size=8", "--stop_after=flops"
+    )
+    assert "dtype: bfloat16" in out and "(32, 224, 224, 3)" in out
+    assert "analytic GFLOPs/example (1 multiply-add = 1 FLOP): 489.1" in out
+    assert "model FLOPs per training step: 23.48 TFLOP" in out
+    assert "device peak, bfloat16 dense: peak unknown for 'cpu'" in out
+    assert "MFU" not in out and "| fused |" not in out  # nothing compiled or timed

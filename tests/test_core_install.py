@@ -38,6 +38,8 @@ CORE_MODULES = (
     "mbt.metrics",
     "mbt.evaluate",
     "mbt.tools.flops",
+    "mbt.tools.bench",
+    "mbt.tools.device_peaks",
     "mbt.pretrained",
     "mbt.export",
     "mbt.recipe",

@@ -20,28 +20,15 @@ import numpy as np
 
 from mbt import models
 
-# Dense peak TFLOP/s (1 multiply-add = 2 FLOPs) by a substring of jax.devices()[0].device_kind;
-# the first match wins, so specific names come before general ones. Vendors' data sheets.
-PEAK_TFLOPS = (
-    ("H100 PCIe", {"bfloat16": 756.0, "float32": 378.0}),
-    ("H100 NVL", {"bfloat16": 835.5, "float32": 417.5}),
-    ("H100", {"bfloat16": 989.4, "float32": 494.7}),  # SXM
-    ("H200 NVL", {"bfloat16": 835.5, "float32": 417.5}),
-    ("H200", {"bfloat16": 989.4, "float32": 494.7}),  # SXM
-    ("A100", {"bfloat16": 312.0, "float32": 156.0}),
-    ("TPU v4", {"bfloat16": 275.0, "float32": 275.0}),
-    ("TPU v5 lite", {"bfloat16": 197.0, "float32": 197.0}),  # v5e
-    ("TPU v5e", {"bfloat16": 197.0, "float32": 197.0}),
-    ("TPU v5p", {"bfloat16": 459.0, "float32": 459.0}),
-)
 
+def step_flops(macs_per_example: int, batch_size: int, train: bool) -> int:
+    """Model FLOPs of one step, hardware convention (1 multiply-add = 2 FLOPs).
 
-def peak_tflops(device_kind: str, dtype: str) -> float | None:
-    """Dense peak TFLOP/s of `device_kind` for `dtype`, or None when unknown (e.g. CPUs)."""
-    for key, peaks in PEAK_TFLOPS:
-        if key.lower() in device_kind.lower():
-            return peaks.get(dtype)
-    return None
+    Forward: 2 · analytic multiply-adds (`mbt.tools.flops`) · batch. Forward+backward (`train`):
+    3× that, since the backward pass does two matrix products (input and weight gradients) per
+    forward one. Matrix products only, as the analytic count; no rematerialisation.
+    """
+    return (3 if train else 1) * 2 * macs_per_example * batch_size
 
 
 def make_batch(input_shapes: Mapping[str, tuple], batch_size: int, num_classes: int, seed=0):
@@ -129,6 +116,15 @@ def time_interleaved(calls: Mapping[str, tuple], steps: int) -> dict[str, float]
             jax.block_until_ready(fn(*args))
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_bytes_in_use(device: jax.Device) -> tuple[int, int | None] | None:
+    """(peak bytes allocated since the process started, the device's limit or None) from
+    `device.memory_stats()`; None where the backend keeps no such count (CPU)."""
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" not in stats:
+        return None
+    return int(stats["peak_bytes_in_use"]), stats.get("bytes_limit")
 
 
 def mib(num_bytes: int | None) -> str:
