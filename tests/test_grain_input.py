@@ -1,0 +1,144 @@
+"""The grain loader (mbt.data.grain_input) on the toy dataset built as ArrayRecord and TFRecord.
+
+Its stream is one global sequence: the batches of 1 process are the rows of 2 processes put
+together, a resumed stream starts at its next record and reads nothing before it, eval and
+test cut the same views as the tf.data path and cover every example once.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import toy_dataset_fixtures
+
+from mbt.data import grain_input
+from mbt.data import pipeline
+
+
+@pytest.fixture(scope="module")
+def toy_formats(tmp_path_factory):
+    """{'array_record': config, 'tfrecord': config} of the toy dataset built both ways."""
+    root = tmp_path_factory.mktemp("grain_input")
+    configs = {}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        toy_dataset_fixtures.install_toy_module(root / "src", monkeypatch)
+        for file_format in ("array_record", "tfrecord"):
+            config = toy_dataset_fixtures.toy_config()
+            config.dataset.file_format = file_format
+            pipeline.prepare_dataset(config, str(root / file_format))
+            config.dataset.synthetic.num_clips = 0
+            configs[file_format] = config
+        yield configs
+    sys.modules.pop(toy_dataset_fixtures.MODULE, None)
+
+
+def _batches(config, mode, batch_size, count=None, **kwargs):
+    it = pipeline.make_dataset(config, None, mode, batch_size, **kwargs)
+    return list(it) if count is None else [next(it) for _ in range(count)]
+
+
+def test_each_epoch_is_a_permutation_and_epochs_differ():
+    orders = [
+        [grain_input.example_at(e * 12 + i, 12, seed=3)[1] for i in range(12)] for e in range(3)
+    ]
+    assert all(sorted(order) == list(range(12)) for order in orders)
+    assert orders[0] != orders[1] != orders[2]
+    other_seed = [grain_input.example_at(i, 12, seed=4)[1] for i in range(12)]
+    assert other_seed != orders[0]
+    assert grain_input.example_at(25, 12, seed=3)[0] == 2
+
+
+def test_the_processes_rows_tile_each_global_batch():
+    for count, rows in ((1, 8), (2, 4), (4, 2)):
+        got = sorted(
+            grain_input.global_row(k, rows, p, count) for p in range(count) for k in range(2 * rows)
+        )
+        assert got == list(range(16))
+
+
+def test_one_process_batch_is_two_processes_rows_together(toy_formats):
+    config = toy_formats["array_record"]
+    whole = _batches(config, "train", 8, 3, seed=5, process_index=0, process_count=1)
+    halves = [
+        _batches(config, "train", 4, 3, seed=5, process_index=p, process_count=2) for p in (0, 1)
+    ]
+    for b in range(3):
+        for key, value in whole[b].items():
+            np.testing.assert_array_equal(
+                value, np.concatenate([halves[0][b][key], halves[1][b][key]]), err_msg=key
+            )
+    # 12 train examples: the first 12 positions are one epoch, each example once
+    epoch = np.concatenate([whole[0]["video_index"], whole[1]["video_index"][:4]])
+    assert sorted(epoch.tolist()) == list(range(12))
+
+
+def test_a_resumed_stream_reads_only_from_its_next_record(toy_formats, monkeypatch):
+    config = toy_formats["array_record"]
+    fresh = _batches(config, "train", 4, 5, seed=1, process_index=0, process_count=1)
+    reads = []
+    original = grain_input._Views.train
+
+    def counting(self, index, epoch):
+        reads.append((index, epoch))
+        return original(self, index, epoch)
+
+    monkeypatch.setattr(grain_input._Views, "train", counting)
+    dataset_config = config.dataset
+    dataset_config.grain_threads = 1  # no read-ahead beyond the prefetch of one batch
+    try:
+        it = pipeline.make_dataset(
+            config, None, "train", 4, seed=1, start_batch=4, process_index=0, process_count=1
+        )
+        resumed = next(it)
+    finally:
+        dataset_config.grain_threads = 8
+    for key, value in fresh[4].items():
+        np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+    first_reads = reads[:4]
+    assert [index for index, _ in first_reads] == fresh[4]["video_index"].tolist()
+    assert {epoch for _, epoch in first_reads} == {1}  # positions 16..19: the second epoch
+
+
+def test_eval_views_equal_the_tf_data_path(toy_formats):
+    grain_batches = _batches(toy_formats["array_record"], "eval", 2, process_count=1)
+    tf_batches = _batches(toy_formats["tfrecord"], "eval", 2, process_count=1)
+    assert len(grain_batches) == len(tf_batches) == 2
+    for got, want in zip(grain_batches, tf_batches):
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], atol=1e-6, err_msg=key)
+
+
+def test_test_mode_covers_every_view_once_over_the_processes(toy_formats):
+    config = toy_formats["array_record"]  # 4 test examples x 2 views, 2 processes x 3 rows
+    per_process = [_batches(config, "test", 3, process_index=p, process_count=2) for p in (0, 1)]
+    assert len(per_process[0]) == len(per_process[1]) == 2  # ceil(8 / 6)
+    assert pipeline.num_batches(config, None, "test", 3, process_count=2) == 2
+    rows = [
+        (int(i), float(m))
+        for batches in per_process
+        for batch in batches
+        for i, m in zip(batch["video_index"], batch["batch_mask"])
+    ]
+    real = sorted(i for i, m in rows if m == 1.0)
+    assert real == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert sorted(i for i, m in rows if m == 0.0) == [-1] * 4
+
+
+def test_loader_and_file_format_errors(toy_formats):
+    config = toy_formats["tfrecord"]
+    config.dataset.loader = "grain"
+    try:
+        with pytest.raises(ValueError, match="file_format='array_record'"):
+            pipeline.make_dataset(config, None, "train", 4, process_index=0, process_count=1)
+        config.dataset.loader = "threads"
+        with pytest.raises(ValueError, match=r"config.dataset.loader='threads'.*allowed"):
+            pipeline.make_dataset(config, None, "train", 4, process_index=0, process_count=1)
+    finally:
+        config.dataset.loader = "auto"
+    bad = toy_formats["array_record"].copy_and_resolve_references()
+    bad.dataset.file_format = "parquet"
+    bad.dataset.data_dir = str(bad.dataset.data_dir) + "_other"
+    bad.dataset.synthetic.num_clips = 16
+    with pytest.raises(ValueError, match=r"file_format='parquet'.*allowed"):
+        pipeline.prepare_dataset(bad, bad.dataset.data_dir)
