@@ -1,6 +1,6 @@
 """Input throughput at MBT's shapes: clips per second and per CPU core.
 
-    python scripts/benchmark_input.py [--num_clips=4] [--batches=6] [--workdir=DIR]
+    python scripts/benchmark_input.py [--num_clips=4] [--batches=24] [--workdir=DIR]
 
 1. Writes a synthetic VGGSound copy at the stored resolution of the `default` builder
    config (10 s clips, 25 fps, short side 256 px, H.264 + AAC).
@@ -9,7 +9,8 @@
 3. Training pipeline: times `make_dataset(..., 'train')` batches at MBT's defaults (32 frames,
    stride 2, 224² crop from 256, 8 s audio → 800×128 log-mel, SpecAugment, flip, scale
    jitter; then also with colour augmentation): read + decode the needed JPEGs + log-mel +
-   augment.
+   augment; through tf.data from the TFRecord build and through grain from the same clips
+   built as ArrayRecord, with the ratio of their clips/s/core.
 
 "Per core" divides clips by the CPU seconds the process used (user + system over all
 threads), so it does not depend on how many cores were free.
@@ -61,7 +62,7 @@ def _flags():
 
     fv = flags.FlagValues()
     flags.DEFINE_integer("num_clips", 4, "synthetic clips to write and build", flag_values=fv)
-    flags.DEFINE_integer("batches", 6, "timed training batches", flag_values=fv)
+    flags.DEFINE_integer("batches", 24, "timed training batches", flag_values=fv)
     flags.DEFINE_integer("batch_size", 4, "clips per training batch", flag_values=fv)
     flags.DEFINE_string("workdir", None, "default: a temporary directory", flag_values=fv)
     return fv
@@ -142,25 +143,46 @@ def main(argv=None) -> None:
     built = sum(meta.num_examples.values())
     _report("build: whole TFDS build (vggsound/default)", built, timer)
 
-    # (b) Training pipeline at MBT's shapes, with and without colour augmentation.
+    # The same clips built as ArrayRecord, which the grain loader reads.
+    grain_config = config.copy_and_resolve_references()
+    grain_config.dataset.update(
+        file_format="array_record", data_dir=config.dataset.data_dir + "_ar"
+    )
+    shutil.rmtree(grain_config.dataset.data_dir, ignore_errors=True)
+    with _Timer() as timer:
+        pipeline.prepare_dataset(grain_config, workdir)
+    _report("build: whole TFDS build as ArrayRecord (vggsound/default)", built, timer)
+
+    # (b) Training pipeline at MBT's shapes, with and without colour augmentation, through
+    # tf.data (TFRecord) and grain (ArrayRecord).
+    per_core = {}
     for color in (False, True):
-        config.dataset.rgb_augment.color = color
-        stream = pipeline.make_dataset(
-            config, "train", "train", args.batch_size, seed=0, process_index=0, process_count=1
+        for loader, loader_config in (("tf.data", config), ("grain", grain_config)):
+            loader_config.dataset.rgb_augment.color = color
+            loader_config.dataset.loader = loader
+            stream = pipeline.make_dataset(
+                loader_config, "train", "train", args.batch_size, seed=0, process_index=0,
+                process_count=1,
+            )  # fmt: skip
+            with _Timer() as timer:
+                first = next(stream)
+            _report(f"{loader} train: first batch (tracing + warm-up)", args.batch_size, timer)
+            with _Timer() as timer:
+                for _ in range(args.batches):
+                    batch = next(stream)
+            assert np.isfinite(batch["spectrogram"]).all()
+            what = "flip, jitter, SpecAugment" + (", colour" if color else "")
+            clips = args.batches * args.batch_size
+            _report(f"{loader} train: read + JPEG + log-mel + {what}", clips, timer)
+            per_core[(loader, color)] = clips / timer.cpu
+            # Stop this stream's prefetching threads before timing the next one (they would
+            # share the cores and count in its CPU seconds).
+            del stream
+            gc.collect()
+        print(
+            f"grain / tf.data clips/s/core{' with colour' if color else ''}: "
+            f"{per_core[('grain', color)] / per_core[('tf.data', color)]:.2f}"
         )
-        with _Timer() as timer:
-            first = next(stream)
-        _report("train pipeline: first batch (tracing + warm-up)", args.batch_size, timer)
-        with _Timer() as timer:
-            for _ in range(args.batches):
-                batch = next(stream)
-        assert np.isfinite(batch["spectrogram"]).all()
-        what = "flip, scale jitter, SpecAugment" + (", colour" if color else "")
-        _report(f"train: read + JPEG + log-mel + {what}", args.batches * args.batch_size, timer)
-        # Stop this stream's prefetching threads before timing the next one (they would share
-        # the cores and count in its CPU seconds).
-        del stream
-        gc.collect()
     print(f"batch shapes: { ({k: v.shape for k, v in first.items()}) }")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

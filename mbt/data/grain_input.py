@@ -18,14 +18,16 @@ Eval and test read one pass of global rows j = 0 .. N·V-1 (example j // V, view
 views per example), padded with `batch_mask = 0` rows to whole global batches and split
 between processes the same way.
 
-Reading, decoding and augmentation run per example in grain's threads (`grain_threads`),
-and in `grain_workers` worker processes when > 0. The per-example work is the TF code of
-`mbt.data.clips`, the same as the tf.data path's.
+Each process batch is one grain element: its records are read, decoded and augmented in
+one TF function (the examples in parallel), in grain's threads (`grain_threads` batches at
+once) and in `grain_workers` worker processes when > 0. The per-example work is the TF code
+of `mbt.data.clips`, the same as the tf.data path's.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +42,8 @@ from mbt.data.settings import train_fraction_size
 # The stream can run this many global positions: effectively infinite.
 _STREAM_LENGTH = 2**62
 _SHUFFLE_ROUNDS = 4
+# More rows than any process batch: `batch(_MAX_BATCH)` of one batch's views is one element.
+_MAX_BATCH = 2**31 - 1
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -78,22 +82,29 @@ class _Views:
     so it pickles into grain worker processes as plain values)."""
 
     def __init__(self, values: dict, split: str, mode: str, seed: int):
-        self._values, self._split, self._mode, self._seed = values, split, mode, seed
+        self._values, self._split, self._mode, self.seed = values, split, mode, seed
         self._built: tuple | None = None
+        self._lock = threading.Lock()
 
     def __getstate__(self):
-        return {**self.__dict__, "_built": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_built", "_lock")}
 
-    def _build(self):
-        if self._built is None:
-            from mbt.data import pipeline  # the source and view settings, as tf.data uses
+    def __setstate__(self, state):
+        self.__dict__.update(state, _built=None, _lock=threading.Lock())
 
-            source = pipeline.source_from_values(self._values)
-            settings = pipeline.clip_settings(self._values, source)
-            records = source.records(self._split) if source.records else None
-            if records is None or source.deserialize is None:
-                raise ValueError(f"{source.name} cannot be read at random (not ArrayRecord)")
-            self._built = (records, self._functions(source, settings))
+    def build(self):
+        """(records, (views function, its output signature)), made once per process: the
+        TF function is traced here, once, rather than by each grain thread that needs it."""
+        with self._lock:
+            if self._built is None:
+                from mbt.data import pipeline  # the source and view settings, as tf.data uses
+
+                source = pipeline.source_from_values(self._values)
+                settings = pipeline.clip_settings(self._values, source)
+                records = source.records(self._split) if source.records else None
+                if records is None or source.deserialize is None:
+                    raise ValueError(f"{source.name} cannot be read at random (not ArrayRecord)")
+                self._built = (records, self._functions(source, settings))
         return self._built
 
     def _functions(self, source: sources.ExampleSource, settings: clips.ClipSettings):
@@ -110,11 +121,10 @@ class _Views:
 
         scalar = tf.TensorSpec([], tf.int64)
 
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string), scalar, scalar, scalar])
-        def train_view(serialized, video_index, seed, epoch):
+        def train_view(serialized, video_index, epoch):
             example = stored(serialized, video_index)
             example_seed = tf.random.experimental.stateless_fold_in(
-                tf.stack([seed, epoch]), video_index
+                tf.stack([tf.constant(self.seed, tf.int64), epoch]), video_index
             )
             time_seed, view_seed = tf.unstack(
                 tf.random.experimental.stateless_split(example_seed, 2)
@@ -131,7 +141,6 @@ class _Views:
         clips_per_example = values["num_test_clips"] if self._mode == "test" else 1
         crops_per_example = values["num_spatial_crops"] if self._mode == "test" else 1
 
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string), scalar, scalar])
         def eval_view(serialized, video_index, view_id):
             example = stored(serialized, video_index)
             time_fraction, crop_position = clips.test_view_position(
@@ -146,53 +155,89 @@ class _Views:
             )
             return pipeline.finish_view(view, example, source)
 
-        return train_view, eval_view
+        one = train_view if self._mode == "train" else eval_view
+        signature = [tf.TensorSpec([], tf.string), scalar, scalar]
+        outputs = tf.function(one, input_signature=signature).get_concrete_function()
+        output_signature = tf.nest.map_structure(
+            lambda t: tf.TensorSpec(t.shape, t.dtype), outputs.structured_outputs
+        )
 
-    def train(self, index: int, epoch: int) -> dict[str, np.ndarray]:
-        records, (train_view, _) = self._build()
-        out = train_view(records[index], np.int64(index), np.int64(self._seed), np.int64(epoch))
+        @tf.function(input_signature=[tf.TensorSpec([None], spec.dtype) for spec in signature])
+        def views(serialized, video_index, extra):
+            """The views of a batch of examples: `extra` is each one's epoch ('train') or
+            view number ('eval' / 'test'). The examples are cut in parallel by a tf.data map,
+            which runs the per-example graph more cheaply than `tf.map_fn`."""
+            examples = tf.data.Dataset.from_tensor_slices((serialized, video_index, extra))
+            cut = examples.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return cut.batch(_MAX_BATCH).get_single_element()
+
+        views.get_concrete_function()
+        return views, output_signature
+
+    def batch(self, indices: list[int], extra: list[int]) -> dict[str, np.ndarray]:
+        """Views of examples `indices` of the split (`extra`: epochs or view numbers)."""
+        records, (views, _) = self.build()
+        out = views(
+            tf.constant([records[i] for i in indices], tf.string),
+            tf.constant(indices, tf.int64),
+            tf.constant(extra, tf.int64),
+        )
         return {k: v.numpy() for k, v in out.items()}
 
-    def view(self, index: int, view_id: int) -> dict[str, np.ndarray]:
-        records, (_, eval_view) = self._build()
-        out = eval_view(records[index], np.int64(index), np.int64(view_id))
-        return {k: v.numpy() for k, v in out.items()}
+    def padding(self, count: int) -> dict[str, np.ndarray]:
+        """`count` all-zero rows with batch_mask 0 and video_index -1."""
+        _, (_, output_signature) = self.build()
+        rows = {
+            k: np.zeros((count, *spec.shape), spec.dtype.as_numpy_dtype)
+            for k, spec in output_signature.items()
+        }
+        rows["video_index"][:] = -1
+        return rows
 
 
-class _TrainRow:
-    """Local row k of this process → its example view in the global train stream."""
+class _TrainBatch:
+    """This process's local batch b → its rows of global train batch b."""
 
     def __init__(self, views: _Views, num_examples: int, rows: int, index: int, count: int):
         self.views, self.num_examples = views, num_examples
         self.rows, self.process_index, self.process_count = rows, index, count
 
-    def __call__(self, local_item: int) -> dict[str, np.ndarray]:
-        position = global_row(local_item, self.rows, self.process_index, self.process_count)
-        epoch, index = example_at(position, self.num_examples, self.views._seed)
-        return self.views.train(index, epoch)
+    def __call__(self, local_batch: int) -> dict[str, np.ndarray]:
+        first = local_batch * self.rows
+        drawn = [
+            example_at(
+                global_row(k, self.rows, self.process_index, self.process_count),
+                self.num_examples,
+                self.views.seed,
+            )
+            for k in range(first, first + self.rows)
+        ]
+        return self.views.batch([index for _, index in drawn], [epoch for epoch, _ in drawn])
 
 
-class _EvalRow:
-    """Local row k of this process → a view of the one-pass global eval stream, or padding."""
+class _EvalBatch:
+    """This process's local batch b → its rows of global eval batch b (padding past the end)."""
 
     def __init__(self, views: _Views, num_examples: int, num_views: int, rows: int, index: int,
                  count: int):  # fmt: skip
         self.views, self.num_examples, self.num_views = views, num_examples, num_views
         self.rows, self.process_index, self.process_count = rows, index, count
-        self._padding: dict[str, np.ndarray] | None = None
 
-    def __getstate__(self):
-        return {**self.__dict__, "_padding": None}
-
-    def __call__(self, local_item: int) -> dict[str, np.ndarray]:
-        row = global_row(local_item, self.rows, self.process_index, self.process_count)
-        example, view_id = divmod(row, self.num_views)
-        if example < self.num_examples:
-            return self.views.view(example, view_id)
-        if self._padding is None:
-            self._padding = {k: np.zeros_like(v) for k, v in self.views.view(0, 0).items()}
-            self._padding["video_index"] = np.full_like(self._padding["video_index"], -1)
-        return self._padding
+    def __call__(self, local_batch: int) -> dict[str, np.ndarray]:
+        first = local_batch * self.rows
+        real = []
+        for k in range(first, first + self.rows):
+            example, view_id = divmod(
+                global_row(k, self.rows, self.process_index, self.process_count), self.num_views
+            )
+            if example < self.num_examples:
+                real.append((example, view_id))
+        parts = []
+        if real:
+            parts.append(self.views.batch([e for e, _ in real], [v for _, v in real]))
+        if len(real) < self.rows:  # rows of a process are consecutive: padding comes last
+            parts.append(self.views.padding(self.rows - len(real)))
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
 def num_eval_batches(num_examples: int, num_views: int, global_batch_size: int) -> int:
@@ -217,21 +262,22 @@ def make_batches(
     `start_batch` counts global batches already read (train: resume; eval/test: skip).
     """
     views = _Views(values, split, mode, seed)
+    if int(values["grain_workers"]) == 0:
+        views.build()  # here, not in the first of the threads that need it
     global_batch = batch_size * process_count
     total = source.split_sizes[split]
     if mode == "train":
         total = train_fraction_size(total, float(values["train_fraction"]))
-        row: Any = _TrainRow(views, total, batch_size, process_index, process_count)
-        stop = _STREAM_LENGTH
+        batch_of: Any = _TrainBatch(views, total, batch_size, process_index, process_count)
+        stop = _STREAM_LENGTH // global_batch
     else:
         num_views = values["num_test_clips"] * values["num_spatial_crops"] if mode == "test" else 1
-        row = _EvalRow(views, total, num_views, batch_size, process_index, process_count)
-        stop = num_eval_batches(total, num_views, global_batch) * batch_size
-    ds = grain.MapDataset.range(start_batch * batch_size, max(stop, start_batch * batch_size))
-    ds = ds.map(row).batch(batch_size, drop_remainder=True)
+        batch_of = _EvalBatch(views, total, num_views, batch_size, process_index, process_count)
+        stop = num_eval_batches(total, num_views, global_batch)
+    ds = grain.MapDataset.range(start_batch, max(stop, start_batch)).map(batch_of)
     threads = int(values["grain_threads"])
     iter_ds = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * threads, batch_size))
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, 2))
     )
     if int(values["grain_workers"]) > 0:
         iter_ds = iter_ds.mp_prefetch(

@@ -66,7 +66,8 @@ docs/config.md):
   file_format          format TFDS builds write: 'tfrecord' | 'array_record' (random
                        access, read through grain)
   grain_threads, grain_workers
-                       grain: threads per process, worker processes (0 = none)
+                       grain: batches prepared at once per process (threads), worker
+                       processes (0 = none)
   synthetic.{num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases}
                        prepare_dataset's synthetic copy (num_clips = 0: none)
   tfrecord_pattern     scenic_tfrecord: glob with '{split}', or a dict split → glob

@@ -188,7 +188,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     c.shuffle_buffer = 256
     c.loader = "auto"
     c.file_format = "tfrecord"
-    c.grain_threads = 8
+    c.grain_threads = 4
     c.grain_workers = 0
     c.synthetic = ml_collections.ConfigDict(
         dict(
