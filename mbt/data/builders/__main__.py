@@ -38,6 +38,14 @@ def _flags() -> flags.FlagValues:
     flags.DEFINE_bool(
         "overwrite", False, "delete an already prepared copy of this config first", flag_values=fv
     )
+    flags.DEFINE_enum(
+        "file_format",
+        "tfrecord",
+        ["tfrecord", "array_record"],
+        "what the build writes: tfrecord (read through tf.data) or array_record (random "
+        "access, read through grain: the input stream no process layout changes)",
+        flag_values=fv,
+    )
     flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"], flag_values=fv)
     return fv
 
@@ -60,10 +68,14 @@ def main(argv: list[str] | None = None) -> None:
         cli.usage_error(
             _PROG, f"--config={args.config!r} is not a config of {args.dataset}; allowed: {configs}"
         )
-    builder = builder_cls(config=args.config, data_dir=args.data_dir)
+
+    def make_builder():
+        return builder_cls(config=args.config, data_dir=args.data_dir, file_format=args.file_format)
+
+    builder = make_builder()
     if args.overwrite and builder.is_prepared():
         shutil.rmtree(builder.data_dir)
-        builder = builder_cls(config=args.config, data_dir=args.data_dir)
+        builder = make_builder()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir)
     )
