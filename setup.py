@@ -54,7 +54,8 @@ setuptools.setup(
     extras_require={
         # The input side: TFDS builders, the tf.data and grain pipelines, media decoding, predict.
         "data": _DATA,
-        # TFDS's `tfds build` command imports these at start-up, even for Beam-less builders.
+        # TFDS's `tfds build` command imports these at start-up, even for plain builds;
+        # apache-beam also runs Beam builds (`--beam_pipeline_options`; Dataflow: apache-beam[gcp]).
         "tfds_cli": _TFDS_CLI,
         "test": _DATA + _TFDS_CLI + _TEST,
     },

@@ -25,6 +25,7 @@ def test_every_cli_defines_its_flags_on_its_own_flag_values_and_twice():
         for n in (
             "compare_compute",
             "benchmark_input",
+            "benchmark_build",
             "fusion_flops",
             "cross_fusion_benchmark",
         )

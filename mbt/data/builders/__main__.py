@@ -1,11 +1,12 @@
 """Build one of the datasets without the `tfds` CLI (which needs apache-beam in TFDS 4.9.10).
 
     python -m mbt.data.builders --dataset=vggsound --config=tiny \
-        --manual_dir=DIR --data_dir=OUT [--overwrite] [--imports=my_pkg.my_dataset]
+        --manual_dir=DIR --data_dir=OUT [--overwrite] [--imports=my_pkg.my_dataset] \
+        [--beam_pipeline_options=runner=DirectRunner,direct_num_workers=4]
 
 Same result as `tfds build mbt/data/builders/vggsound.py --config=tiny --manual_dir=DIR
---data_dir=OUT`: the prepared dataset in OUT/<dataset>/<config>/<version>/ with a
-`build_report_<split>.json` per split.
+--data_dir=OUT [--beam_pipeline_options=...]`: the prepared dataset in
+OUT/<dataset>/<config>/<version>/ with a `build_report_<split>.json` per split.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def _flags() -> flags.FlagValues:
         "access, read through grain: the input stream no process layout changes)",
         flag_values=fv,
     )
+    flags.DEFINE_string(
+        "beam_pipeline_options",
+        None,
+        "build with Apache Beam: comma-separated Beam pipeline options without the leading "
+        "'--', as for `tfds build` (e.g. 'runner=DirectRunner,direct_num_workers=4,"
+        "direct_running_mode=multi_processing'; docs/datasets.md)",
+        flag_values=fv,
+    )
     flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"], flag_values=fv)
     return fv
 
@@ -77,12 +86,30 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(builder.data_dir)
         builder = make_builder()
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir)
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=args.manual_dir, beam_options=_beam_options(args.beam_pipeline_options)
+        )
     )
     print(
         f"{args.dataset}/{args.config} prepared in {builder.data_dir}: "
         + ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
     )
+
+
+def _beam_options(options: str | None):
+    """`PipelineOptions` of 'key=value,key=value' (as `tfds build` reads
+    `--beam_pipeline_options`), or None to build without Beam."""
+    if not options:
+        return None
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError:
+        cli.usage_error(
+            _PROG,
+            "--beam_pipeline_options needs apache-beam: pip install -e '.[tfds_cli]' "
+            "(or apache-beam[gcp] for Dataflow)",
+        )
+    return PipelineOptions(flags=[f"--{option}" for option in options.split(",") if option])
 
 
 if __name__ == "__main__":

@@ -254,8 +254,16 @@ class Audioset(base.ManualMediaBuilder):
             f"none of {candidates} found",
         )
 
-    def _example(self, located: base.LocatedRow, path, report):
-        config: AudiosetConfig = self.builder_config
+    def _clip_reader(self) -> AudiosetClips:
+        return AudiosetClips(self.builder_config, self._manual_dir)
+
+
+class AudiosetClips(base.ClipReader):
+    """Each row's segment (from time 0 of a segment-only file, else cut at the CSV times),
+    labelled by the row's class indices."""
+
+    def example(self, located: base.LocatedRow, path: str, report: common.BuildReport):
+        config: AudiosetConfig = self.config
         segment: SegmentRow = located.row
         if config.clips_hold_segment_only:
             start_s, end_s = 0.0, segment.end_s - segment.start_s
@@ -264,7 +272,7 @@ class Audioset(base.ManualMediaBuilder):
         decoded = base.decode_segment(path, located.name, start_s, end_s, config, report)
         if decoded is None:
             return None
-        assert located.relative_path is not None  # `_located_examples` skips unlocated rows
+        assert located.relative_path is not None  # `read` skips unlocated rows
         return base.example_dict(
             segment.ytid,
             located.relative_path,

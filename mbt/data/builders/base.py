@@ -4,6 +4,9 @@ A builder reads CSV rows, finds each row's clip in the manual dir and decodes a 
 it to RGB frames (JPEG-encoded by TFDS) and a 16 kHz mono waveform. Everything that can be
 wrong with one row (missing clip, undecodable file, no audio, clip shorter than its
 segment) is sorted into a kind, counted in a `common.BuildReport` and never stops the build.
+
+The per-row step is a `ClipReader`, run in this process or, when TFDS is given a Beam
+runner, on the runner's workers (`beam_build`).
 """
 
 from __future__ import annotations
@@ -210,6 +213,63 @@ class LocatedRow:
     looked_for: str
 
 
+class ClipReader:
+    """The per-clip step of a build: a located CSV row -> its stored example.
+
+    The same reader serves a split on both build paths: the builder's own loop (no Beam)
+    and each worker of a Beam runner (`beam_build.ReadClips`), which gets it pickled. So it
+    holds only what a row needs (the config, the manual dir, lookups such as a label
+    index): no open file until `open()`, and no builder (a pickled TFDS builder is rebuilt
+    from its constructor arguments, without what `_split_generators` set).
+
+    Subclasses implement `example`; they may override `open`/`close` to hold files open
+    while rows are read (a Beam worker calls them once each, around all its rows).
+    """
+
+    def __init__(self, config: MediaConfig, manual_dir: str):
+        self.config = config
+        self.manual_dir = manual_dir
+
+    def open(self) -> None:
+        """Opens what `example` reads from for every row (nothing by default)."""
+
+    def close(self) -> None:
+        """Closes what `open` opened."""
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[ClipReader]:
+        self.open()
+        try:
+            yield self
+        finally:
+            self.close()
+
+    def read(self, located: LocatedRow, report: common.BuildReport) -> tuple[str, dict] | None:
+        """(key, example) of one row, or None when it is skipped; counts it in `report`."""
+        report.rows += 1
+        if located.relative_path is None:
+            report.add("missing_clip", located.name, located.looked_for)
+            return None
+        path = os.path.join(self.manual_dir, located.relative_path)
+        example = self.example(located, path, report)
+        if example is None:
+            return None
+        report.written += 1
+        return located.name, example
+
+    def example(self, located: LocatedRow, path: str, report: common.BuildReport) -> dict | None:
+        """The stored example of a located row whose clip is at `path`, or None to skip it
+        (the reason recorded in `report`)."""
+        raise NotImplementedError
+
+
+def beam_requested(download_config: tfds.download.DownloadConfig) -> bool:
+    """True when TFDS was given a Beam runner or Beam options (`tfds build
+    --beam_pipeline_options=...` sets the options; without a `runner=` Beam's default,
+    the DirectRunner, runs the pipeline)."""
+    return download_config.beam_runner is not None or download_config.beam_options is not None
+
+
 # TFDS ships no type information, so the base is `Any`; mypy still checks the class keyword
 # against `object.__init_subclass__`. TFDS's `RegisteredDataset.__init_subclass__` takes it.
 class UncompressedArrayRecordWriter(tfds_writer.ExampleWriter):
@@ -239,9 +299,16 @@ class ManualMediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     Subclasses implement `_info`, `_split_generators` (which reads the CSVs and returns
     `self._make_splits(...)`), `_locate(row) -> LocatedRow` and
-    `_example(located, path, report) -> dict | None`; they may override
-    `_split_resources()` to hold files open while a split is generated.
+    `_clip_reader() -> ClipReader`.
+
+    Each split's rows go through the subclass's `ClipReader` on one of two paths, chosen
+    by the `DownloadConfig`: without a Beam runner, `_generate_examples` returns a
+    generator that reads them one by one in this process; with one (`beam_requested`), it
+    returns `beam_build.ReadClips`, which reads them on the runner's workers. Both write
+    the same examples under the same keys and the same `build_report_<split>.json`.
     """
+
+    _use_beam = False
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -252,6 +319,11 @@ class ManualMediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def _example_writer(self):
         return UncompressedArrayRecordWriter(file_format=self.info.file_format)
+
+    def _download_and_prepare(self, dl_manager, download_config) -> None:
+        self._use_beam = beam_requested(download_config)
+        self._beam_splits: list[str] = []
+        super()._download_and_prepare(dl_manager, download_config)
 
     def _new_report(self, split: str) -> common.BuildReport:
         index = getattr(self, "_file_index", None)
@@ -309,33 +381,42 @@ class ManualMediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         return splits
 
     def _generate_examples(self, split: str, located: list[LocatedRow]):
+        """A generator of (key, example) or, on the Beam path, a `beam.PTransform` of them."""
         report = self._new_report(split)
+        reader = self._clip_reader()
+        if self._use_beam:
+            from mbt.data.builders import beam_build  # imports apache_beam
+
+            self._beam_splits.append(split)
+            return beam_build.ReadClips(reader, located, report, os.fspath(self.data_dir))
         return common.report_examples(
-            self._located_examples(report, located), report, lambda: self.data_dir
+            _read_rows(reader, located, report), report, lambda: self.data_dir
         )
 
-    def _located_examples(
-        self, report: common.BuildReport, located: list[LocatedRow]
-    ) -> Iterator[tuple[str, dict]]:
-        with self._split_resources():
-            for r in located:
-                report.rows += 1
-                if r.relative_path is None:
-                    report.add("missing_clip", r.name, r.looked_for)
-                    continue
-                path = os.path.join(self._manual_dir, r.relative_path)
-                example = self._example(r, path, report)
-                if example is None:
-                    continue
-                report.written += 1
-                yield r.name, example
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        """After a Beam build: prints each split's report summary here on the launching
+        machine, removes the staged rows, and keeps the Beam counters of bad input by split
+        and kind in `beam_counters` (checked against the reports)."""
+        from mbt.data.builders import beam_build
 
-    def _split_resources(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+        self.beam_counters = beam_build.finish(
+            pipeline_result, os.fspath(self.data_dir), self._beam_splits
+        )
 
     def _locate(self, row) -> LocatedRow:
         raise NotImplementedError
 
-    def _example(self, located: LocatedRow, path: str, report: common.BuildReport) -> dict | None:
-        """The stored example of a located row whose clip is at `path`, or None to skip it."""
+    def _clip_reader(self) -> ClipReader:
+        """The reader of this build's rows (called in `_split_generators`, after `_locate`)."""
         raise NotImplementedError
+
+
+def _read_rows(
+    reader: ClipReader, located: list[LocatedRow], report: common.BuildReport
+) -> Iterator[tuple[str, dict]]:
+    """The Beam-less path: every row in order, in this process."""
+    with reader.opened():
+        for r in located:
+            keyed = reader.read(r, report)
+            if keyed is not None:
+                yield keyed

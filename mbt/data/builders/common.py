@@ -453,9 +453,10 @@ def index_files(root: str, suffixes: tuple[str, ...]) -> FileIndex:
 class BuildReport:
     """Counts bad input of one split, logs the first few of each kind, writes JSON.
 
-    Works inside `_generate_examples` of a Beam-less TFDS build: the builder calls
-    `write()` when its generator ends (also when it is closed early), so the JSON lands
-    in the dataset directory TFDS renames into place on success.
+    A Beam-less build fills one report as its generator runs and writes it when the
+    generator ends (also when it is closed early), so the JSON lands in the dataset
+    directory TFDS renames into place on success. A Beam build fills one `row_report()`
+    per row on the workers and sums them into the split's report (`beam_build`).
     """
 
     def __init__(
@@ -480,6 +481,34 @@ class BuildReport:
         self.skipped = {kind: 0 for kind in SKIPPED_KINDS}
         self.first: dict[str, list[dict[str, str]]] = {}
 
+    def row_report(self) -> BuildReport:
+        """An empty report of the same split for one row, which logs nothing (the split's
+        report logs the first cases of each kind once the rows' reports are summed)."""
+        return BuildReport(
+            self.dataset,
+            self.config,
+            self.version,
+            self.split,
+            max_logged=0,
+            max_listed=self.max_listed,
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BuildReport:
+        """The report `as_dict` (the JSON file) holds."""
+        report = cls(
+            values["dataset"],
+            values["config"],
+            values["version"],
+            values["split"],
+            manual_dir=values["manual_dir"],
+        )
+        report.rows, report.written = values["csv_rows"], values["examples_written"]
+        report.counts.update(values["counts"])
+        report.skipped.update(values["skipped"])
+        report.first = {kind: list(entries) for kind, entries in values["first"].items()}
+        return report
+
     def add(self, kind: str, name: str, detail: str = "", *, skipped: bool | None = None):
         """Records one bad input of `kind` for the clip/row `name`.
 
@@ -495,16 +524,7 @@ class BuildReport:
         if len(listed) < self.max_listed:
             listed.append({"name": name, "detail": detail})
         if self.counts[kind] <= self.max_logged:
-            _LOG.warning(
-                "%s/%s %s: %s %s%s%s",
-                self.dataset,
-                self.config,
-                self.split,
-                kind,
-                name,
-                ": " if detail else "",
-                detail,
-            )
+            self._log_case(kind, name, detail)
             if self.counts[kind] == self.max_logged:
                 _LOG.warning(
                     "%s/%s %s: further %s cases are only counted",
@@ -539,24 +559,53 @@ class BuildReport:
             f"from {self.rows} rows; {bad}" + (f"; manual dir: {walk}" if walk else "")
         )
 
-    def write(self, directory: str, complete: bool = True) -> str:
-        """Writes `build_report_<split>.json` into `directory`, prints a summary, returns the path.
+    def _log_case(self, kind: str, name: str, detail: str) -> None:
+        _LOG.warning(
+            "%s/%s %s: %s %s%s%s",
+            self.dataset,
+            self.config,
+            self.split,
+            kind,
+            name,
+            ": " if detail else "",
+            detail,
+        )
+
+    def log_listed(self) -> None:
+        """Logs the first `max_logged` listed cases of each kind (what `add` logs as it goes)."""
+        for kind, entries in self.first.items():
+            for entry in entries[: self.max_logged]:
+                self._log_case(kind, entry["name"], entry["detail"])
+
+    def path(self, directory: str) -> str:
+        """Where `write` puts this report in `directory`."""
+        directory = os.fspath(directory)
+        directory = directory.rstrip("/") if is_remote(directory) else os.path.normpath(directory)
+        return os.path.join(directory, f"build_report_{self.split}.json")
+
+    def announce(self, path: str, complete: bool = True) -> None:
+        """Prints and logs the summary line of the report written to `path`.
 
         During `download_and_prepare` TFDS builds into `<config dir>/incomplete.XXXX_<version>`
         and renames it to `<config dir>/<version>` on success; the message names the latter.
         """
-        directory = os.fspath(directory)
-        directory = directory.rstrip("/") if is_remote(directory) else os.path.normpath(directory)
-        path = os.path.join(directory, f"build_report_{self.split}.json")
-        tf.io.gfile.makedirs(directory)
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(json.dumps(self.as_dict(complete), indent=2))
+        directory, filename = os.path.split(path)
         shown = path
         if os.path.basename(directory).startswith("incomplete."):
-            shown = os.path.join(os.path.dirname(directory), self.version, os.path.basename(path))
+            shown = os.path.join(os.path.dirname(directory), self.version, filename)
         message = self.summary() + ("" if complete else " (stopped early)") + f"; report: {shown}"
         print(message, flush=True)
         _LOG.info(message)
+
+    def write(self, directory: str, complete: bool = True, *, announce: bool = True) -> str:
+        """Writes `build_report_<split>.json` into `directory` and returns its path; with
+        `announce`, also prints the summary line (`BuildReport.announce`)."""
+        path = self.path(directory)
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(json.dumps(self.as_dict(complete), indent=2))
+        if announce:
+            self.announce(path, complete)
         return path
 
 

@@ -7,7 +7,6 @@ Build (see docs/datasets.md):
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import logging
 import os
@@ -325,18 +324,33 @@ class EpicKitchens(base.ManualMediaBuilder):
             narration, narration.narration_id, relative, f"video {names[0]} (or .mp4) not found"
         )
 
-    @contextlib.contextmanager
-    def _split_resources(self):
-        self._hdf5 = None
-        if self._hdf5_path:
-            self._hdf5 = Hdf5Audio(self._hdf5_path, self.builder_config.hdf5_sample_rate)
-        try:
-            yield
-        finally:
-            if self._hdf5 is not None:
-                self._hdf5.close()
+    def _clip_reader(self) -> EpicKitchensClips:
+        return EpicKitchensClips(self.builder_config, self._manual_dir, self._hdf5_path)
 
-    def _example(self, located: base.LocatedRow, path, report):
+
+class EpicKitchensClips(base.ClipReader):
+    """Each narration's segment of its video, with the audio of the video or, when
+    `hdf5_path` is given, of the HDF5 file (held open between `open` and `close`)."""
+
+    def __init__(self, config: EpicKitchensConfig, manual_dir: str, hdf5_path: str | None):
+        super().__init__(config, manual_dir)
+        self.hdf5_path = hdf5_path
+        self._hdf5: Hdf5Audio | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_hdf5": None}  # an open file does not travel to a worker
+
+    def open(self) -> None:
+        if self.hdf5_path:
+            config: EpicKitchensConfig = self.config
+            self._hdf5 = Hdf5Audio(self.hdf5_path, config.hdf5_sample_rate)
+
+    def close(self) -> None:
+        if self._hdf5 is not None:
+            self._hdf5.close()
+            self._hdf5 = None
+
+    def example(self, located: base.LocatedRow, path: str, report: common.BuildReport):
         narration: Narration = located.row
         audio_loader = self._hdf5.loader(narration.video_id) if self._hdf5 else None
         segment = base.decode_segment(
@@ -344,13 +358,13 @@ class EpicKitchens(base.ManualMediaBuilder):
             located.name,
             narration.start_s,
             narration.stop_s,
-            self.builder_config,
+            self.config,
             report,
             audio_loader=audio_loader,
         )
         if segment is None:
             return None
-        assert located.relative_path is not None  # `_located_examples` skips unlocated rows
+        assert located.relative_path is not None  # `read` skips unlocated rows
         return base.example_dict(
             located.name,
             located.relative_path,

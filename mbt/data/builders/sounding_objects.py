@@ -381,16 +381,27 @@ class SoundingObjects(base.ManualMediaBuilder):
             row, row.clip_id, self._clip_index.get(filename), f"{filename} not found"
         )
 
-    def _example(self, located: base.LocatedRow, path, report):
-        config: SoundingObjectsConfig = self.builder_config
+    def _clip_reader(self) -> SoundingObjectsClips:
+        return SoundingObjectsClips(self.builder_config, self._manual_dir, self._label_index)
+
+
+class SoundingObjectsClips(base.ClipReader):
+    """The first `clip_seconds` of each clip, its label and shown objects."""
+
+    def __init__(self, config: SoundingObjectsConfig, manual_dir: str, label_index: dict[str, int]):
+        super().__init__(config, manual_dir)
+        self.label_index = label_index
+
+    def example(self, located: base.LocatedRow, path: str, report: common.BuildReport):
+        config: SoundingObjectsConfig = self.config
         segment = base.decode_segment(path, located.name, 0.0, config.clip_seconds, config, report)
         if segment is None:
             return None
-        assert located.relative_path is not None  # `_located_examples` skips unlocated rows
+        assert located.relative_path is not None  # `read` skips unlocated rows
         return base.example_dict(
             located.name,
             located.relative_path,
             segment,
-            label=self._label_index[located.row.label],
+            label=self.label_index[located.row.label],
             shown=list(located.row.shown),
         )

@@ -212,12 +212,23 @@ class Vggsound(base.ManualMediaBuilder):
             f"{filename} not found",
         )
 
-    def _example(self, located: base.LocatedRow, path, report):
-        config: VggsoundConfig = self.builder_config
+    def _clip_reader(self) -> VggsoundClips:
+        return VggsoundClips(self.builder_config, self._manual_dir, self._label_index)
+
+
+class VggsoundClips(base.ClipReader):
+    """The first `clip_seconds` of each clip, labelled by the row's class index."""
+
+    def __init__(self, config: VggsoundConfig, manual_dir: str, label_index: dict[str, int]):
+        super().__init__(config, manual_dir)
+        self.label_index = label_index
+
+    def example(self, located: base.LocatedRow, path: str, report: common.BuildReport):
+        config: VggsoundConfig = self.config
         segment = base.decode_segment(path, located.name, 0.0, config.clip_seconds, config, report)
         if segment is None:
             return None
-        assert located.relative_path is not None  # `_located_examples` skips unlocated rows
+        assert located.relative_path is not None  # `read` skips unlocated rows
         return base.example_dict(
-            located.name, located.relative_path, segment, label=self._label_index[located.row.label]
+            located.name, located.relative_path, segment, label=self.label_index[located.row.label]
         )
