@@ -468,7 +468,7 @@ def test_fused_attention_matches_einsum_attention_and_remat_matches_plain():
     inputs = make_inputs(4)
     model, params = init(tiny_config(attention="fused"), inputs)
     einsum_model = models.build_model(tiny_config(attention="einsum"), CLASSES)
-    remat_model = models.build_model(tiny_config(remat=True), CLASSES)
+    remat_model = models.build_model(tiny_config(attention="fused", remat=True), CLASSES)
 
     def loss(m, p):
         return jnp.sum(m.apply({"params": p}, inputs, train=False) ** 2)
@@ -588,3 +588,23 @@ def test_model_jits_under_an_8_device_mesh():
     assert got.sharding.spec == jax.sharding.PartitionSpec("data")
     want = model.apply({"params": params}, inputs, train=False)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_attention_is_fused_on_gpu_and_einsum_elsewhere():
+    assert vit.resolve_attention("auto", "gpu") == "fused"
+    assert vit.resolve_attention("auto", "cuda") == "fused"
+    assert vit.resolve_attention("auto", "cpu") == "einsum"
+    assert vit.resolve_attention("auto", "tpu") == "einsum"
+    assert vit.resolve_attention("fused", "cpu") == "fused"
+    assert vit.resolve_attention("einsum", "gpu") == "einsum"
+    # here (CPU) the default model runs exactly the einsum path
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 6, D)), jnp.float32)
+    blocks = {a: vit.EncoderBlock(mlp_dim=MLP, num_heads=HEADS, attention=a) for a in ATTN}
+    params = blocks["auto"].init(jax.random.PRNGKey(0), x, True)["params"]
+    out = {a: blocks[a].apply({"params": params}, x, True) for a in ATTN}
+    np.testing.assert_array_equal(out["auto"], out["einsum"])
+    assert float(jnp.abs(out["auto"] - out["fused"]).max()) < 1e-5
+
+
+ATTN = ("auto", "einsum", "fused")

@@ -63,7 +63,7 @@ _DEFAULTS: dict[str, Any] = {
     "stochastic_droplayer_rate": 0.3,
     "dtype": "float32",
     "remat": False,
-    "attention": "fused",
+    "attention": "auto",
 }
 
 

@@ -145,7 +145,7 @@ def default_config() -> ml_collections.ConfigDict:
             "stochastic_droplayer_rate": 0.0,
             "dtype": "float32",
             "remat": False,
-            "attention": "fused",
+            "attention": "auto",
         }
     )
 

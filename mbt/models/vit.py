@@ -90,6 +90,20 @@ def einsum_attention(
     return jnp.einsum("bnqk,bknh->bqnh", weights_BxNxQxK, value_BxKxNxH)
 
 
+# Backends where `jax.nn.dot_product_attention` runs a fused kernel (cuDNN flash attention)
+# that beats the einsum path; elsewhere (CPU, TPU) XLA lowers both to the same matmuls and the
+# einsum path measured faster on CPU (docs/compute.md).
+FUSED_ATTENTION_BACKENDS = ("gpu", "cuda", "rocm")
+
+
+def resolve_attention(attention: str, backend: str | None = None) -> str:
+    """'auto' → 'fused' on GPU backends, 'einsum' elsewhere; other values unchanged."""
+    if attention != "auto":
+        return attention
+    backend = backend or jax.default_backend()
+    return "fused" if backend in FUSED_ATTENTION_BACKENDS else "einsum"
+
+
 class MultiHeadDotProductAttention(nn.Module):
     """Dot-product attention with Flax's MHA parameter layout, by `jax.nn.dot_product_attention`.
 
@@ -109,7 +123,8 @@ class MultiHeadDotProductAttention(nn.Module):
 
     num_heads: int
     dropout_rate: float = 0.0
-    implementation: str = "fused"  # 'fused' (jax.nn.dot_product_attention) or 'einsum'
+    # 'auto' (`resolve_attention`), 'fused' (jax.nn.dot_product_attention) or 'einsum'
+    implementation: str = "auto"
     dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.xavier_uniform()
 
@@ -137,7 +152,8 @@ class MultiHeadDotProductAttention(nn.Module):
             weights_BxNxQxK = attention_weights(query_BxQxNxH, key_BxKxNxH)
             self.sow(ATTENTION_COLLECTION, "weights_mean_over_heads", weights_BxNxQxK.mean(axis=1))
         needs_dropout = self.dropout_rate > 0.0 and not deterministic
-        if self.implementation == "einsum" or needs_dropout:
+        implementation = resolve_attention(self.implementation)
+        if implementation == "einsum" or needs_dropout:
             rng = self.make_rng("dropout") if needs_dropout else None
             out_BxQxNxH = einsum_attention(
                 query_BxQxNxH,
@@ -147,11 +163,11 @@ class MultiHeadDotProductAttention(nn.Module):
                 dropout_rng=rng,
                 deterministic=deterministic,
             )
-        elif self.implementation == "fused":
+        elif implementation == "fused":
             out_BxQxNxH = jax.nn.dot_product_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH)
         else:
             raise ValueError(
-                f"config.model.attention={self.implementation!r}; use 'fused' or 'einsum'"
+                f"config.model.attention={self.implementation!r}; use 'auto', 'fused' or 'einsum'"
             )
         return nn.DenseGeneral(
             features=width,
@@ -205,7 +221,7 @@ class EncoderBlock(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     droplayer_p: float = 0.0
-    attention: str = "fused"
+    attention: str = "auto"
     dtype: Any = jnp.float32
 
     def _keep_mask(self, x: jax.Array, deterministic: bool):
