@@ -122,38 +122,20 @@ class _Views:
         scalar = tf.TensorSpec([], tf.int64)
 
         def train_view(serialized, video_index, epoch):
-            example = stored(serialized, video_index)
             example_seed = tf.random.experimental.stateless_fold_in(
                 tf.stack([tf.constant(self.seed, tf.int64), epoch]), video_index
             )
-            time_seed, view_seed = tf.unstack(
-                tf.random.experimental.stateless_split(example_seed, 2)
-            )
-            view = clips.make_view(
-                example,
-                settings,
-                time_fraction=tf.random.stateless_uniform([], time_seed),
-                crop_position=None,
-                seed=view_seed,
-            )
-            return pipeline.finish_view(view, example, source)
+            example = stored(serialized, video_index)
+            return pipeline.random_view(example, settings, source, example_seed)
 
         clips_per_example = values["num_test_clips"] if self._mode == "test" else 1
         crops_per_example = values["num_spatial_crops"] if self._mode == "test" else 1
 
         def eval_view(serialized, video_index, view_id):
             example = stored(serialized, video_index)
-            time_fraction, crop_position = clips.test_view_position(
-                view_id, clips_per_example, crops_per_example
+            return pipeline.fixed_view(
+                example, settings, source, view_id, clips_per_example, crops_per_example
             )
-            view = clips.make_view(
-                example,
-                settings,
-                time_fraction=time_fraction,
-                crop_position=crop_position,
-                seed=None,
-            )
-            return pipeline.finish_view(view, example, source)
 
         one = train_view if self._mode == "train" else eval_view
         signature = [tf.TensorSpec([], tf.string), scalar, scalar]

@@ -385,6 +385,37 @@ def finish_view(view: dict, example: dict, source: sources.ExampleSource) -> dic
     }
 
 
+def random_view(
+    example: dict, settings: clips.ClipSettings, source: sources.ExampleSource, seed: tf.Tensor
+) -> dict:
+    """A training view: window start and every augmentation drawn from the int64 [2] `seed`."""
+    time_seed, view_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    view = clips.make_view(
+        example,
+        settings,
+        time_fraction=tf.random.stateless_uniform([], time_seed),
+        crop_position=None,
+        seed=view_seed,
+    )
+    return finish_view(view, example, source)
+
+
+def fixed_view(
+    example: dict,
+    settings: clips.ClipSettings,
+    source: sources.ExampleSource,
+    view_id: tf.Tensor,
+    num_clips: int,
+    num_crops: int,
+) -> dict:
+    """Evaluation view `view_id` of `num_clips × num_crops` (no augmentation)."""
+    time_fraction, crop_position = clips.test_view_position(view_id, num_clips, num_crops)
+    view = clips.make_view(
+        example, settings, time_fraction=time_fraction, crop_position=crop_position, seed=None
+    )
+    return finish_view(view, example, source)
+
+
 def _padding(element_spec: dict, count: int) -> tf.data.Dataset:
     """`count` all-zero elements with batch_mask 0 and video_index -1."""
     zeros = {k: tf.zeros(spec.shape, spec.dtype) for k, spec in element_spec.items()}
@@ -455,17 +486,7 @@ def build_tf_dataset(
 
         def train_view(position, example):
             example_seed = tf.random.experimental.stateless_fold_in(base_seed, position)
-            time_seed, view_seed = tf.unstack(
-                tf.random.experimental.stateless_split(example_seed, 2)
-            )
-            view = clips.make_view(
-                example,
-                settings,
-                time_fraction=tf.random.stateless_uniform([], time_seed),
-                crop_position=None,
-                seed=view_seed,
-            )
-            return finish_view(view, example, source)
+            return random_view(example, settings, source, example_seed)
 
         ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
         ds = ds.skip(skip_in_epoch)
@@ -477,17 +498,9 @@ def build_tf_dataset(
         crops_per_example = values["num_spatial_crops"] if mode == "test" else 1
 
         def eval_view(view_id, example):
-            time_fraction, crop_position = clips.test_view_position(
-                view_id, clips_per_example, crops_per_example
+            return fixed_view(
+                example, settings, source, view_id, clips_per_example, crops_per_example
             )
-            view = clips.make_view(
-                example,
-                settings,
-                time_fraction=time_fraction,
-                crop_position=crop_position,
-                seed=None,
-            )
-            return finish_view(view, example, source)
 
         ds = examples.flat_map(lambda ex: tf.data.Dataset.range(views).map(lambda v: (v, ex)))
         ds = ds.map(eval_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
