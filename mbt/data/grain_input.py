@@ -164,7 +164,7 @@ class _Views:
             tf.constant(indices, tf.int64),
             tf.constant(extra, tf.int64),
         )
-        return {k: v.numpy() for k, v in out.items()}
+        return {k: np.asarray(v) for k, v in out.items()}  # no copy, unlike .numpy()
 
     def padding(self, count: int) -> dict[str, np.ndarray]:
         """`count` all-zero rows with batch_mask 0 and video_index -1."""
