@@ -138,3 +138,13 @@ def test_loader_and_file_format_errors(toy_formats):
     bad.dataset.synthetic.num_clips = 16
     with pytest.raises(ValueError, match=r"file_format='parquet'.*allowed"):
         pipeline.prepare_dataset(bad, bad.dataset.data_dir)
+
+
+def test_worker_processes_give_the_same_batches(toy_formats):
+    config = toy_formats["array_record"].copy_and_resolve_references()
+    in_process = _batches(config, "train", 4, 3, seed=2, process_index=0, process_count=1)
+    config.dataset.grain_workers = 2
+    with_workers = _batches(config, "train", 4, 3, seed=2, process_index=0, process_count=1)
+    for want, got in zip(in_process, with_workers):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -262,6 +262,10 @@ def make_batches(
         grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, 2))
     )
     if int(values["grain_workers"]) > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's worker pool reads its absl flags
+            flags.FLAGS.mark_as_parsed()
         iter_ds = iter_ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=int(values["grain_workers"]))
         )
