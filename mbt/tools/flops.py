@@ -19,8 +19,9 @@ Conventions (see docs/compute.md):
   2 FLOPs and includes the elementwise ops, so `xla / (2 · analytic)` is a little above 1.
   The XLA check always runs the model with `attention='einsum'` (where the config has the key)
   because a fused attention kernel may be a custom call whose FLOPs XLA cannot see. XLA counts
-  the body of a while loop once, whatever its trip count, so for a model that scans over time
-  (the C-LSTM) its figure is a lower bound; the report says so (`XlaReport.has_while_loop`).
+  the body of a while loop once, whatever its trip count, so for a model with a loop (a scan
+  over time; the C-LSTM's recurrence is unrolled and has none) its figure is a lower bound;
+  the report says so (`XlaReport.has_while_loop`).
 
 A model contributes its analytic count through its family (`mbt.models.family.ModelFamily`):
 `analytic_macs(model_config, input_shapes, num_classes) -> AnalyticCount`; MBT, SFT and the
