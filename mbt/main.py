@@ -164,7 +164,7 @@ def _run_mode(config):
             flush=True,
         )
         sys.exit(checkpointing.EXIT_PREEMPTED)
-    if config.get("siblings") and not result["stopped_early"]:
+    if config.get("siblings"):
         overrides = (
             config_flags.get_override_values(flags.FLAGS["config"])
             if _CONFIG.value is not None

@@ -82,9 +82,13 @@ def toy_grain(tmp_path_factory):
     sys.modules.pop(toy_dataset_fixtures.MODULE, None)
 
 
-def _params(result) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(result["final_state"].params))
+def _flat(params) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(params))
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _params(result) -> dict[str, np.ndarray]:
+    return _flat(result["final_state"].params)
 
 
 def _assert_close(got: dict, want: dict):
@@ -188,9 +192,7 @@ def _finish(procs, logs, timeout_s=300.0) -> list[str]:
 
 def _exported_params(workdir) -> dict[str, np.ndarray]:
     with open(os.path.join(workdir, "export", "params.msgpack"), "rb") as f:
-        params = serialization.msgpack_restore(f.read())
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+        return _flat(serialization.msgpack_restore(f.read()))
 
 
 def test_two_processes_train_to_the_end_like_one_device(toy_grain, one_device_params, tmp_path):

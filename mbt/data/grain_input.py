@@ -12,7 +12,7 @@ reads rows [p·B, (p+1)·B) of every global batch and nothing else. Every random
 view (window start, crop, flip, colour, SpecAugment) is seeded by (seed, epoch, example
 index). So the global batches are the same whatever P and the device count, a run resumed at
 global batch k reads its rows directly (nothing before them is read), and the state to save
-is only k (`input_state`).
+is only k (`train_input` in the checkpoint, `mbt.train.checkpoint_meta`).
 
 Eval and test read one pass of global rows j = 0 .. N·V-1 (example j // V, view j mod V, V
 views per example), padded with `batch_mask = 0` rows to whole global batches and split
@@ -66,15 +66,6 @@ def global_row(local_item: int, rows_per_process: int, process_index: int, proce
     """The global row of this process's `local_item`-th row (B rows per process per batch)."""
     batch, row = divmod(local_item, rows_per_process)
     return (batch * process_count + process_index) * rows_per_process + row
-
-
-def input_state(global_batches: int, global_batch_size: int, seed: int) -> dict[str, int]:
-    """What a checkpoint stores to continue the train stream: its next global position."""
-    return {
-        "next_position": global_batches * global_batch_size,
-        "global_batch_size": global_batch_size,
-        "seed": seed,
-    }
 
 
 class _Views:

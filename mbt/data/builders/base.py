@@ -270,8 +270,6 @@ def beam_requested(download_config: tfds.download.DownloadConfig) -> bool:
     return download_config.beam_runner is not None or download_config.beam_options is not None
 
 
-# TFDS ships no type information, so the base is `Any`; mypy still checks the class keyword
-# against `object.__init_subclass__`. TFDS's `RegisteredDataset.__init_subclass__` takes it.
 class UncompressedArrayRecordWriter(tfds_writer.ExampleWriter):
     """TFDS's example writer, but ArrayRecord without compression.
 
@@ -294,6 +292,8 @@ class UncompressedArrayRecordWriter(tfds_writer.ExampleWriter):
         return None
 
 
+# TFDS ships no type information, so the base is `Any`; mypy still checks the class keyword
+# against `object.__init_subclass__`. TFDS's `RegisteredDataset.__init_subclass__` takes it.
 class ManualMediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
     """Base of the media builders: manual-dir data, one bad-input report per split.
 
