@@ -100,7 +100,7 @@ def _configure_array_writes():
 # error with a traceback from each of its threads, closes the asyncio event loop the other
 # reads / writes were awaited in, and every one of those still running then fails to deliver
 # its result to the closed loop: an "Event loop is closed" traceback each (printed through
-# `sys.unraisablehook`) and, when the futures are collected, "Future exception was never
+# `sys.unraisablehook`) and, when the futures are collected, "<class> exception was never
 # retrieved" (asyncio's logger); orbax's read coroutines, closed unfinished when collected,
 # turn their GeneratorExit into an error ("Exception ignored in: <coroutine ...>"). A
 # checkpoint of a real model has hundreds of arrays, so one failure gave ~700 lines. The
@@ -149,7 +149,8 @@ class _DropOrbaxFailureReports(logging.Filter):
         if record.levelno < logging.ERROR or _library_logs_on():
             return True
         message = record.getMessage()
-        unread = message.startswith(("Future exception was never", "Task exception was never"))
+        # asyncio names the future's class: Future, Task, _GatheringFuture (orbax's gather).
+        unread = "exception was never retrieved" in message
         if record.name == "asyncio" and not unread:
             return True
         if record.name != "asyncio" and not record.exc_info:

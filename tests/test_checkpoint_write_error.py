@@ -8,14 +8,18 @@ save (12), with a short stderr whose last line names the step, the directory, th
 and the last complete checkpoint; resuming then continues from that checkpoint.
 """
 
+import asyncio
+import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import train_fixtures
 
+from mbt import checkpointing
 from mbt import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,3 +104,32 @@ def test_a_failed_background_write_stops_training_at_the_next_log_step(tmp_path)
     result = train.train_and_evaluate(train_fixtures.tiny_config(**_OVERRIDES), workdir, data)
     assert data.start_batches == [4] and result["step"] == 16
     assert sorted(os.listdir(directory)) == ["12", "16", "8"]
+
+
+def _unread_gather_failure(message):
+    """Makes asyncio report a gather whose failure nobody read, as orbax's writes leave it."""
+
+    async def fail():
+        raise ValueError(message)
+
+    async def start():
+        gathered = asyncio.gather(fail(), fail())
+        await asyncio.sleep(0.01)
+        return gathered
+
+    loop = asyncio.new_event_loop()
+    gathered = loop.run_until_complete(start())
+    loop.close()
+    del gathered
+    gc.collect()
+
+
+@pytest.mark.parametrize("orbax_write", [True, False])
+def test_unread_failures_of_a_checkpoint_write_are_not_reported_again(caplog, orbax_write):
+    checkpointing._install_quiet_failure_reports()
+    where = "run/checkpoints/8.orbax-checkpoint-tmp/state" if orbax_write else "elsewhere"
+    _unread_gather_failure(f'Error writing "{where}/d/1": File too large')
+    unread = [r for r in caplog.records if "exception was never retrieved" in r.getMessage()]
+    assert [r.getMessage().split()[0] for r in unread] == (
+        [] if orbax_write else ["_GatheringFuture"]
+    )
