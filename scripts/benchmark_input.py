@@ -49,6 +49,17 @@ class _Timer:
         self.cpu = _cpu_seconds() - self.cpu
 
 
+def _wait_until_idle(poll_s: float = 0.25, timeout_s: float = 60.0) -> None:
+    """Returns once the process's threads have stopped working (a poll interval with under
+    5 % of one core used), or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = _cpu_seconds()
+        time.sleep(poll_s)
+        if _cpu_seconds() - before < 0.05 * poll_s:
+            return
+
+
 def _report(what: str, clips: int, timer: _Timer) -> None:
     print(
         f"{what:<68} {clips:3d} clips  {timer.wall:7.2f} s wall  {timer.cpu:7.2f} s CPU  "
@@ -65,6 +76,9 @@ def _flags():
     flags.DEFINE_integer("batches", 24, "timed training batches", flag_values=fv)
     flags.DEFINE_integer("batch_size", 4, "clips per training batch", flag_values=fv)
     flags.DEFINE_string("workdir", None, "default: a temporary directory", flag_values=fv)
+    flags.DEFINE_integer(
+        "grain_threads", 4, "config.dataset.grain_threads of the grain loader", flag_values=fv
+    )
     return fv
 
 
@@ -146,7 +160,9 @@ def main(argv=None) -> None:
     # The same clips built as ArrayRecord, which the grain loader reads.
     grain_config = config.copy_and_resolve_references()
     grain_config.dataset.update(
-        file_format="array_record", data_dir=config.dataset.data_dir + "_ar"
+        file_format="array_record",
+        data_dir=config.dataset.data_dir + "_ar",
+        grain_threads=args.grain_threads,
     )
     shutil.rmtree(grain_config.dataset.data_dir, ignore_errors=True)
     with _Timer() as timer:
@@ -167,9 +183,16 @@ def main(argv=None) -> None:
             with _Timer() as timer:
                 first = next(stream)
             _report(f"{loader} train: first batch (tracing + warm-up)", args.batch_size, timer)
+            # Timed from prefetch buffers full to prefetch buffers full: each loader works
+            # ahead of its consumer by a different number of batches, which a window that
+            # starts or ends with them partly empty would count for or against it.
+            _wait_until_idle()
             with _Timer() as timer:
                 for _ in range(args.batches):
                     batch = next(stream)
+                loop_wall = time.perf_counter() - timer.wall
+                _wait_until_idle()
+            timer.wall = loop_wall  # CPU seconds include the refill; wall seconds do not
             assert np.isfinite(batch["spectrogram"]).all()
             what = "flip, jitter, SpecAugment" + (", colour" if color else "")
             clips = args.batches * args.batch_size
@@ -184,6 +207,8 @@ def main(argv=None) -> None:
             f"{per_core[('grain', color)] / per_core[('tf.data', color)]:.2f}"
         )
     print(f"batch shapes: { ({k: v.shape for k, v in first.items()}) }")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak_mb:.0f} MB; grain_threads={args.grain_threads}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
