@@ -62,11 +62,15 @@ ATTENTION_COLLECTION = "attention"
 
 
 def attention_weights(query_BxQxNxH, key_BxKxNxH):
-    """softmax(q·kᵀ/√H) over the keys: `[batch, heads, q_tokens, k_tokens]`, float32."""
+    """softmax(q·kᵀ/√H) over the keys: `[batch, heads, q_tokens, k_tokens]`, float32.
+
+    The queries are scaled before the product (as Flax and Scenic do), not the logits: one
+    pass over `[B, Q, N, H]` instead of over the Q/H times larger `[B, N, Q, K]`.
+    """
     head_dim = query_BxQxNxH.shape[-1]
+    query_BxQxNxH = query_BxQxNxH / jnp.sqrt(head_dim).astype(query_BxQxNxH.dtype)
     logits_BxNxQxK = jnp.einsum("bqnh,bknh->bnqk", query_BxQxNxH, key_BxKxNxH)
-    logits_BxNxQxK = logits_BxNxQxK.astype(jnp.float32) / jnp.sqrt(head_dim).astype(jnp.float32)
-    return jax.nn.softmax(logits_BxNxQxK, axis=-1)
+    return jax.nn.softmax(logits_BxNxQxK.astype(jnp.float32), axis=-1)
 
 
 def einsum_attention(
