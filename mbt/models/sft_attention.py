@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbt.models import vit
+
 MASKS = ("dense", "fixed")
 LAYER_NORM_EPSILON = 1e-5  # torch.nn.functional.layer_norm's default
 
@@ -53,18 +55,6 @@ def fixed_sparse_mask(length: int, stride: int, expressivity: int) -> np.ndarray
     to_next_multiple = (-index) % stride  # m·l − j for the smallest multiple m·l >= j
     summary = (index >= stride - expressivity) & (to_next_multiple <= expressivity)
     return window | summary[None, :]
-
-
-def attention_weights(
-    query_BxQxNxH: jax.Array, key_BxKxNxH: jax.Array, mask_QxK: np.ndarray | None = None
-) -> jax.Array:
-    """Per-head softmax(q·kᵀ/√H) weights `[B, heads, Q, K]` in float32; masked keys get 0."""
-    head_dim = query_BxQxNxH.shape[-1]
-    logits = jnp.einsum("bqnh,bknh->bnqk", query_BxQxNxH, key_BxKxNxH).astype(jnp.float32)
-    logits = logits / np.sqrt(head_dim).astype(np.float32)
-    if mask_QxK is not None:
-        logits = jnp.where(jnp.asarray(mask_QxK), logits, -jnp.inf)
-    return jax.nn.softmax(logits, axis=-1)
 
 
 class WeightedSelfAttention(nn.Module):
@@ -103,7 +93,7 @@ class WeightedSelfAttention(nn.Module):
             mask = fixed_sparse_mask(x_BxLxD.shape[1], self.stride, self.expressivity)
         elif self.mask != "dense":
             raise ValueError(f"config.model.sparse_attention_mask={self.mask!r}; use {MASKS}")
-        weights_BxNxLxL = attention_weights(query, key, mask)
+        weights_BxNxLxL = vit.attention_weights(query, key, mask)
         mixing = weights_BxNxLxL
         if self.dropout_rate > 0.0 and not deterministic:
             keep = jax.random.bernoulli(
@@ -172,4 +162,4 @@ def encoder_block_attention_weights(
     queries = normed[:, :1] if cls_only else normed
     query = project.apply({"params": attention["query"]}, queries)
     key = project.apply({"params": attention["key"]}, normed)
-    return jnp.mean(attention_weights(query, key), axis=1)  # type: ignore[arg-type]
+    return jnp.mean(vit.attention_weights(query, key), axis=1)

@@ -61,16 +61,20 @@ def _dtype(dtype: Any) -> jnp.dtype:
 ATTENTION_COLLECTION = "attention"
 
 
-def attention_weights(query_BxQxNxH, key_BxKxNxH):
-    """softmax(q·kᵀ/√H) over the keys: `[batch, heads, q_tokens, k_tokens]`, float32.
+def attention_weights(query_BxQxNxH, key_BxKxNxH, mask_QxK=None):
+    """softmax(q·kᵀ/√H) over the keys: `[batch, heads, q_tokens, k_tokens]`, float32; keys
+    where the boolean `mask_QxK` is False get weight 0.
 
     The queries are scaled before the product (as Flax and Scenic do), not the logits: one
-    pass over `[B, Q, N, H]` instead of over the Q/H times larger `[B, N, Q, K]`.
+    pass over `[B, Q, N, H]` instead of over the K/H times larger `[B, N, Q, K]`.
     """
     head_dim = query_BxQxNxH.shape[-1]
     query_BxQxNxH = query_BxQxNxH / jnp.sqrt(head_dim).astype(query_BxQxNxH.dtype)
     logits_BxNxQxK = jnp.einsum("bqnh,bknh->bnqk", query_BxQxNxH, key_BxKxNxH)
-    return jax.nn.softmax(logits_BxNxQxK.astype(jnp.float32), axis=-1)
+    logits_BxNxQxK = logits_BxNxQxK.astype(jnp.float32)
+    if mask_QxK is not None:
+        logits_BxNxQxK = jnp.where(jnp.asarray(mask_QxK), logits_BxNxQxK, -jnp.inf)
+    return jax.nn.softmax(logits_BxNxQxK, axis=-1)
 
 
 def einsum_attention(
