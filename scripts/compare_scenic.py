@@ -106,7 +106,13 @@ def train_step(model):
 
 def main(argv):
     del argv
-    sys.path.insert(0, os.path.abspath(os.path.expanduser(_SCENIC_DIR.value)))
+    scenic_dir = os.path.abspath(os.path.expanduser(_SCENIC_DIR.value))
+    if not os.path.isfile(os.path.join(scenic_dir, "scenic", "projects", "mbt", "model.py")):
+        raise SystemExit(
+            f"--scenic_dir={_SCENIC_DIR.value}: no scenic/projects/mbt/model.py there; pass the "
+            "root of a checkout of https://github.com/google-research/scenic"
+        )
+    sys.path.insert(0, scenic_dir)
     config = bench.preset_config(_PRESET.value)
     model_config = config.model
     if _VARIANT.value:

@@ -1,6 +1,7 @@
 """The benchmark scripts' building blocks (`mbt.tools.bench`), the fusion-mode benchmark
 (`scripts/benchmark_fusion.py`) on the tiny workload, one timed step, and the model benchmark
-(`scripts/benchmark_model.py`, in a subprocess: its absl flags clash with the fusion one's)."""
+(`scripts/benchmark_model.py`, in a subprocess: its absl flags clash with the fusion one's), and
+the Scenic comparison's error without a Scenic checkout."""
 
 import os
 import re
@@ -116,3 +117,19 @@ def test_model_benchmark_stops_after_the_flops_of_mbt_b16_without_compiling():
     assert "model FLOPs per training step: 23.48 TFLOP" in out
     assert "device peak, bfloat16 dense: peak unknown for 'cpu'" in out
     assert "MFU" not in out and "| fused |" not in out  # nothing compiled or timed
+
+
+def test_scenic_comparison_names_the_missing_checkout(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join("scripts", "compare_scenic.py"), f"--scenic_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=script_fixtures.REPO,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"--scenic_dir={tmp_path}: no scenic/projects/mbt/model.py there; pass the root of a "
+        "checkout of https://github.com/google-research/scenic"
+    )
