@@ -90,20 +90,6 @@ def scenic_model(model_config, num_classes: int):
     )
 
 
-def train_step(model):
-    """(params, inputs, labels, key) → (loss, grads); inputs are copied, since Scenic's module
-    writes its tokens into the dict it is given."""
-
-    def loss_and_grads(params, inputs, labels, key):
-        def loss(p):
-            logits = model.apply({"params": p}, dict(inputs), train=True, rngs={"dropout": key})
-            return bench.sigmoid_cross_entropy(logits, labels)
-
-        return jax.value_and_grad(loss)(params)
-
-    return loss_and_grads
-
-
 def main(argv):
     del argv
     scenic_dir = os.path.abspath(os.path.expanduser(_SCENIC_DIR.value))
@@ -133,15 +119,14 @@ def main(argv):
     params, steps = {}, {}
     for name, model in built.items():
         params[name] = bench.random_params(flops.abstract_params(model, dict(inputs)))
-        steps[name] = train_step(model)
-    counts = {n: sum(x.size for x in jax.tree_util.tree_leaves(p)) for n, p in params.items()}
+        steps[name] = bench.loss_and_grads(model)
+    counts = {n: flops.count_params(p) for n, p in params.items()}
     sizes = models.resolve_sizes(model_config)
     print(
         f"preset {_PRESET.value}{f' as {_VARIANT.value}' if _VARIANT.value else ''}: width "
         f"{sizes.hidden_size}, {sizes.num_layers} layers, {_FUSION.value} fusion from Lf = "
         f"{model_config.fusion_layer}; our attention {_ATTENTION.value}; inputs {input_shapes}; "
-        f"batch {_BATCH.value}; "
-        f"parameters {counts}; {jax.devices()[0].device_kind}"
+        f"batch {_BATCH.value}; parameters {counts}; {jax.devices()[0].device_kind}"
     )
     if len(set(counts.values())) != 1:
         raise SystemExit("the two models have different parameter counts: not the same workload")

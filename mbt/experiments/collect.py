@@ -65,14 +65,9 @@ def train_activation_bytes(
     params = flops.abstract_params(model, inputs)
     labels = jax.ShapeDtypeStruct((batch_size, num_classes), jax.numpy.float32)
 
-    def loss_and_grads(p, x, y, key):
-        def loss(q):
-            logits = model.apply({"params": q}, x, train=True, rngs={"dropout": key})
-            return bench.sigmoid_cross_entropy(logits, y)
-
-        return jax.value_and_grad(loss)(p)
-
-    compiled = jax.jit(loss_and_grads).lower(params, inputs, labels, jax.random.PRNGKey(0))
+    compiled = jax.jit(bench.loss_and_grads(model)).lower(
+        params, inputs, labels, jax.random.PRNGKey(0)
+    )
     memory = compiled.compile().memory_analysis()
     value = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
     return None if value is None else int(value)

@@ -64,6 +64,23 @@ def random_params(abstract, seed: int = 0):
     )
 
 
+def loss_and_grads(model):
+    """`(params, inputs, labels_BxC, dropout_key) → (loss, grads)`: the gradient of
+    `sigmoid_cross_entropy` w.r.t. all parameters, train mode, no optimiser update. The inputs
+    dict is copied, since some modules (Scenic's MBT) write their tokens into the one given."""
+
+    def step(params, inputs, labels_BxC, dropout_key):
+        def loss(p):
+            logits = model.apply(
+                {"params": p}, dict(inputs), train=True, rngs={"dropout": dropout_key}
+            )
+            return sigmoid_cross_entropy(logits, labels_BxC)
+
+        return jax.value_and_grad(loss)(params)
+
+    return step
+
+
 def compile_steps(model_config, num_classes: int, params, inputs, labels) -> dict[str, Any]:
     """Compiles the forward and forward+backward steps of one model config.
 
@@ -79,18 +96,10 @@ def compile_steps(model_config, num_classes: int, params, inputs, labels) -> dic
     def forward(p, x):
         return model.apply({"params": p}, x, train=False)
 
-    def loss_and_grads(p, x, y, key):
-        def loss(q):
-            return sigmoid_cross_entropy(
-                model.apply({"params": q}, x, train=True, rngs={"dropout": key}), y
-            )
-
-        return jax.value_and_grad(loss)(p)
-
     result: dict[str, Any] = {}
     for name, fn, args in (
         ("forward", forward, (params, inputs)),
-        ("train", loss_and_grads, (params, inputs, labels, dropout_key)),
+        ("train", loss_and_grads(model), (params, inputs, labels, dropout_key)),
     ):
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
