@@ -35,6 +35,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,7 +103,9 @@ def _configure_array_writes():
 # its result to the closed loop: an "Event loop is closed" traceback each (printed through
 # `sys.unraisablehook`) and, when the futures are collected, "<class> exception was never
 # retrieved" (asyncio's logger); orbax's read coroutines, closed unfinished when collected,
-# turn their GeneratorExit into an error ("Exception ignored in: <coroutine ...>"). A
+# turn their GeneratorExit into an error ("Exception ignored in: <coroutine ...>"), and its
+# write coroutines never started warn "coroutine '...' was never awaited" (a RuntimeWarning,
+# often at interpreter exit, after our own message). A
 # checkpoint of a real model has hundreds of arrays, so one failure gave ~700 lines. The
 # Checkpointer reports each failure itself in one message, so these are dropped unless the
 # library logs are on (absl at INFO, `--library_logs`).
@@ -128,17 +131,19 @@ def _from_orbax(record: logging.LogRecord) -> bool:
     return False
 
 
+def _is_orbax_coroutine(obj: object) -> bool:
+    code = getattr(obj, "cr_code", None)
+    return code is not None and _ORBAX_SOURCE in code.co_filename
+
+
 def _orbax_teardown(unraisable) -> bool:
     """An unraisable error of the cascade above: a delivery to a closed loop, or a closed
     orbax coroutine's error."""
     exc = unraisable.exc_value
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
         return unraisable.object is None
-    code = getattr(unraisable.object, "cr_code", None)
-    return (
-        code is not None
-        and _ORBAX_SOURCE in code.co_filename
-        and isinstance(exc.__cause__ or exc.__context__, GeneratorExit)
+    return _is_orbax_coroutine(unraisable.object) and isinstance(
+        exc.__cause__ or exc.__context__, GeneratorExit
     )
 
 
@@ -173,6 +178,19 @@ def _install_quiet_failure_reports():
         previous(unraisable)
 
     sys.unraisablehook = hook
+
+    # The interpreter warns of an unawaited coroutine through this function of `warnings`
+    # (CPython's _PyErr_WarnUnawaitedCoroutine looks it up on each call); only orbax's are
+    # dropped. The warning filters cannot tell whose coroutine it was.
+    warn_unawaited = getattr(warnings, "_warn_unawaited_coroutine", None)
+    if warn_unawaited is not None:
+
+        def warn_unless_orbax(coro):
+            if _is_orbax_coroutine(coro) and not _library_logs_on():
+                return
+            warn_unawaited(coro)
+
+        warnings._warn_unawaited_coroutine = warn_unless_orbax  # type: ignore[attr-defined]
 
 
 # --- write errors ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import train_fixtures
@@ -132,4 +133,28 @@ def test_unread_failures_of_a_checkpoint_write_are_not_reported_again(caplog, or
     unread = [r for r in caplog.records if "exception was never retrieved" in r.getMessage()]
     assert [r.getMessage().split()[0] for r in unread] == (
         [] if orbax_write else ["_GatheringFuture"]
+    )
+
+
+@pytest.mark.parametrize("orbax_coroutine", [True, False])
+def test_orbax_coroutines_never_awaited_after_a_failure_are_not_reported(orbax_coroutine):
+    from orbax.checkpoint._src.serialization import serialization
+
+    async def other_write():
+        pass
+
+    checkpointing._install_quiet_failure_reports()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Never started, as orbax's write coroutines are when a sibling write fails.
+        coroutine = (
+            serialization.async_serialize_from_host(None, None)
+            if orbax_coroutine
+            else other_write()
+        )
+        del coroutine
+        gc.collect()
+    unawaited = [str(w.message) for w in caught if "was never awaited" in str(w.message)]
+    assert unawaited == (
+        [] if orbax_coroutine else [f"coroutine '{other_write.__qualname__}' was never awaited"]
     )
