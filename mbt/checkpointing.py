@@ -190,7 +190,7 @@ def _install_quiet_failure_reports():
                 return
             warn_unawaited(coro)
 
-        warnings._warn_unawaited_coroutine = warn_unless_orbax  # type: ignore[attr-defined]
+        warnings._warn_unawaited_coroutine = warn_unless_orbax
 
 
 # --- write errors ----------------------------------------------------------------------------
