@@ -412,8 +412,10 @@ def test_builder_end_to_end_labels_follow_stored_examples(name, tmp_path):
         assert np.isfinite(b["spectrogram"]).all() and np.abs(b["rgb"]).max() <= 1.0
 
 
-def test_vggsound_end_to_end(tmp_path):
+def test_vggsound_end_to_end(tmp_path, monkeypatch):
     import json
+
+    from mbt import train
 
     config = _tfds_config("vggsound", tmp_path)
     summary = json.load(open(tmp_path / "synthetic_src" / "synthetic_summary.json"))
@@ -458,6 +460,33 @@ def test_vggsound_end_to_end(tmp_path):
         got = next(resumed)
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+    # Through train.PipelineData: each eval / test dataset is built once, then iterated again.
+    config.dataset.synthetic.num_clips = 0  # built above; PipelineData only reads it
+    builds = []
+    build = pipeline.build_tf_dataset
+
+    def counted_build(config, split, mode, *args, **kwargs):
+        builds.append(mode)
+        return build(config, split, mode, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build_tf_dataset", counted_build)
+    data = train.PipelineData(config)
+
+    def read(mode, batch_size=4):
+        return list(data.batches("train", mode, batch_size, seed=0))
+
+    first, again = read("eval"), read("eval")
+    assert len(first) == 2 and builds == ["eval"]  # iterated again, not rebuilt
+    for got, want in zip(again, first):
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    read("test"), read("eval", batch_size=3), read("test")
+    assert builds == ["eval", "test", "eval"]  # one per request
+    stream = data.batches("train", "train", 4, seed=0)
+    next(stream), next(data.batches("train", "train", 4, seed=0))
+    assert builds == ["eval", "test", "eval", "train", "train"]  # training streams are not kept
 
 
 def test_scenic_tfrecords_with_precomputed_spectrogram(tmp_path):

@@ -341,6 +341,12 @@ def uses_grain(values: Mapping[str, Any], source: sources.ExampleSource) -> bool
     return loader == "grain" or (loader == "auto" and random_access)
 
 
+def uses_grain_loader(config) -> bool:
+    """`uses_grain` for the dataset the config names."""
+    values = dataset_values(config)
+    return uses_grain(values, source_from_values(values))
+
+
 def _example_views(mode: str, values: dict) -> int:
     return values["num_test_clips"] * values["num_spatial_crops"] if mode == "test" else 1
 
