@@ -27,6 +27,7 @@ _TFDS_CLI = ["apache-beam>=2.60", "mlcroissant>=1.0.9"]
 # `tensorflow_datasets.testing` (mock_data, DatasetBuilderTestCase) imports dill.
 _TEST = [
     "pytest>=8.0",
+    "pytest-xdist>=3.5",  # the README's test command runs the suite in 2 worker processes
     "scikit-learn>=1.4",
     "librosa>=0.10",
     "dill>=0.3.8",

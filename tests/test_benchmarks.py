@@ -133,3 +133,22 @@ def test_scenic_comparison_names_the_missing_checkout(tmp_path):
         f"--scenic_dir={tmp_path}: no scenic/projects/mbt/model.py there; pass the root of a "
         "checkout of https://github.com/google-research/scenic"
     )
+
+
+def test_measure_memory_counts_the_children_and_passes_their_exit_status_on():
+    # A parent holding little, and a child of it holding 400 MiB of written pages.
+    child = "import numpy, sys, time; x = numpy.ones(50 * 2**20); time.sleep(1.5); sys.exit(3)"
+    parent = (
+        "import subprocess, sys; "
+        f"sys.exit(subprocess.run([sys.executable, '-c', {child!r}]).returncode)"
+    )
+    result = subprocess.run(
+        [sys.executable, "scripts/measure_memory.py", sys.executable, "-c", parent],
+        cwd=script_fixtures.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    pss = float(re.search(r"peak PSS of the process tree ([\d.]+) GiB", result.stdout).group(1))
+    assert 0.39 <= pss < 2.0, result.stdout
