@@ -60,6 +60,9 @@ docs/config.md):
   num_test_clips       temporal views per example in 'test' mode
   num_spatial_crops    1 (centre) or 3 (both ends and centre of the long side) in 'test' mode
   shuffle_buffer       training shuffle buffer (examples, held undecoded; tf.data)
+  tfds_autocache       tf.data: let TFDS keep a whole dataset under 250 MiB in memory after
+                       its first pass (TFDS's `try_autocache`); False reads the files on
+                       every pass, as at full scale
   loader               'auto' (grain for ArrayRecord builds, else tf.data) | 'grain' |
                        'tf.data'; grain's stream is the same on any process layout
                        (mbt.data.grain_input)
@@ -194,6 +197,7 @@ def source_from_values(values: dict) -> sources.ExampleSource:
         values["data_dir"] or None,
         values["video_fps"] or None,
         values["imports"],
+        autocache=bool(values["tfds_autocache"]),
     )
 
 

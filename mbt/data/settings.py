@@ -186,6 +186,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     c.num_test_clips = 4
     c.num_spatial_crops = 1
     c.shuffle_buffer = 256
+    c.tfds_autocache = True
     c.loader = "auto"
     c.file_format = "tfrecord"
     c.grain_threads = 4

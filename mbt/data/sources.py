@@ -164,12 +164,15 @@ def tfds_source(
     data_dir: str | None,
     fps: float | None = None,
     imports: Sequence[str] = (),
+    *,
+    autocache: bool = True,
 ) -> ExampleSource:
     """Source reading a prepared TFDS dataset built by the builder of registry spec `name`.
 
     JPEG frames are not decoded here (`SkipDecoding`): the pipeline decodes only the frames
     it samples. `video_index` is recovered from TFDS's per-example ids (file name and record
-    number), so reading may interleave files and still report split positions.
+    number), so reading may interleave files and still report split positions. `autocache`:
+    TFDS may keep a dataset under 250 MiB in memory after its first pass (`try_autocache`).
     """
     import tensorflow_datasets as tfds
 
@@ -211,7 +214,9 @@ def tfds_source(
             split=f"{split}[{start}:{stop}]",
             shuffle_files=False,
             decoders={"rgb": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(add_tfds_id=True, interleave_cycle_length=4),
+            read_config=tfds.ReadConfig(
+                add_tfds_id=True, interleave_cycle_length=4, try_autocache=autocache
+            ),
         )
         return ds.map(add_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
