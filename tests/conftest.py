@@ -51,12 +51,29 @@ def _rss_bytes() -> int | None:
         return None
 
 
+def _collect_and_freeze() -> None:
+    """Collects garbage, then moves every surviving object to the collector's permanent
+    generation (`gc.freeze`).
+
+    The survivors are long-lived (modules, session fixtures), millions of them once TF, jax
+    and flax are imported, and each full collection walked them all: about 0.5 s, some 27
+    times in test_experiments.py alone (10 % of its time). Frozen objects are still freed by
+    reference counting; only cycles among them would stay.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_collection_finish(session):
+    _collect_and_freeze()  # the test modules and what they import
+
+
 def _release_compiled_programs() -> int | None:
     """Drops jax's in-memory program caches, returns the freed heap to the OS (glibc) and
     returns the resident size after that."""
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
-    gc.collect()
+    _collect_and_freeze()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (AttributeError, OSError):  # not glibc

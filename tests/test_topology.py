@@ -43,7 +43,7 @@ def topology_config(data_dir: str, num_devices: int):
     config.dataset.grain_threads = 2
     config.dataset.synthetic.num_clips = 0
     config.num_train_steps = NUM_STEPS
-    config.checkpoint.every_steps = 2
+    config.checkpoint.every_steps = 4
     config.checkpoint.use_async = False
     config.log_every_steps = 4
     config.final_eval = False
@@ -156,7 +156,7 @@ def _start_two_processes(config_path, workdir, log_dir):
 
 
 def _wait_for_checkpoint(procs, workdir, timeout_s=300.0) -> None:
-    """Returns once `<workdir>/checkpoints` holds a finished checkpoint (step 2 or later)."""
+    """Returns once `<workdir>/checkpoints` holds a finished checkpoint (step 4 or later)."""
     deadline = time.monotonic() + timeout_s
     checkpoints = os.path.join(workdir, "checkpoints")
     while time.monotonic() < deadline:
