@@ -1,14 +1,18 @@
-"""Runs a command and prints its wall time and the peak memory of its whole process tree.
+"""Runs a command and prints its wall time, CPU time and the peak memory of its whole
+process tree.
 
     python scripts/measure_memory.py python -m pytest -q -n 2 --dist loadfile tests
 
 Every 0.5 s it sums, over the command and all its descendants, the proportional set size
 (PSS: shared pages split between the processes that map them) and the resident set size
-(RSS: shared pages counted in each process) from /proc/<pid>/smaps_rollup (Linux). A
-process's own peak RSS (`/usr/bin/time -v`) misses the workers and subprocesses beside it.
-Sampling costs some CPU: compare runs measured the same way.
+(RSS: shared pages counted in each process) from /proc/<pid>/smaps_rollup (Linux). It also
+prints the largest peak RSS of any one process (its VmHWM, what `/usr/bin/time -v` reports
+for a command that runs in one process), which misses the workers and subprocesses beside
+it, and the user + system CPU seconds of the whole tree. Sampling costs some CPU: compare
+runs measured the same way.
 """
 
+import resource
 import subprocess
 import sys
 import time
@@ -37,21 +41,37 @@ def _pss_rss_kib(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+def _peak_rss_kib(pid: int) -> int:
+    """The process's own peak RSS so far (VmHWM), 0 if it has ended."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     start = time.monotonic()
     proc = subprocess.Popen(argv)
-    peak_pss = peak_rss = 0
+    peak_pss = peak_rss = largest = 0
     while proc.poll() is None:
-        sizes = [_pss_rss_kib(pid) for pid in _descendants(proc.pid)]
+        pids = _descendants(proc.pid)
+        sizes = [_pss_rss_kib(pid) for pid in pids]
         peak_pss = max(peak_pss, sum(p for p, _ in sizes))
         peak_rss = max(peak_rss, sum(r for _, r in sizes))
+        largest = max([largest] + [_peak_rss_kib(pid) for pid in pids])
         time.sleep(0.5)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
-        f"wall {time.monotonic() - start:.0f} s | peak PSS of the process tree "
-        f"{peak_pss / 2**20:.2f} GiB | peak summed RSS {peak_rss / 2**20:.2f} GiB",
+        f"wall {time.monotonic() - start:.0f} s | CPU {usage.ru_utime + usage.ru_stime:.1f} s | "
+        f"peak PSS of the process tree {peak_pss / 2**20:.2f} GiB | peak summed RSS "
+        f"{peak_rss / 2**20:.2f} GiB | largest process peak RSS {largest / 2**20:.2f} GiB",
         flush=True,
     )
     return proc.returncode

@@ -152,3 +152,8 @@ def test_measure_memory_counts_the_children_and_passes_their_exit_status_on():
     assert result.returncode == 3, result.stderr
     pss = float(re.search(r"peak PSS of the process tree ([\d.]+) GiB", result.stdout).group(1))
     assert 0.39 <= pss < 2.0, result.stdout
+    largest = float(re.search(r"largest process peak RSS ([\d.]+) GiB", result.stdout).group(1))
+    assert 0.39 <= largest <= pss + 0.1, result.stdout  # the child, alone
+    # Both interpreters' start and the child's 400 MiB of writes.
+    cpu = float(re.search(r"\| CPU ([\d.]+) s \|", result.stdout).group(1))
+    assert 0.1 <= cpu < 10, result.stdout
