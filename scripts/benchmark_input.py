@@ -1,6 +1,7 @@
 """Input throughput at MBT's shapes: clips per second and per CPU core.
 
     python scripts/benchmark_input.py [--num_clips=4] [--batches=24] [--workdir=DIR]
+        [--grain_threads=4] [--rounds=1]
 
 1. Writes a synthetic VGGSound copy at the stored resolution of the `default` builder
    config (10 s clips, 25 fps, short side 256 px, H.264 + AAC).
@@ -69,6 +70,40 @@ def _report(what: str, clips: int, timer: _Timer) -> None:
     )
 
 
+def _time_loader(loader: str, loader_config, color: bool, args) -> tuple[float, dict]:
+    """Clips per CPU-second of `loader` over `args.batches` batches, and its first batch."""
+    import numpy as np
+
+    from mbt.data import pipeline
+
+    stream = pipeline.make_dataset(
+        loader_config, "train", "train", args.batch_size, seed=0, process_index=0,
+        process_count=1,
+    )  # fmt: skip
+    with _Timer() as timer:
+        first = next(stream)
+    _report(f"{loader} train: first batch (tracing + warm-up)", args.batch_size, timer)
+    # Timed from prefetch buffers full to prefetch buffers full: each loader works ahead of
+    # its consumer by a different number of batches, which a window that starts or ends with
+    # them partly empty would count for or against it.
+    _wait_until_idle()
+    with _Timer() as timer:
+        for _ in range(args.batches):
+            batch = next(stream)
+        loop_wall = time.perf_counter() - timer.wall
+        _wait_until_idle()
+    timer.wall = loop_wall  # CPU seconds include the refill; wall seconds do not
+    assert np.isfinite(batch["spectrogram"]).all()
+    what = "flip, jitter, SpecAugment" + (", colour" if color else "")
+    clips = args.batches * args.batch_size
+    _report(f"{loader} train: read + JPEG + log-mel + {what}", clips, timer)
+    # Stop this stream's prefetching threads before timing the next one (they would share
+    # the cores and count in its CPU seconds).
+    del stream
+    gc.collect()
+    return clips / timer.cpu, first
+
+
 def _flags():
     from absl import flags
 
@@ -80,6 +115,13 @@ def _flags():
     flags.DEFINE_integer(
         "grain_threads", 4, "config.dataset.grain_threads of the grain loader", flag_values=fv
     )
+    flags.DEFINE_integer(
+        "rounds",
+        1,
+        "timed rounds of both loaders (which goes first alternates); >1 also prints the median "
+        "grain / tf.data ratio",
+        flag_values=fv,
+    )
     return fv
 
 
@@ -90,6 +132,9 @@ def main(argv=None) -> None:
     cli.parse(
         args, argv, prog="python scripts/benchmark_input.py", description=__doc__.splitlines()[0]
     )
+
+    if args.rounds < 1:
+        sys.exit(f"--rounds={args.rounds}: give 1 or more")
 
     import ml_collections
     import numpy as np
@@ -178,41 +223,29 @@ def main(argv=None) -> None:
 
     # (b) Training pipeline at MBT's shapes, with and without colour augmentation, through
     # tf.data (TFRecord) and grain (ArrayRecord).
-    per_core = {}
-    for color in (False, True):
-        for loader, loader_config in (("tf.data", config), ("grain", grain_config)):
-            loader_config.dataset.rgb_augment.color = color
-            loader_config.dataset.loader = loader
-            stream = pipeline.make_dataset(
-                loader_config, "train", "train", args.batch_size, seed=0, process_index=0,
-                process_count=1,
-            )  # fmt: skip
-            with _Timer() as timer:
-                first = next(stream)
-            _report(f"{loader} train: first batch (tracing + warm-up)", args.batch_size, timer)
-            # Timed from prefetch buffers full to prefetch buffers full: each loader works
-            # ahead of its consumer by a different number of batches, which a window that
-            # starts or ends with them partly empty would count for or against it.
-            _wait_until_idle()
-            with _Timer() as timer:
-                for _ in range(args.batches):
-                    batch = next(stream)
-                loop_wall = time.perf_counter() - timer.wall
-                _wait_until_idle()
-            timer.wall = loop_wall  # CPU seconds include the refill; wall seconds do not
-            assert np.isfinite(batch["spectrogram"]).all()
-            what = "flip, jitter, SpecAugment" + (", colour" if color else "")
-            clips = args.batches * args.batch_size
-            _report(f"{loader} train: read + JPEG + log-mel + {what}", clips, timer)
-            per_core[(loader, color)] = clips / timer.cpu
-            # Stop this stream's prefetching threads before timing the next one (they would
-            # share the cores and count in its CPU seconds).
-            del stream
-            gc.collect()
-        print(
-            f"grain / tf.data clips/s/core{' with colour' if color else ''}: "
-            f"{per_core[('grain', color)] / per_core[('tf.data', color)]:.2f}"
-        )
+    loaders = [("tf.data", config), ("grain", grain_config)]
+    ratios: dict[bool, list[float]] = {False: [], True: []}
+    for round_index in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {round_index + 1} of {args.rounds}")
+        for color in (False, True):
+            per_core = {}
+            for loader, loader_config in loaders[:: -1 if round_index % 2 else 1]:
+                loader_config.dataset.rgb_augment.color = color
+                loader_config.dataset.loader = loader
+                per_core[loader], first = _time_loader(loader, loader_config, color, args)
+            ratios[color].append(per_core["grain"] / per_core["tf.data"])
+            print(
+                f"grain / tf.data clips/s/core{' with colour' if color else ''}: "
+                f"{ratios[color][-1]:.2f}"
+            )
+    if args.rounds > 1:
+        for color, values in ratios.items():
+            print(
+                f"median grain / tf.data clips/s/core{' with colour' if color else ''} over "
+                f"{args.rounds} rounds: {np.median(values):.2f} (range {min(values):.2f}–"
+                f"{max(values):.2f})"
+            )
     print(f"batch shapes: { ({k: v.shape for k, v in first.items()}) }")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mb:.0f} MB; grain_threads={args.grain_threads}")
