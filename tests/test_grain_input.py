@@ -37,15 +37,15 @@ def _batches(config, mode, batch_size, count=None, **kwargs):
     return list(it) if count is None else [next(it) for _ in range(count)]
 
 
-def test_each_epoch_is_a_permutation_and_epochs_differ():
-    orders = [
-        [grain_input.example_at(e * 12 + i, 12, seed=3)[1] for i in range(12)] for e in range(3)
-    ]
-    assert all(sorted(order) == list(range(12)) for order in orders)
-    assert orders[0] != orders[1] != orders[2]
-    other_seed = [grain_input.example_at(i, 12, seed=4)[1] for i in range(12)]
-    assert other_seed != orders[0]
-    assert grain_input.example_at(25, 12, seed=3)[0] == 2
+@pytest.mark.parametrize("size", [12, 2**16 + 3])  # a stored permutation; index_shuffle
+def test_each_epoch_is_a_permutation_and_epochs_differ(size):
+    def order(epoch, seed=3, count=size):
+        return [grain_input.example_at(epoch * size + i, size, seed)[1] for i in range(count)]
+
+    assert sorted(order(0)) == list(range(size))
+    assert order(0, count=12) != order(1, count=12) != order(2, count=12)
+    assert order(0, seed=4, count=12) != order(0, count=12)
+    assert grain_input.example_at(2 * size + 1, size, seed=3) == (2, order(2, count=2)[1])
 
 
 def test_the_processes_rows_tile_each_global_batch():
