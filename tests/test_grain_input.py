@@ -105,6 +105,27 @@ def test_eval_views_equal_the_tf_data_path(toy_formats):
             np.testing.assert_allclose(got[key], want[key], atol=1e-6, err_msg=key)
 
 
+def test_the_trainer_builds_an_eval_pass_once_and_reads_it_again(toy_formats, monkeypatch):
+    from mbt import train
+
+    made = []
+    make_batches = grain_input.make_batches
+
+    def counted(values, source, split, mode, *args, **kwargs):
+        made.append(mode)
+        return make_batches(values, source, split, mode, *args, **kwargs)
+
+    monkeypatch.setattr(grain_input, "make_batches", counted)
+    data = train.PipelineData(toy_formats["array_record"])
+    first, again = (list(data.batches("test", "eval", 2, seed=0)) for _ in range(2))
+    assert made == ["eval"] and len(first) == 2
+    for got, want in zip(again, first):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    next(data.batches("train", "train", 2, seed=0)), next(data.batches("train", "train", 2, seed=0))
+    assert made == ["eval", "train", "train"]  # training streams are not kept
+
+
 def test_test_mode_covers_every_view_once_over_the_processes(toy_formats):
     config = toy_formats["array_record"]  # 4 test examples x 2 views, 2 processes x 3 rows
     per_process = [_batches(config, "test", 3, process_index=p, process_count=2) for p in (0, 1)]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -242,8 +241,9 @@ def make_batches(
     start_batch: int,
     process_index: int,
     process_count: int,
-) -> Iterator[dict[str, np.ndarray]]:
-    """This process's numpy batches of `batch_size` rows (see the module docstring).
+) -> grain.IterDataset:
+    """This process's numpy batches of `batch_size` rows (see the module docstring), as an
+    iterable: each `iter` starts again at `start_batch` with its own threads (and workers).
 
     `start_batch` counts global batches already read (train: resume; eval/test: skip).
     """
@@ -273,4 +273,4 @@ def make_batches(
         iter_ds = iter_ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=int(values["grain_workers"]))
         )
-    return iter(iter_ds)
+    return iter_ds

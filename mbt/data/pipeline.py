@@ -1,7 +1,8 @@
 """Input pipeline: stored examples → numpy batches for the trainer (docs/design.md).
 
 API: `default_dataset_config()`, `get_dataset_meta(config)`, `make_dataset(config, split,
-mode, batch_size, ...)`, `num_batches(...)`, `prepare_dataset(config, workdir)`.
+mode, batch_size, ...)` (an iterator) or `batch_source(...)` (the same batches, iterable
+again), `num_batches(...)`, `prepare_dataset(config, workdir)`.
 
 Two loaders cut the same views (`mbt.data.clips`): grain (`mbt.data.grain_input`) for
 ArrayRecord builds, whose global stream is independent of the process layout, and tf.data
@@ -85,6 +86,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
@@ -345,12 +347,6 @@ def uses_grain(values: Mapping[str, Any], source: sources.ExampleSource) -> bool
     return loader == "grain" or (loader == "auto" and random_access)
 
 
-def uses_grain_loader(config) -> bool:
-    """`uses_grain` for the dataset the config names."""
-    values = dataset_values(config)
-    return uses_grain(values, source_from_values(values))
-
-
 def _example_views(mode: str, values: dict) -> int:
     return values["num_test_clips"] * values["num_spatial_crops"] if mode == "test" else 1
 
@@ -521,7 +517,17 @@ def build_tf_dataset(
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def make_dataset(
+class _NumpyBatches:
+    """A `tf.data.Dataset` as an iterable of numpy batches (each `iter` reads it again)."""
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.dataset.as_numpy_iterator()
+
+
+def batch_source(
     config,
     split: str | None,
     mode: str,
@@ -531,25 +537,10 @@ def make_dataset(
     start_batch: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Numpy batches of one host (docs/design.md).
-
-    Args:
-      config: config with a `dataset` section (see the module docstring).
-      split: a split name of the dataset, a role name ('train'/'eval'/'test') meaning the
-        configured split, or None for the configured split of `mode`.
-      mode: 'train' (infinite, shuffled, augmented), 'eval' (one pass, centre view) or
-        'test' (one pass, several views per example).
-      batch_size: examples per batch on this host.
-      seed: shuffling and augmentation seed ('train').
-      start_batch: skip this many batches (resume); the result equals skipping them.
-      process_index, process_count: this host and the host count (default: JAX's).
-
-    Yields:
-      dicts with `rgb` float32 `[B, T, H, W, 3]` in [-1, 1] and/or `spectrogram` float32
-      `[B, time, mel, C]`, `label` float32 `[B, num_classes]`, `batch_mask` float32 `[B]`
-      and `video_index` int32 `[B]`.
-    """
+) -> Iterable[dict[str, np.ndarray]]:
+    """The batches of `make_dataset` (same arguments) as an iterable: each `iter` reads them
+    again from `start_batch`, without building the loader again (an eval or test pass is
+    built once and read at every evaluation). Here the config's loader is chosen."""
     values = dataset_values(config)
     source = source_from_values(values)
     if uses_grain(values, source):
@@ -579,7 +570,50 @@ def make_dataset(
         process_count=process_count,
         source=source,
     )
-    return ds.as_numpy_iterator()
+    return _NumpyBatches(ds)
+
+
+def make_dataset(
+    config,
+    split: str | None,
+    mode: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_batch: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches of one host (docs/design.md).
+
+    Args:
+      config: config with a `dataset` section (see the module docstring).
+      split: a split name of the dataset, a role name ('train'/'eval'/'test') meaning the
+        configured split, or None for the configured split of `mode`.
+      mode: 'train' (infinite, shuffled, augmented), 'eval' (one pass, centre view) or
+        'test' (one pass, several views per example).
+      batch_size: examples per batch on this host.
+      seed: shuffling and augmentation seed ('train').
+      start_batch: skip this many batches (resume); the result equals skipping them.
+      process_index, process_count: this host and the host count (default: JAX's).
+
+    Yields:
+      dicts with `rgb` float32 `[B, T, H, W, 3]` in [-1, 1] and/or `spectrogram` float32
+      `[B, time, mel, C]`, `label` float32 `[B, num_classes]`, `batch_mask` float32 `[B]`
+      and `video_index` int32 `[B]`.
+    """
+    return iter(
+        batch_source(
+            config,
+            split,
+            mode,
+            batch_size,
+            seed=seed,
+            start_batch=start_batch,
+            process_index=process_index,
+            process_count=process_count,
+        )
+    )
 
 
 def _edge_kinds() -> tuple[str, ...]:
