@@ -142,10 +142,6 @@ class _Views:
 
         one = train_view if self._mode == "train" else eval_view
         signature = [tf.TensorSpec([], tf.string), scalar, scalar]
-        outputs = tf.function(one, input_signature=signature).get_concrete_function()
-        output_signature = tf.nest.map_structure(
-            lambda t: tf.TensorSpec(t.shape, t.dtype), outputs.structured_outputs
-        )
 
         @tf.function(input_signature=[tf.TensorSpec([None], spec.dtype) for spec in signature])
         def views(serialized, video_index, extra):
@@ -156,7 +152,8 @@ class _Views:
             cut = examples.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             return cut.batch(_MAX_BATCH).get_single_element()
 
-        views.get_concrete_function()
+        batched = views.get_concrete_function().structured_outputs  # traced once, here
+        output_signature = {k: tf.TensorSpec(t.shape[1:], t.dtype) for k, t in batched.items()}
         return views, output_signature
 
     def batch(self, indices: list[int], extra: list[int]) -> dict[str, np.ndarray]:
