@@ -538,9 +538,26 @@ def batch_source(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterable[dict[str, np.ndarray]]:
-    """The batches of `make_dataset` (same arguments) as an iterable: each `iter` reads them
-    again from `start_batch`, without building the loader again (an eval or test pass is
-    built once and read at every evaluation). Here the config's loader is chosen."""
+    """Numpy batches of one host (docs/design.md), as an iterable: each `iter` reads them
+    again from `start_batch` without building the loader again (an eval or test pass is built
+    once and read at every evaluation). The config's loader is chosen here.
+
+    Args:
+      config: config with a `dataset` section (see the module docstring).
+      split: a split name of the dataset, a role name ('train'/'eval'/'test') meaning the
+        configured split, or None for the configured split of `mode`.
+      mode: 'train' (infinite, shuffled, augmented), 'eval' (one pass, centre view) or
+        'test' (one pass, several views per example).
+      batch_size: examples per batch on this host.
+      seed: shuffling and augmentation seed ('train').
+      start_batch: skip this many batches (resume); the result equals skipping them.
+      process_index, process_count: this host and the host count (default: JAX's).
+
+    Iterating yields:
+      dicts with `rgb` float32 `[B, T, H, W, 3]` in [-1, 1] and/or `spectrogram` float32
+      `[B, time, mel, C]`, `label` float32 `[B, num_classes]`, `batch_mask` float32 `[B]`
+      and `video_index` int32 `[B]`.
+    """
     values = dataset_values(config)
     source = source_from_values(values)
     if uses_grain(values, source):
@@ -574,46 +591,10 @@ def batch_source(
 
 
 def make_dataset(
-    config,
-    split: str | None,
-    mode: str,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    start_batch: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    config, split: str | None, mode: str, batch_size: int, **options: Any
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Numpy batches of one host (docs/design.md).
-
-    Args:
-      config: config with a `dataset` section (see the module docstring).
-      split: a split name of the dataset, a role name ('train'/'eval'/'test') meaning the
-        configured split, or None for the configured split of `mode`.
-      mode: 'train' (infinite, shuffled, augmented), 'eval' (one pass, centre view) or
-        'test' (one pass, several views per example).
-      batch_size: examples per batch on this host.
-      seed: shuffling and augmentation seed ('train').
-      start_batch: skip this many batches (resume); the result equals skipping them.
-      process_index, process_count: this host and the host count (default: JAX's).
-
-    Yields:
-      dicts with `rgb` float32 `[B, T, H, W, 3]` in [-1, 1] and/or `spectrogram` float32
-      `[B, time, mel, C]`, `label` float32 `[B, num_classes]`, `batch_mask` float32 `[B]`
-      and `video_index` int32 `[B]`.
-    """
-    return iter(
-        batch_source(
-            config,
-            split,
-            mode,
-            batch_size,
-            seed=seed,
-            start_batch=start_batch,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    )
+    """One reading of `batch_source(config, split, mode, batch_size, **options)`."""
+    return iter(batch_source(config, split, mode, batch_size, **options))
 
 
 def _edge_kinds() -> tuple[str, ...]:
