@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from mbt.data import sources
 from mbt.data import synthetic
 from mbt.data.builders import audioset
 from mbt.data.builders import base
@@ -312,6 +313,10 @@ def test_audioset_audio_only_wav_clips(tmp_path):
         assert example["rgb"].shape[0] == 0  # no video stream: zero frames
         assert example["has_audio"] and example["audio"].shape == (32000,)
     assert _report(builder, "balanced_train")["counts"]["no_video"] == 3
+    # The pipeline's source leaves frames encoded: a frameless video is a [0] string tensor.
+    source = sources.tfds_source("audioset", "tiny", str(tmp_path / "tfds"))
+    read = list(source.read("balanced_train", 0, 3).as_numpy_iterator())
+    assert [(ex["rgb"].shape, ex["rgb"].dtype) for ex in read] == [((0,), object)] * 3
 
 
 def test_audioset_csv_parsing(tmp_path):

@@ -158,6 +158,22 @@ def _class_names(features) -> tuple[tuple[str, ...], tuple[int, ...] | None, boo
     return tuple(label.names), None, False, ("label",)
 
 
+def _encoded_frames():
+    """A TFDS decoder that leaves a video's frames as its `[T]` string tensor of encoded JPEGs.
+
+    `tfds.decode.SkipDecoding` gives the same tensor, but through TFDS's per-frame
+    `tf.map_fn` of the identity, which copies every encoded frame twice (~9 MB for 10 s at
+    25 fps) and runs a T-step loop for each example.
+    """
+    import tensorflow_datasets as tfds
+
+    class EncodedFrames(tfds.decode.SkipDecoding):
+        def decode_batch_example(self, serialized_example):
+            return serialized_example
+
+    return EncodedFrames()
+
+
 def tfds_source(
     name: str,
     builder_config: str | None,
@@ -169,8 +185,8 @@ def tfds_source(
 ) -> ExampleSource:
     """Source reading a prepared TFDS dataset built by the builder of registry spec `name`.
 
-    JPEG frames are not decoded here (`SkipDecoding`): the pipeline decodes only the frames
-    it samples. `video_index` is recovered from TFDS's per-example ids (file name and record
+    JPEG frames are not decoded here (`_encoded_frames()`): the pipeline decodes only the
+    frames it samples. `video_index` is recovered from TFDS's per-example ids (file name and record
     number), so reading may interleave files and still report split positions. `autocache`:
     TFDS may keep a dataset under 250 MiB in memory after its first pass (`try_autocache`).
     """
@@ -213,7 +229,7 @@ def tfds_source(
         ds = builder.as_dataset(
             split=f"{split}[{start}:{stop}]",
             shuffle_files=False,
-            decoders={"rgb": tfds.decode.SkipDecoding()},
+            decoders={"rgb": _encoded_frames()},
             read_config=tfds.ReadConfig(
                 add_tfds_id=True, interleave_cycle_length=4, try_autocache=autocache
             ),
@@ -222,7 +238,7 @@ def tfds_source(
 
     records = deserialize = None
     if str(getattr(builder.info.file_format, "value", "")) == "array_record":
-        skip_rgb = {"rgb": tfds.decode.SkipDecoding()}
+        skip_rgb = {"rgb": _encoded_frames()}
 
         def records(split: str) -> Sequence[bytes]:
             return builder.as_data_source(
