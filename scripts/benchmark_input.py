@@ -13,6 +13,8 @@
    augment; through tf.data from the TFRecord build and through grain from the same clips
    built as ArrayRecord, with the ratio of their clips/s/core. Both read the files on every
    pass (`tfds_autocache=False`: TFDS would otherwise serve this small copy from memory).
+4. Parsing one stored clip (`tf.train.Example` → tensors, frames left encoded): with TFDS's
+   `SkipDecoding` for the frames and with the pipeline's decoder (`sources.encoded_frames`).
 
 "Per core" divides clips by the CPU seconds the process used (user + system over all
 threads), so it does not depend on how many cores were free.
@@ -102,6 +104,44 @@ def _time_loader(loader: str, loader_config, color: bool, args) -> tuple[float, 
     del stream
     gc.collect()
     return clips / timer.cpu, first
+
+
+def _time_parsing(data_dir: str, repeats: int = 36, rounds: int = 3) -> None:
+    """CPU ms to parse one stored clip, frames left encoded, with TFDS's `SkipDecoding` and
+    with the pipeline's decoder (alternating, same records), and their ratio."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from mbt.data import sources
+
+    builder = sources.tfds_builder("vggsound", "default", data_dir)
+    records = builder.as_data_source(
+        split="train", deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+    )
+    serialized = [tf.constant(records[i]) for i in range(len(records))]
+    features = builder.info.features
+    decoders = {
+        "TFDS SkipDecoding": tfds.decode.SkipDecoding(),
+        "pipeline (sources.encoded_frames)": sources.encoded_frames(),
+    }
+    parsers = {
+        name: tf.function(lambda s, d=decoder: features.deserialize_example(s, decoders={"rgb": d}))
+        for name, decoder in decoders.items()
+    }
+    cpu_s = dict.fromkeys(parsers, 0.0)
+    for parse in parsers.values():
+        parse(serialized[0])  # traced outside the timing
+    for _ in range(rounds):
+        for name, parse in parsers.items():
+            with _Timer() as timer:
+                for k in range(repeats):
+                    parse(serialized[k % len(serialized)])
+            cpu_s[name] += timer.cpu
+    per_clip_ms = {name: 1e3 * total / (repeats * rounds) for name, total in cpu_s.items()}
+    for name, ms in per_clip_ms.items():
+        print(f"parse one stored clip, frames encoded, {name:<38} {ms:6.2f} ms CPU")
+    skip, ours = per_clip_ms.values()
+    print(f"parse: pipeline / SkipDecoding CPU per clip: {ours / skip:.2f}")
 
 
 def _flags():
@@ -220,6 +260,8 @@ def main(argv=None) -> None:
     with _Timer() as timer:
         pipeline.prepare_dataset(grain_config, workdir)
     _report("build: whole TFDS build as ArrayRecord (vggsound/default)", built, timer)
+
+    _time_parsing(grain_config.dataset.data_dir)
 
     # (b) Training pipeline at MBT's shapes, with and without colour augmentation, through
     # tf.data (TFRecord) and grain (ArrayRecord).

@@ -158,7 +158,7 @@ def _class_names(features) -> tuple[tuple[str, ...], tuple[int, ...] | None, boo
     return tuple(label.names), None, False, ("label",)
 
 
-def _encoded_frames():
+def encoded_frames():
     """A TFDS decoder that leaves a video's frames as its `[T]` string tensor of encoded JPEGs.
 
     `tfds.decode.SkipDecoding` gives the same tensor, but through TFDS's per-frame
@@ -185,7 +185,7 @@ def tfds_source(
 ) -> ExampleSource:
     """Source reading a prepared TFDS dataset built by the builder of registry spec `name`.
 
-    JPEG frames are not decoded here (`_encoded_frames()`): the pipeline decodes only the
+    JPEG frames are not decoded here (`encoded_frames()`): the pipeline decodes only the
     frames it samples. `video_index` is recovered from TFDS's per-example ids (file name and record
     number), so reading may interleave files and still report split positions. `autocache`:
     TFDS may keep a dataset under 250 MiB in memory after its first pass (`try_autocache`).
@@ -229,7 +229,7 @@ def tfds_source(
         ds = builder.as_dataset(
             split=f"{split}[{start}:{stop}]",
             shuffle_files=False,
-            decoders={"rgb": _encoded_frames()},
+            decoders={"rgb": encoded_frames()},
             read_config=tfds.ReadConfig(
                 add_tfds_id=True, interleave_cycle_length=4, try_autocache=autocache
             ),
@@ -238,7 +238,7 @@ def tfds_source(
 
     records = deserialize = None
     if str(getattr(builder.info.file_format, "value", "")) == "array_record":
-        skip_rgb = {"rgb": _encoded_frames()}
+        skip_rgb = {"rgb": encoded_frames()}
 
         def records(split: str) -> Sequence[bytes]:
             return builder.as_data_source(
