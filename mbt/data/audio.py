@@ -125,8 +125,10 @@ def log_mel_spectrogram(
         window_fn=tf.signal.hamming_window,
         pad_end=True,
     )
-    magnitude = tf.abs(stft)
-    spectrum = tf.square(magnitude) if settings.power == 2.0 else magnitude
+    if settings.power == 2.0:  # re² + im²: |z|² without the square root (hypot) of tf.abs
+        spectrum = tf.square(tf.math.real(stft)) + tf.square(tf.math.imag(stft))
+    else:
+        spectrum = tf.abs(stft)
     mel = tf.tensordot(spectrum, tf.constant(mel_filterbank(settings)), axes=1)
     return tf.math.log(mel + settings.log_offset)
 
