@@ -186,9 +186,10 @@ def tfds_source(
     """Source reading a prepared TFDS dataset built by the builder of registry spec `name`.
 
     JPEG frames are not decoded here (`encoded_frames()`): the pipeline decodes only the
-    frames it samples. `video_index` is recovered from TFDS's per-example ids (file name and record
-    number), so reading may interleave files and still report split positions. `autocache`:
-    TFDS may keep a dataset under 250 MiB in memory after its first pass (`try_autocache`).
+    frames it samples. `video_index` is recovered from TFDS's per-example ids (file name and
+    record number), so reading may interleave files and still report split positions.
+    `autocache`: TFDS may keep a dataset under 250 MiB in memory after its first pass
+    (`try_autocache`).
     """
     import tensorflow_datasets as tfds
 
