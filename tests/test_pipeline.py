@@ -597,6 +597,11 @@ def test_rgb_augmentation_ops():
     flips = [augment.random_flip(clip, tf.constant([i, 1])).numpy() for i in range(10)]
     assert any(np.array_equal(f, clip.numpy()[:, :, ::-1]) for f in flips)
     assert any(np.array_equal(f, clip.numpy()) for f in flips)
+    frames = np.random.default_rng(0).integers(0, 256, [2, 5, 7, 3]).astype(np.uint8)
+    unknown_shape = tf.function(
+        augment.flip_left_right, input_signature=[tf.TensorSpec([None] * 4, tf.uint8)]
+    )
+    np.testing.assert_array_equal(unknown_shape(frames), frames[:, :, ::-1])
     jitter = augment.RgbAugment(color=True, color_prob=1.0, color_drop_prob=0.0)
     colored = augment.color_jitter(clip, tf.constant([0, 3]), jitter).numpy()
     assert colored.min() >= 0 and colored.max() <= 1 and not np.allclose(colored, clip.numpy())
