@@ -208,6 +208,7 @@ def tfds_source(
     stored_fps = fps or getattr(builder.builder_config, "fps", None)
     if not stored_fps:
         raise ValueError(f"{builder.name}: builder config has no fps; set config.dataset.video_fps")
+    frames_encoded = {"rgb": encoded_frames()}  # both readers' decoders
 
     def read(split: str, start: int, stop: int) -> tf.data.Dataset:
         info = splits[split]
@@ -230,7 +231,7 @@ def tfds_source(
         ds = builder.as_dataset(
             split=f"{split}[{start}:{stop}]",
             shuffle_files=False,
-            decoders={"rgb": encoded_frames()},
+            decoders=frames_encoded,
             read_config=tfds.ReadConfig(
                 add_tfds_id=True, interleave_cycle_length=4, try_autocache=autocache
             ),
@@ -239,7 +240,6 @@ def tfds_source(
 
     records = deserialize = None
     if str(getattr(builder.info.file_format, "value", "")) == "array_record":
-        skip_rgb = {"rgb": encoded_frames()}
 
         def records(split: str) -> Sequence[bytes]:
             return builder.as_data_source(
@@ -247,7 +247,9 @@ def tfds_source(
             )
 
         def deserialize(serialized: tf.Tensor) -> dict:
-            return dict(builder.info.features.deserialize_example(serialized, decoders=skip_rgb))
+            return dict(
+                builder.info.features.deserialize_example(serialized, decoders=frames_encoded)
+            )
 
     return ExampleSource(
         name=f"{builder.name}/{builder.builder_config.name}",
