@@ -15,11 +15,39 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import tensorflow as tf
 
 from mbt.data import audio as audio_lib
 from mbt.data import augment
+
+
+class FrameSpans(NamedTuple):
+    """A video's JPEG frames left inside its serialized record: frame i is the bytes
+    `record[starts[i] : starts[i] + lengths[i]]` (`mbt.data.example_proto.bytes_spans`).
+
+    A stored example may hold this as its `rgb` instead of the `[T]` strings: a view then
+    copies out only the frames it decodes.
+    """
+
+    record: tf.Tensor  # string scalar
+    starts: tf.Tensor  # int64 [T], bytes
+    lengths: tf.Tensor  # int64 [T], bytes
+
+
+def frame_count(frames: tf.Tensor | FrameSpans) -> tf.Tensor:
+    """int32 scalar: how many frames are stored."""
+    return tf.shape(frames.starts if isinstance(frames, FrameSpans) else frames)[0]
+
+
+def gather_frames(frames: tf.Tensor | FrameSpans, indices: tf.Tensor) -> tf.Tensor:
+    """Stored frames `indices` (int32 `[K]`): JPEG strings `[K]` or uint8 `[K, H, W, 3]`."""
+    if isinstance(frames, FrameSpans):
+        return tf.strings.substr(
+            frames.record, tf.gather(frames.starts, indices), tf.gather(frames.lengths, indices)
+        )
+    return tf.gather(frames, indices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +132,7 @@ def duration_seconds(example: dict, settings: ClipSettings) -> tf.Tensor:
         return tf.cast(tf.shape(example["spectrogram"])[0], tf.float32) / (
             settings.spec_frames_per_second
         )
-    return tf.cast(tf.shape(example["rgb"])[0], tf.float32) / settings.fps
+    return tf.cast(frame_count(example["rgb"]), tf.float32) / settings.fps
 
 
 def _wrapped_indices(first: tf.Tensor, count: int, step: int, length: tf.Tensor) -> tf.Tensor:
@@ -113,12 +141,16 @@ def _wrapped_indices(first: tf.Tensor, count: int, step: int, length: tf.Tensor)
 
 
 def sample_rgb(
-    frames: tf.Tensor, start_s: tf.Tensor, settings: ClipSettings, box_fn, seed: tf.Tensor | None
+    frames: tf.Tensor | FrameSpans,
+    start_s: tf.Tensor,
+    settings: ClipSettings,
+    box_fn,
+    seed: tf.Tensor | None,
 ) -> tf.Tensor:
     """RGB clip of a view.
 
     Args:
-      frames: stored frames: JPEG strings `[T]` or uint8 `[T, H, W, 3]`.
+      frames: stored frames: JPEG strings `[T]`, uint8 `[T, H, W, 3]` or `FrameSpans`.
       start_s: float32 scalar, window start (s).
       settings: clip settings.
       box_fn: `box_fn(frame_hw)` → int32 `[y, x, h, w]` crop box in stored pixels.
@@ -128,14 +160,14 @@ def sample_rgb(
       float32 `[num_frames, crop, crop, 3]` in [-1, 1]; zeros when the example has no frames.
     """
     n, crop = settings.num_frames, settings.crop_size
-    num_stored = tf.shape(frames)[0]
+    num_stored = frame_count(frames)
 
     def clip_from_frames():
         first = tf.cast(tf.round(start_s * settings.fps), tf.int32)
         wanted = _wrapped_indices(first, n, settings.stride, num_stored)
         distinct, position = tf.unique(wanted)
-        chosen = tf.gather(frames, distinct)
-        if frames.dtype == tf.string and settings.full_frame_decode:
+        chosen = gather_frames(frames, distinct)
+        if chosen.dtype == tf.string and settings.full_frame_decode:
             chosen = tf.map_fn(
                 lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3),
                 chosen,

@@ -37,6 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from mbt.data import clips
+from mbt.data import example_proto
+from mbt.data import heap
 from mbt.data import sources
 from mbt.data.settings import train_fraction_size
 
@@ -96,18 +98,23 @@ class _Views:
         self.__dict__.update(state, _built=None, _lock=threading.Lock())
 
     def build(self):
-        """(records, (views function, its output signature)), made once per process: the
+        """(records, the key of their frames or None when the views need none, (views
+        function, its output signature)), made once per process: the
         TF function is traced here, once, rather than by each grain thread that needs it."""
         with self._lock:
             if self._built is None:
                 from mbt.data import pipeline  # the source and view settings, as tf.data uses
 
+                if self._values["keep_freed_buffers"]:  # (in worker processes too)
+                    heap.keep_freed_buffers()
                 source = pipeline.source_from_values(self._values)
                 settings = pipeline.clip_settings(self._values, source)
                 records = source.records(self._split) if source.records else None
                 if records is None or source.deserialize is None:
                     raise ValueError(f"{source.name} cannot be read at random (not ArrayRecord)")
-                self._built = (records, self._functions(source, settings))
+                needs_frames = "rgb" in settings.modalities
+                frames_key = source.record_frames_key if needs_frames else None
+                self._built = (records, frames_key, self._functions(source, settings))
         return self._built
 
     def _functions(self, source: sources.ExampleSource, settings: clips.ClipSettings):
@@ -116,39 +123,54 @@ class _Views:
         values = self._values
         assert source.deserialize is not None
         deserialize = source.deserialize
+        needs_frames = source.record_frames_key is not None and "rgb" in settings.modalities
 
-        def stored(serialized, video_index):
+        def stored(record):
+            serialized, video_index, frames, extra = record
             example = deserialize(serialized)
+            if needs_frames:
+                count, starts, lengths = frames
+                example["rgb"] = clips.FrameSpans(serialized, starts[:count], lengths[:count])
             example["video_index"] = video_index
-            return sources.keep_needed(example, settings.modalities)
+            return sources.keep_needed(example, settings.modalities), extra
 
-        scalar = tf.TensorSpec([], tf.int64)
-
-        def train_view(serialized, video_index, epoch):
+        def train_view(*record):
+            example, epoch = stored(record)
             example_seed = tf.random.experimental.stateless_fold_in(
-                tf.stack([tf.constant(self.seed, tf.int64), epoch]), video_index
+                tf.stack([tf.constant(self.seed, tf.int64), epoch]), example["video_index"]
             )
-            example = stored(serialized, video_index)
             return pipeline.random_view(example, settings, source, example_seed)
 
         clips_per_example = values["num_test_clips"] if self._mode == "test" else 1
         crops_per_example = values["num_spatial_crops"] if self._mode == "test" else 1
 
-        def eval_view(serialized, video_index, view_id):
-            example = stored(serialized, video_index)
+        def eval_view(*record):
+            example, view_id = stored(record)
             return pipeline.fixed_view(
                 example, settings, source, view_id, clips_per_example, crops_per_example
             )
 
         one = train_view if self._mode == "train" else eval_view
-        signature = [tf.TensorSpec([], tf.string), scalar, scalar]
+        vector, matrix = tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, None], tf.int64)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], spec.dtype) for spec in signature])
-        def views(serialized, video_index, extra):
-            """The views of a batch of examples: `extra` is each one's epoch ('train') or
-            view number ('eval' / 'test'). The examples are cut in parallel by a tf.data map,
-            which runs the per-example graph more cheaply than `tf.map_fn`."""
-            examples = tf.data.Dataset.from_tensor_slices((serialized, video_index, extra))
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.string), vector, (vector, matrix, matrix),
+                             vector]
+        )  # fmt: skip
+        def views(serialized, video_index, frames, extra):
+            """The views of a batch of B examples.
+
+            Args:
+              serialized: string `[B]`, the records.
+              video_index: int64 `[B]`, their indices in the split.
+              frames: (count int64 `[B]`, starts, lengths int64 `[B, max count]`): where each
+                record's frames lie in it, zero-padded past `count`.
+              extra: int64 `[B]`, each one's epoch ('train') or view number ('eval' / 'test').
+
+            The examples are cut in parallel by a tf.data map, which runs the per-example
+            graph more cheaply than `tf.map_fn`.
+            """
+            examples = tf.data.Dataset.from_tensor_slices((serialized, video_index, frames, extra))
             cut = examples.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             return cut.batch(_MAX_BATCH).get_single_element()
 
@@ -158,23 +180,39 @@ class _Views:
 
     def batch(self, indices: list[int], extra: list[int]) -> dict[str, np.ndarray]:
         """Views of examples `indices` of the split (`extra`: epochs or view numbers)."""
-        records, (views, _) = self.build()
+        records, frames_key, (views, _) = self.build()
+        serialized = [records[i] for i in indices]
         out = views(
-            tf.constant([records[i] for i in indices], tf.string),
+            tf.constant(serialized, tf.string),
             tf.constant(indices, tf.int64),
+            _frame_spans(serialized, frames_key),
             tf.constant(extra, tf.int64),
         )
         return {k: np.asarray(v) for k, v in out.items()}  # no copy, unlike .numpy()
 
     def padding(self, count: int) -> dict[str, np.ndarray]:
         """`count` all-zero rows with batch_mask 0 and video_index -1."""
-        _, (_, output_signature) = self.build()
+        _, _, (_, output_signature) = self.build()
         rows = {
             k: np.zeros((count, *spec.shape), spec.dtype.as_numpy_dtype)
             for k, spec in output_signature.items()
         }
         rows["video_index"][:] = -1
         return rows
+
+
+def _frame_spans(serialized: list[bytes], key: str | None) -> tuple[np.ndarray, ...]:
+    """(count `[B]`, starts, lengths `[B, max count]`), int64: where the frames of each record
+    lie in it (feature `key`; none when `key` is None), zero-padded past `count`."""
+    empty = np.zeros(0, np.int64)
+    spans = [example_proto.bytes_spans(r, key) if key else (empty, empty) for r in serialized]
+    count = np.array([len(starts) for starts, _ in spans], np.int64)
+    starts = np.zeros((len(spans), max(count, default=0)), np.int64)
+    lengths = np.zeros_like(starts)
+    for row, (row_starts, row_lengths) in enumerate(spans):
+        starts[row, : len(row_starts)] = row_starts
+        lengths[row, : len(row_lengths)] = row_lengths
+    return count, starts, lengths
 
 
 class _TrainBatch:

@@ -72,6 +72,8 @@ docs/config.md):
   grain_threads, grain_workers
                        grain: batches prepared at once per process (threads), worker
                        processes (0 = none)
+  keep_freed_buffers   set glibc's malloc to keep freed multi-MB buffers for reuse
+                       (mbt.data.heap; ~15 % less CPU per clip)
   synthetic.{num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases}
                        prepare_dataset's synthetic copy (num_clips = 0: none)
   tfrecord_pattern     scenic_tfrecord: glob with '{split}', or a dict split → glob
@@ -98,6 +100,7 @@ import tensorflow as tf
 from mbt.data import audio as audio_lib
 from mbt.data import augment
 from mbt.data import clips
+from mbt.data import heap
 from mbt.data import registry
 from mbt.data import settings as data_settings
 from mbt.data import sources
@@ -559,6 +562,8 @@ def batch_source(
       and `video_index` int32 `[B]`.
     """
     values = dataset_values(config)
+    if values["keep_freed_buffers"]:
+        heap.keep_freed_buffers()
     source = source_from_values(values)
     if uses_grain(values, source):
         from mbt.data import grain_input  # pylint: disable=g-import-not-at-top

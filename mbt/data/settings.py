@@ -191,6 +191,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     c.file_format = "tfrecord"
     c.grain_threads = 4
     c.grain_workers = 0
+    c.keep_freed_buffers = True
     c.synthetic = ml_collections.ConfigDict(
         dict(
             num_clips=0,

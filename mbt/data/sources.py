@@ -47,9 +47,14 @@ class ExampleSource:
         decoding every frame up front) rather than with `tf.io.decode_and_crop_jpeg`, whose
         chroma upsampling can change the pixels at the crop's edge.
       records: for random-access storage (ArrayRecord), `records(split)` → the split's
-        serialized examples by index (index = `video_index`); None for sequential storage.
+        serialized examples (`tf.train.Example`) by index (index = `video_index`); None for
+        sequential storage.
       deserialize: serialized example (tf.string scalar) → the stored example dict `read`
-        gives (less `video_index`); set with `records`.
+        gives, less `video_index` and less the frames; set with `records`.
+      record_frames_key: the bytes feature of a record that holds the JPEG frames, which
+        `deserialize` leaves out: the reader locates them in the record
+        (`example_proto.bytes_spans`) and cuts out only those a view decodes
+        (`clips.FrameSpans`); None when the records hold no frames.
     """
 
     name: str
@@ -65,6 +70,7 @@ class ExampleSource:
     full_frame_decode: bool = False
     records: Callable[[str], Sequence[bytes]] | None = None
     deserialize: Callable[[tf.Tensor], dict] | None = None
+    record_frames_key: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -208,7 +214,7 @@ def tfds_source(
     stored_fps = fps or getattr(builder.builder_config, "fps", None)
     if not stored_fps:
         raise ValueError(f"{builder.name}: builder config has no fps; set config.dataset.video_fps")
-    frames_encoded = {"rgb": encoded_frames()}  # both readers' decoders
+    frames_encoded = {"rgb": encoded_frames()}
 
     def read(split: str, start: int, stop: int) -> tf.data.Dataset:
         info = splits[split]
@@ -238,8 +244,14 @@ def tfds_source(
         )
         return ds.map(add_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    records = deserialize = None
+    records = deserialize = frames_key = None
     if str(getattr(builder.info.file_format, "value", "")) == "array_record":
+        features = builder.info.features
+        frames_key = "rgb" if "rgb" in features else None
+        # Parsing skips the frames' bytes without copying them.
+        without_frames = tfds.features.FeaturesDict(
+            {key: feature for key, feature in features.items() if key != frames_key}
+        )
 
         def records(split: str) -> Sequence[bytes]:
             return builder.as_data_source(
@@ -247,9 +259,7 @@ def tfds_source(
             )
 
         def deserialize(serialized: tf.Tensor) -> dict:
-            return dict(
-                builder.info.features.deserialize_example(serialized, decoders=frames_encoded)
-            )
+            return dict(without_frames.deserialize_example(serialized))
 
     return ExampleSource(
         name=f"{builder.name}/{builder.builder_config.name}",
@@ -263,6 +273,7 @@ def tfds_source(
         read=read,
         records=records,
         deserialize=deserialize,
+        record_frames_key=frames_key,
     )
 
 
