@@ -22,7 +22,9 @@ between processes the same way.
 Each process batch is one grain element: its records are read, decoded and augmented in
 one TF function (the examples in parallel), in grain's threads (`grain_threads` batches at
 once) and in `grain_workers` worker processes when > 0. The per-example work is the TF code
-of `mbt.data.clips`, the same as the tf.data path's.
+of `mbt.data.clips`, the same as the tf.data path's, except that a record's JPEG frames are
+not parsed out of it: they are located in the record (`example_proto.bytes_spans`) and a
+view copies out only the frames it decodes (`clips.FrameSpans`).
 """
 
 from __future__ import annotations
