@@ -115,3 +115,30 @@ def test_bytes_that_are_not_an_example_are_refused(broken):
     assert _tf_values(broken, "rgb") is None
     with pytest.raises(example_proto.MalformedExample):
         example_proto.bytes_spans(broken, "rgb")
+
+
+@pytest.mark.parametrize("num_frames", [7, 0])  # 0: an audio-only video
+def test_a_view_cut_from_the_record_equals_one_cut_from_parsed_frames(num_frames):
+    from mbt.data import clips
+
+    rng = np.random.default_rng(0)
+    frames = [
+        tf.io.encode_jpeg(rng.integers(0, 255, (20, 28, 3), dtype=np.uint8)).numpy()
+        for _ in range(num_frames)
+    ]
+    serialized = _example(rgb=frames, audio=[0.0] * 100).SerializeToString()
+    starts, lengths = example_proto.bytes_spans(serialized, "rgb")
+    settings = clips.ClipSettings(
+        modalities=("rgb",), fps=10.0, num_frames=4, stride=2, crop_size=8, min_resize=12
+    )
+    seed = tf.constant([3, 4], tf.int64)
+    in_record = clips.FrameSpans(tf.constant(serialized), tf.constant(starts), tf.constant(lengths))
+    parsed = tf.constant(frames, tf.string, shape=[num_frames])
+    views = [
+        clips.make_view({"rgb": rgb}, settings, time_fraction=tf.constant(0.4), crop_position=None,
+                        seed=seed)["rgb"].numpy()
+        for rgb in (in_record, parsed)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(views[0], views[1])
+    assert views[0].shape == (4, 8, 8, 3)
+    assert (views[0] == 0).all() == (num_frames == 0)
