@@ -41,16 +41,22 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class _Timer:
-    """Wall and CPU seconds of a block."""
+    """Wall and CPU seconds, and minor page faults, of a block."""
 
     def __enter__(self):
         self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        self.faults = _page_faults()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.wall
         self.cpu = _cpu_seconds() - self.cpu
+        self.faults = _page_faults() - self.faults
 
 
 def _wait_until_idle(poll_s: float = 0.25, timeout_s: float = 60.0) -> None:
@@ -99,6 +105,7 @@ def _time_loader(loader: str, loader_config, color: bool, args) -> tuple[float, 
     what = "flip, jitter, SpecAugment" + (", colour" if color else "")
     clips = args.batches * args.batch_size
     _report(f"{loader} train: read + JPEG + log-mel + {what}", clips, timer)
+    print(f"{'':<68} {timer.faults / clips:9.0f} page faults per clip", flush=True)
     # Stop this stream's prefetching threads before timing the next one (they would share
     # the cores and count in its CPU seconds).
     del stream
@@ -160,6 +167,12 @@ def _flags():
         1,
         "timed rounds of both loaders (which goes first alternates); >1 also prints the median "
         "grain / tf.data ratio",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "keep_freed_buffers",
+        True,
+        "config.dataset.keep_freed_buffers of both loaders (glibc keeps freed buffers)",
         flag_values=fv,
     )
     return fv
@@ -234,6 +247,7 @@ def main(argv=None) -> None:
         builder_config="default",
         data_dir=os.path.join(workdir, "tfds"),
         tfds_autocache=False,
+        keep_freed_buffers=args.keep_freed_buffers,
     )
     config.dataset.synthetic.update(
         num_clips=len(summary["clips"]),

@@ -5,8 +5,9 @@ Every stored clip passes through several fresh buffers of its whole size (a 10 s
 glibc hands such buffers back to the kernel when they are freed (munmap, or trimming the top
 of the heap), so the next clip's buffers are page-faulted and zeroed again. Measured here:
 reading one 8.4 MB ArrayRecord record costs 12.5 ms of CPU that way and 3.4 ms with freed
-buffers kept, and either loader's whole cost per training clip drops by about 15 %
-(`scripts/benchmark_input.py`).
+buffers kept (in a process that only reads), and the steady-state tf.data pipeline's CPU per
+training clip fell by 9 % in five alternating pairs of runs, for about 0.2 GB more peak RSS
+(`results/benchmark_input_loaders.md`).
 
 `keep_freed_buffers()` raises the thresholds so that allocations up to 32 MiB come from the
 heap and up to 128 MiB of freed heap stay mapped. Other allocators (tcmalloc or jemalloc

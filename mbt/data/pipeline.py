@@ -73,7 +73,7 @@ docs/config.md):
                        grain: batches prepared at once per process (threads), worker
                        processes (0 = none)
   keep_freed_buffers   set glibc's malloc to keep freed multi-MB buffers for reuse
-                       (mbt.data.heap; ~15 % less CPU per clip)
+                       (mbt.data.heap; fewer page faults per clip)
   synthetic.{num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases}
                        prepare_dataset's synthetic copy (num_clips = 0: none)
   tfrecord_pattern     scenic_tfrecord: glob with '{split}', or a dict split → glob
