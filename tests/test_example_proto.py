@@ -142,3 +142,13 @@ def test_a_view_cut_from_the_record_equals_one_cut_from_parsed_frames(num_frames
     np.testing.assert_array_equal(views[0], views[1])
     assert views[0].shape == (4, 8, 8, 3)
     assert (views[0] == 0).all() == (num_frames == 0)
+
+
+def test_the_grain_loader_names_a_record_it_cannot_read():
+    from mbt.data import grain_input
+
+    good = _example(rgb=[b"a"]).SerializeToString()
+    with pytest.raises(example_proto.MalformedExample, match=r"split 'train', example 7 \(2 "):
+        grain_input._frame_spans([good, b"\x0a\xff"], "rgb", [3, 7], "train")
+    count, starts, lengths = grain_input._frame_spans([good, good[:0]], "rgb", [3, 7], "train")
+    assert count.tolist() == [1, 0] and starts.shape == lengths.shape == (2, 1)

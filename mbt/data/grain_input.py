@@ -187,7 +187,7 @@ class _Views:
         out = views(
             tf.constant(serialized, tf.string),
             tf.constant(indices, tf.int64),
-            _frame_spans(serialized, frames_key),
+            _frame_spans(serialized, frames_key, indices, self._split),
             tf.constant(extra, tf.int64),
         )
         return {k: np.asarray(v) for k, v in out.items()}  # no copy, unlike .numpy()
@@ -203,11 +203,24 @@ class _Views:
         return rows
 
 
-def _frame_spans(serialized: list[bytes], key: str | None) -> tuple[np.ndarray, ...]:
+def _frame_spans(
+    serialized: list[bytes], key: str | None, indices: list[int], split: str
+) -> tuple[np.ndarray, ...]:
     """(count `[B]`, starts, lengths `[B, max count]`), int64: where the frames of each record
-    lie in it (feature `key`; none when `key` is None), zero-padded past `count`."""
+    lie in it (feature `key`; none when `key` is None), zero-padded past `count`.
+
+    `indices` (the records' places in `split`) name a record that cannot be read.
+    """
     empty = np.zeros(0, np.int64)
-    spans = [example_proto.bytes_spans(r, key) if key else (empty, empty) for r in serialized]
+    spans = []
+    for record, index in zip(serialized, indices):
+        try:
+            spans.append(example_proto.bytes_spans(record, key) if key else (empty, empty))
+        except example_proto.MalformedExample as e:
+            raise example_proto.MalformedExample(
+                f"split {split!r}, example {index} ({len(record)} bytes): {e}. The ArrayRecord "
+                "file is damaged or was not written by a TFDS build; build the dataset again"
+            ) from None
     count = np.array([len(starts) for starts, _ in spans], np.int64)
     starts = np.zeros((len(spans), max(count, default=0)), np.int64)
     lengths = np.zeros_like(starts)
