@@ -116,16 +116,20 @@ class _Views:
                     raise ValueError(f"{source.name} cannot be read at random (not ArrayRecord)")
                 needs_frames = "rgb" in settings.modalities
                 frames_key = source.record_frames_key if needs_frames else None
-                self._built = (records, frames_key, self._functions(source, settings))
+                functions = self._functions(source, settings, frames_key is not None)
+                self._built = (records, frames_key, functions)
         return self._built
 
-    def _functions(self, source: sources.ExampleSource, settings: clips.ClipSettings):
+    def _functions(
+        self, source: sources.ExampleSource, settings: clips.ClipSettings, needs_frames: bool
+    ):
+        """(views function, its output signature); `needs_frames`: the records' frames are
+        located and cut (`_frame_spans`), else they are left out."""
         from mbt.data import pipeline
 
         values = self._values
         assert source.deserialize is not None
         deserialize = source.deserialize
-        needs_frames = source.record_frames_key is not None and "rgb" in settings.modalities
 
         def stored(record):
             serialized, video_index, frames, extra = record
