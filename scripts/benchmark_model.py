@@ -1,18 +1,21 @@
-"""Step time, throughput, achieved FLOP/s and MFU of a model, fused vs einsum attention.
+"""Step time, throughput, achieved FLOP/s and MFU of a model, per attention path.
 
     python scripts/benchmark_model.py                       # tiny MBT, < 1 min on a CPU
     python scripts/benchmark_model.py --preset=mbt_b16 --dtype=bfloat16 --batch_size=8   # GPU
     python scripts/benchmark_model.py --config=configs/<file>.py --batch_size=4 --steps=10
     python scripts/benchmark_model.py --preset=mbt_b16 --stop_after=flops   # no compile
 
-For each attention path (`config.model.attention` = 'fused', i.e. jax.nn.dot_product_attention,
-and 'einsum', plain softmax(q·kᵀ)·v) it prints: compile time, forward (inference) and
+For each attention path in `--attentions` (`config.model.attention`: 'einsum', plain
+softmax(q·kᵀ)·v; 'fused', jax.nn.dot_product_attention with JAX's choice of kernel; 'cudnn',
+cuDNN's flash attention, by default where it can run: NVIDIA GPUs in bfloat16 or float16;
+`mbt.models.vit.resolve_attention`) it prints: compile time, forward (inference) and
 forward+backward (gradient of a sigmoid cross-entropy w.r.t. all parameters, train=True, no
 optimiser update) median time per step over `--steps` after one warm-up (the two paths timed
 alternately), examples/s, achieved FLOP/s and the fraction of the device's peak where known;
 then the model FLOPs per training step, the MFU of the forward+backward step against the
-device's dense peak (`mbt.tools.device_peaks`; "peak unknown" on CPUs), the einsum/fused time
-ratios, XLA's temp buffers and the device's peak memory in use (`memory_stats()`; n/a on CPU).
+device's dense peak (`mbt.tools.device_peaks`; "peak unknown" on CPUs), each path's time over
+einsum's, XLA's temp buffers, the cuDNN attention calls in each compiled program and the
+device's peak memory in use (`memory_stats()`; n/a on CPU).
 `--stop_after=flops` stops before compiling, `--stop_after=compile` before timing.
 
 Model FLOPs use the hardware convention (1 multiply-add = 2 FLOPs):
@@ -37,11 +40,10 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mbt import models  # noqa: E402
+from mbt.models import vit  # noqa: E402
 from mbt.tools import bench  # noqa: E402
 from mbt.tools import device_peaks  # noqa: E402
 from mbt.tools import flops  # noqa: E402
-
-ATTENTIONS = ("fused", "einsum")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file with get_config().", lock_config=False
@@ -67,21 +69,52 @@ _STOP_AFTER = flags.DEFINE_enum(
     "flops: print the FLOPs and the device's peak only (no compile); compile: also compile both "
     "attention paths (compile time, XLA memory) but do not run them; time: the full benchmark.",
 )
+_ATTENTIONS = flags.DEFINE_list(
+    "attentions",
+    None,
+    "Attention paths to compare (config.model.attention values; einsum is always included as "
+    "the reference). Default: einsum, fused, and cudnn where cuDNN's flash attention can run.",
+)
 _OUT = flags.DEFINE_string(
     "out", "", "Directory for the markdown table, e.g. results (default '': print only)."
 )
 
 
-def compile_paths(model_config, input_shapes, num_classes: int, batch_size: int):
-    """{attention: bench.compile_steps(...)} for both attention paths, on the same parameters."""
+def attention_paths(model_config, dtype: str, requested: list[str] | None) -> list[str]:
+    """The attention paths to compare: einsum first (the reference of the ratios), then
+    `requested`, or by default fused and, where cuDNN's flash attention can run, cudnn."""
+    if requested:
+        unknown = sorted(set(requested) - set(models.ATTENTIONS))
+        if unknown:
+            raise ValueError(f"--attentions: {unknown} unknown; allowed: {models.ATTENTIONS}")
+        return ["einsum"] + [a for a in dict.fromkeys(requested) if a != "einsum"]
+    paths = ["einsum", "fused"]
+    try:
+        sizes = models.resolve_sizes(model_config)
+    except ValueError:  # not a ViT-style model: no attention to compare
+        return paths
+    if vit.cudnn_attention_problem(dtype, sizes.hidden_size // sizes.num_heads) is None:
+        paths.append("cudnn")
+    return paths
+
+
+def compile_paths(model_config, attentions, input_shapes, num_classes: int, batch_size: int):
+    """{attention: bench.compile_steps(...)} for each attention path, on the same parameters."""
     inputs, labels = bench.make_batch(input_shapes, batch_size, num_classes)
     model = models.build_model(model_config, num_classes)
-    params = bench.random_params(flops.abstract_params(model, inputs))  # same tree for both paths
+    params = bench.random_params(flops.abstract_params(model, inputs))  # same tree for all paths
     results = {}
-    for attention in ATTENTIONS:
+    for attention in attentions:
         variant = ml_collections.ConfigDict(model_config.to_dict())
         variant.attention = attention
-        results[attention] = bench.compile_steps(variant, num_classes, params, inputs, labels)
+        r = bench.compile_steps(variant, num_classes, params, inputs, labels)
+        print(
+            f"compiled {attention}: forward {r['forward_compile_s']:.1f} s, forward+backward "
+            f"{r['train_compile_s']:.1f} s; cuDNN attention calls "
+            f"{r['forward_cudnn_attention_calls']} / {r['train_cudnn_attention_calls']}",
+            flush=True,
+        )
+        results[attention] = r
     return results
 
 
@@ -151,9 +184,19 @@ def mfu_line(results, macs_per_example: int, batch_size: int, device_kind: str, 
     )
 
 
+def ratio_line(results) -> str:
+    """Each path's median step time over einsum's."""
+    einsum = results["einsum"]
+    return "time / einsum time, forward, forward+backward: " + ", ".join(
+        f"{a} {r['forward_s'] / einsum['forward_s']:.3f}, {r['train_s'] / einsum['train_s']:.3f}"
+        for a, r in results.items()
+        if a != "einsum"
+    )
+
+
 def memory_lines(results) -> list[str]:
-    """XLA's temp buffers of each compiled step and the device's peak bytes in use."""
-    fused, einsum = results["fused"], results["einsum"]
+    """XLA's temp buffers and cuDNN attention calls of each compiled step, and the device's
+    peak bytes in use."""
     peak = bench.peak_bytes_in_use(jax.devices()[0])
     if peak is None:
         device_line = "peak device memory: n/a (this backend reports no peak_bytes_in_use)"
@@ -165,13 +208,15 @@ def memory_lines(results) -> list[str]:
             "peak_bytes_in_use since start: parameters, inputs and both attention paths)"
         )
     return [
-        "XLA temp buffers (activation memory estimate), fused / einsum: "
+        "XLA temp buffers (activation memory estimate), forward / forward+backward: "
         + ", ".join(
-            f"{label} {bench.mib(fused[key])} / {bench.mib(einsum[key])}"
-            for label, key in (
-                ("forward", "forward_temp_bytes"),
-                ("forward+backward", "train_temp_bytes"),
-            )
+            f"{a} {bench.mib(r['forward_temp_bytes'])} / {bench.mib(r['train_temp_bytes'])}"
+            for a, r in results.items()
+        ),
+        "cuDNN attention calls in the compiled program, forward / forward+backward: "
+        + ", ".join(
+            f"{a} {r['forward_cudnn_attention_calls']} / {r['train_cudnn_attention_calls']}"
+            for a, r in results.items()
         ),
         device_line,
     ]
@@ -212,7 +257,9 @@ def main(argv):
     if _STOP_AFTER.value == "flops":
         print("\n".join(lines))
         return
-    results = compile_paths(model_config, input_shapes, num_classes, batch_size)
+    attentions = attention_paths(model_config, dtype, _ATTENTIONS.value)
+    print(f"attention paths: {', '.join(attentions)}", flush=True)
+    results = compile_paths(model_config, attentions, input_shapes, num_classes, batch_size)
     if _STOP_AFTER.value == "compile":
         lines.append(
             "compile s (lower + compile), forward / forward+backward: "
@@ -224,15 +271,13 @@ def main(argv):
         print("\n".join(lines + memory_lines(results)))
         return
     time_paths(results, _STEPS.value)
-    fused, einsum = results["fused"], results["einsum"]
     lines = (
         report_rows(results, macs, batch_size, device_peaks.peak_tflops(device_kind, dtype))
         + [""]
         + lines
         + [
             mfu_line(results, macs, batch_size, device_kind, dtype),
-            f"einsum / fused time: forward {einsum['forward_s'] / fused['forward_s']:.3f}, "
-            f"forward+backward {einsum['train_s'] / fused['train_s']:.3f}",
+            ratio_line(results),
         ]
         + memory_lines(results)
     )

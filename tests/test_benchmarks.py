@@ -100,12 +100,19 @@ def test_model_benchmark_reports_model_flops_and_peak_unknown_mfu_on_cpu():
     assert "device peak, float32 dense: peak unknown for 'cpu'" in out
     achieved = re.search(
         r"MFU: peak unknown for 'cpu' \(achieved TFLOP/s, fwd\+bwd: "
-        r"fused (\S+), einsum (\S+)\)",
+        r"einsum (\S+), fused (\S+)\)",
         out,
     )
     assert achieved and all(float(x) > 0 for x in achieved.groups()), out
     assert "peak device memory: n/a" in out
     assert re.search(r"^\| fused \| .* \| unknown \|$", out, flags=re.MULTILINE)
+    # no cuDNN on a CPU: neither the default paths nor any compiled program has its kernel
+    assert "attention paths: einsum, fused\n" in out
+    assert (
+        "cuDNN attention calls in the compiled program, forward / forward+backward: "
+        "einsum 0 / 0, fused 0 / 0" in out
+    )
+    assert re.search(r"time / einsum time, forward, forward\+backward: fused \d", out)
 
 
 def test_model_benchmark_stops_after_the_flops_of_mbt_b16_without_compiling():

@@ -590,13 +590,20 @@ def test_model_jits_under_an_8_device_mesh():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_attention_is_fused_on_gpu_and_einsum_elsewhere():
-    assert vit.resolve_attention("auto", "gpu") == "fused"
-    assert vit.resolve_attention("auto", "cuda") == "fused"
-    assert vit.resolve_attention("auto", "cpu") == "einsum"
-    assert vit.resolve_attention("auto", "tpu") == "einsum"
-    assert vit.resolve_attention("fused", "cpu") == "fused"
-    assert vit.resolve_attention("einsum", "gpu") == "einsum"
+def test_auto_attention_is_cudnn_on_nvidia_gpus_in_half_precision_and_einsum_elsewhere():
+    bf16, f16, f32 = jnp.bfloat16, jnp.float16, jnp.float32
+    assert vit.resolve_attention("auto", bf16, 64, "gpu") == "cudnn"
+    assert vit.resolve_attention("auto", f16, 64, "cuda") == "cudnn"
+    assert vit.resolve_attention("auto", f32, 64, "gpu") == "einsum"  # cuDNN takes no float32
+    assert vit.resolve_attention("auto", bf16, 12, "gpu") == "einsum"  # not a multiple of 8
+    assert vit.resolve_attention("auto", bf16, 160, "gpu") == "einsum"  # over 128
+    assert vit.resolve_attention("auto", bf16, 64, "cpu") == "einsum"
+    assert vit.resolve_attention("auto", bf16, 64, "tpu") == "einsum"
+    assert vit.resolve_attention("fused", f32, 64, "cpu") == "fused"
+    assert vit.resolve_attention("einsum", bf16, 64, "gpu") == "einsum"
+    assert vit.resolve_attention("cudnn", f32, 64, "cpu") == "cudnn"  # the module says why not
+    assert "float32" in vit.cudnn_attention_problem(f32, 64, "gpu")
+    assert "'cpu'" in vit.cudnn_attention_problem(bf16, 64, "cpu")
     # here (CPU) the default model runs exactly the einsum path
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(2, 6, D)), jnp.float32)
@@ -605,6 +612,36 @@ def test_auto_attention_is_fused_on_gpu_and_einsum_elsewhere():
     out = {a: blocks[a].apply({"params": params}, x, True) for a in ATTN}
     np.testing.assert_array_equal(out["auto"], out["einsum"])
     assert float(jnp.abs(out["auto"] - out["fused"]).max()) < 1e-5
+
+
+@pytest.mark.parametrize("q_len,kv_len", [(7, 7), (7, 12), (6, 9), (6, 10)])
+def test_even_length_attention_equals_attention_over_the_unpadded_sequences(q_len, kv_len):
+    # the padding and masking that cuDNN's training rule needs, checked through XLA's kernel
+    rng = np.random.default_rng(q_len * kv_len)
+    q, k, v = (
+        jnp.asarray(rng.normal(size=(2, n, 3, 8)), jnp.float32) for n in (q_len, kv_len, kv_len)
+    )
+    want = vit.einsum_attention(q, k, v)
+    got = vit.even_length_attention(q, k, v, "xla")
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    project = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * want)  # noqa: E731
+    grads_want = jax.grad(project(vit.einsum_attention), argnums=(0, 1, 2))(q, k, v)
+    grads_got = jax.grad(
+        project(lambda *a: vit.even_length_attention(*a, "xla")), argnums=(0, 1, 2)
+    )(q, k, v)
+    for g, w in zip(grads_got, grads_want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN can run here")
+def test_cudnn_attention_where_it_cannot_run_says_why_and_what_to_use():
+    x = jnp.ones((2, 6, D), jnp.bfloat16)
+    block = vit.EncoderBlock(mlp_dim=MLP, num_heads=HEADS, attention="cudnn", dtype=jnp.bfloat16)
+    with pytest.raises(
+        ValueError, match=r"attention='cudnn' cannot run: the backend is 'cpu'.*'auto'"
+    ):
+        block.init(jax.random.PRNGKey(0), x, True)
 
 
 ATTN = ("auto", "einsum", "fused")

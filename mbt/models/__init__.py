@@ -13,7 +13,8 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from mbt.models.common import resolve_sizes  # noqa: F401 (public helpers)
+from mbt.models.common import ATTENTIONS  # noqa: F401 (public helpers)
+from mbt.models.common import resolve_sizes  # noqa: F401
 from mbt.models.common import tokenizer_spec  # noqa: F401
 from mbt.models.common import transformer_options  # noqa: F401
 from mbt.models.family import ModelFamily  # noqa: F401

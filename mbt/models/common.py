@@ -17,7 +17,7 @@ from mbt.models.family import REPLICATE
 # Modalities whose tokenizer may be left out of the config, and the default used for them.
 VIDEO_LIKE = ("rgb", "flow")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTIONS = ("auto", "fused", "einsum")
+ATTENTIONS = ("auto", "fused", "cudnn", "einsum")
 
 # Partition rules of a ViT-style model (`mbt.models.family`): its encoder blocks, then the
 # small parameters around them (Scenic's names), replicated.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -98,27 +99,123 @@ def einsum_attention(
     return jnp.einsum("bnqk,bknh->bqnh", weights_BxNxQxK, value_BxKxNxH)
 
 
-# Backends where `jax.nn.dot_product_attention` runs a fused kernel (cuDNN flash attention)
-# that beats the einsum path; elsewhere (CPU, TPU) XLA lowers both to the same matmuls and the
-# einsum path measured faster on CPU (docs/compute.md).
-FUSED_ATTENTION_BACKENDS = ("gpu", "cuda", "rocm")
+# Computation dtypes of cuDNN's flash attention (`jax.nn.dot_product_attention(...,
+# implementation='cudnn')`); float32 is not among them.
+CUDNN_DTYPES = ("bfloat16", "float16")
+# Head dims cuDNN's flash attention takes on every GPU it runs on (Hopper also takes up to 256).
+CUDNN_MAX_HEAD_DIM = 128
 
 
-def resolve_attention(attention: str, backend: str | None = None) -> str:
-    """'auto' → 'fused' on GPU backends, 'einsum' elsewhere; other values unchanged."""
+def _on_nvidia_gpu(backend: str | None) -> tuple[bool, str]:
+    """(whether `backend` is an NVIDIA GPU, its name); ROCm GPUs also report 'gpu'."""
+    backend = backend or jax.default_backend()
+    if backend == "cuda":
+        return True, backend
+    if backend != "gpu":
+        return False, backend
+    try:
+        version = jax.devices("gpu")[0].client.platform_version.lower()
+    except (RuntimeError, AttributeError):  # no GPU client here (a test naming 'gpu' on a CPU)
+        return True, backend
+    return "rocm" not in version, backend
+
+
+def cudnn_attention_problem(
+    dtype: Any, head_dim: int | None = None, backend: str | None = None
+) -> str | None:
+    """Why cuDNN's flash attention cannot run here, or None when, as far as is known before
+    compiling, it can. `dtype` is the computation dtype of queries, keys and values; `head_dim`
+    (hidden_size / num_heads) is checked against the limit of every GPU when given; `backend`
+    defaults to `jax.default_backend()`. JAX checks the cuDNN version and the GPU's compute
+    capability when the attention is traced (NotImplementedError)."""
+    on_nvidia, backend = _on_nvidia_gpu(backend)
+    if not on_nvidia:
+        return f"the backend is {backend!r}, not an NVIDIA GPU"
+    if jnp.dtype(dtype).name not in CUDNN_DTYPES:
+        return (
+            f"the computation dtype is {jnp.dtype(dtype).name}; cuDNN's flash attention takes "
+            f"{' or '.join(CUDNN_DTYPES)} (config.model.dtype)"
+        )
+    if head_dim is not None and (head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM):
+        return (
+            f"the head dim (hidden_size / num_heads) is {head_dim}; cuDNN's flash attention "
+            f"takes multiples of 8 up to {CUDNN_MAX_HEAD_DIM}"
+        )
+    return None
+
+
+def resolve_attention(
+    attention: str,
+    dtype: Any = jnp.float32,
+    head_dim: int | None = None,
+    backend: str | None = None,
+) -> str:
+    """'auto' → 'cudnn' where cuDNN's flash attention can run (`cudnn_attention_problem`: an
+    NVIDIA GPU, bfloat16 or float16, a head dim it takes), 'einsum' elsewhere (CPU, TPU, float32
+    on GPU); other values unchanged. docs/compute.md has the measurements behind the choice."""
     if attention != "auto":
         return attention
-    backend = backend or jax.default_backend()
-    return "fused" if backend in FUSED_ATTENTION_BACKENDS else "einsum"
+    return "cudnn" if cudnn_attention_problem(dtype, head_dim, backend) is None else "einsum"
+
+
+def cudnn_attention(
+    query_BxQxNxH: jax.Array, key_BxKxNxH: jax.Array, value_BxKxNxH: jax.Array
+) -> jax.Array:
+    """softmax(q·kᵀ/√H)·v `[B, Q, N, H]` by cuDNN's flash attention, which never stores the
+    `[B, N, Q, K]` weights; a ValueError naming the config key where it cannot run here."""
+    problem = cudnn_attention_problem(query_BxQxNxH.dtype)
+    if problem is not None:
+        raise ValueError(
+            f"config.model.attention='cudnn' cannot run: {problem}. Use 'auto' (cuDNN where it "
+            "runs, einsum elsewhere), 'einsum' or 'fused'"
+        )
+    return even_length_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH, "cudnn")
+
+
+def even_length_attention(
+    query_BxQxNxH: jax.Array,
+    key_BxKxNxH: jax.Array,
+    value_BxKxNxH: jax.Array,
+    implementation: Literal["xla", "cudnn"],
+) -> jax.Array:
+    """`jax.nn.dot_product_attention` on sequences padded to even lengths, padding masked out.
+
+    JAX's cuDNN training rule (jax 0.10–0.11) treats every call as biased, and biased cuDNN
+    attention refuses odd sequence lengths in training ("Unsupported sequence length Q 3137,
+    KV 3137"), while ViT sequences with a CLS token are odd. An odd axis gets one zero token;
+    `key_value_seq_lengths` masks the padded key and the padded query's output is dropped, so
+    the result equals attention over the unpadded sequences.
+    """
+    q_len, kv_len = query_BxQxNxH.shape[1], key_BxKxNxH.shape[1]
+    if q_len % 2 == 0 and kv_len % 2 == 0:
+        return jax.nn.dot_product_attention(
+            query_BxQxNxH, key_BxKxNxH, value_BxKxNxH, implementation=implementation
+        )
+
+    def to_even(x_BxTxNxH):
+        return jnp.pad(x_BxTxNxH, ((0, 0), (0, x_BxTxNxH.shape[1] % 2), (0, 0), (0, 0)))
+
+    batch = query_BxQxNxH.shape[0]
+    out_BxQxNxH = jax.nn.dot_product_attention(
+        to_even(query_BxQxNxH),
+        to_even(key_BxKxNxH),
+        to_even(value_BxKxNxH),
+        query_seq_lengths=jnp.full((batch,), q_len, jnp.int32),
+        key_value_seq_lengths=jnp.full((batch,), kv_len, jnp.int32),
+        implementation=implementation,
+    )
+    return out_BxQxNxH[:, :q_len]
 
 
 class MultiHeadDotProductAttention(nn.Module):
     """Dot-product attention with Flax's MHA parameter layout, by `jax.nn.dot_product_attention`.
 
     Queries come from `x_q_BxQxD`, keys and values from `x_kv_BxKxD` (default: `x_q_BxQxD`, i.e.
-    self-attention); returns `[B, Q, D]`. `jax.nn.dot_product_attention` selects the fused cuDNN
-    kernel on GPU. It has no attention dropout, so when `dropout_rate > 0` in training the einsum
-    path runs instead.
+    self-attention); returns `[B, Q, D]`. `implementation`: 'einsum' (`einsum_attention`),
+    'fused' (`jax.nn.dot_product_attention` with JAX's choice of kernel: XLA's softmax attention
+    in jax 0.10), 'cudnn' (`cudnn_attention`) or 'auto' (`resolve_attention`). The fused and cuDNN
+    kernels have no attention dropout, so when `dropout_rate > 0` in training the einsum path runs
+    instead.
     When the collection `ATTENTION_COLLECTION` is mutable, the block also sows
     `weights_mean_over_heads`, the softmax attention weights averaged over the heads `[B, Q, K]`
     (float32, before attention dropout), computed explicitly whatever `implementation` (the
@@ -131,8 +228,7 @@ class MultiHeadDotProductAttention(nn.Module):
 
     num_heads: int
     dropout_rate: float = 0.0
-    # 'auto' (`resolve_attention`), 'fused' (jax.nn.dot_product_attention) or 'einsum'
-    implementation: str = "auto"
+    implementation: str = "auto"  # 'auto', 'fused', 'cudnn' or 'einsum'
     dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.xavier_uniform()
 
@@ -160,7 +256,14 @@ class MultiHeadDotProductAttention(nn.Module):
             weights_BxNxQxK = attention_weights(query_BxQxNxH, key_BxKxNxH)
             self.sow(ATTENTION_COLLECTION, "weights_mean_over_heads", weights_BxNxQxK.mean(axis=1))
         needs_dropout = self.dropout_rate > 0.0 and not deterministic
-        implementation = resolve_attention(self.implementation)
+        implementation = resolve_attention(self.implementation, query_BxQxNxH.dtype, head_dim)
+        if implementation == "cudnn" and not needs_dropout:
+            try:
+                out_BxQxNxH = cudnn_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH)
+            except NotImplementedError:  # JAX: this GPU or cuDNN version has no flash attention
+                if self.implementation != "auto":
+                    raise
+                implementation = "einsum"
         if implementation == "einsum" or needs_dropout:
             rng = self.make_rng("dropout") if needs_dropout else None
             out_BxQxNxH = einsum_attention(
@@ -173,9 +276,10 @@ class MultiHeadDotProductAttention(nn.Module):
             )
         elif implementation == "fused":
             out_BxQxNxH = jax.nn.dot_product_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH)
-        else:
+        elif implementation != "cudnn":
             raise ValueError(
-                f"config.model.attention={self.implementation!r}; use 'auto', 'fused' or 'einsum'"
+                f"config.model.attention={self.implementation!r}; use 'auto', 'fused', 'cudnn' or "
+                "'einsum'"
             )
         return nn.DenseGeneral(
             features=width,

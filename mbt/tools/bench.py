@@ -81,14 +81,20 @@ def loss_and_grads(model):
     return step
 
 
+# Custom-call targets of cuDNN's fused attention in a compiled program start with this.
+CUDNN_ATTENTION_TARGET = "__cudnn$fmha"
+
+
 def compile_steps(model_config, num_classes: int, params, inputs, labels) -> dict[str, Any]:
     """Compiles the forward and forward+backward steps of one model config.
 
     Forward: `model.apply(train=False)`; forward+backward: the gradient of a sigmoid
     cross-entropy w.r.t. all parameters (train=True, no optimiser update). Returns
     `{'forward': (compiled, args), 'train': (compiled, args), 'forward_compile_s',
-    'train_compile_s', 'forward_temp_bytes', 'train_temp_bytes'}` (compile = lower + compile,
-    seconds; temp bytes = XLA's temporary buffers, an activation-memory estimate).
+    'train_compile_s', 'forward_temp_bytes', 'train_temp_bytes', 'forward_cudnn_attention_calls',
+    'train_cudnn_attention_calls'}` (compile = lower + compile, seconds; temp bytes = XLA's
+    temporary buffers, an activation-memory estimate; calls = cuDNN flash-attention custom calls
+    in the compiled program, which shows whether a path really runs cuDNN's kernel).
     """
     model = models.build_model(model_config, num_classes)
     dropout_key = jax.random.PRNGKey(1)
@@ -106,6 +112,9 @@ def compile_steps(model_config, num_classes: int, params, inputs, labels) -> dic
         result[f"{name}_compile_s"] = time.perf_counter() - start
         memory = compiled.memory_analysis()
         result[f"{name}_temp_bytes"] = getattr(memory, "temp_size_in_bytes", None)
+        result[f"{name}_cudnn_attention_calls"] = (compiled.as_text() or "").count(
+            CUDNN_ATTENTION_TARGET
+        )
         result[name] = (compiled, args)
     return result
 
