@@ -22,7 +22,7 @@ part() {  # part <name> <seconds> <command...>: runs it, its output also in $out
 }
 
 part device 60 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null; $python -c 'import jax, flax; d = jax.devices()[0]; print(\"jax\", jax.__version__, \"flax\", flax.__version__, d.platform, d.device_kind, d.client.platform_version)'"
-part check_attention "${CHECK_LIMIT:-120}" "$python" scripts/check_attention.py
+part check_attention "${CHECK_LIMIT:-240}" "$python" scripts/check_attention.py
 part benchmark_mbt_b16_bf16 "${BENCH_LIMIT:-330}" "$python" scripts/benchmark_model.py \
   --preset=mbt_b16 --dtype=bfloat16 --batch_size="${BATCH:-8}" --steps=10 --out="$out"
 part benchmark_mbt_b16_fp32 "${FP32_LIMIT:-200}" "$python" scripts/benchmark_model.py \

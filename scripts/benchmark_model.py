@@ -205,7 +205,7 @@ def memory_lines(results) -> list[str]:
         of_limit = f" of {limit / 2**30:.1f} GiB" if limit else ""
         device_line = (
             f"peak device memory: {used / 2**30:.2f} GiB{of_limit} (memory_stats "
-            "peak_bytes_in_use since start: parameters, inputs and both attention paths)"
+            "peak_bytes_in_use since start: parameters, inputs and every attention path)"
         )
     return [
         "XLA temp buffers (activation memory estimate), forward / forward+backward: "

@@ -41,7 +41,7 @@ _PRESET = flags.DEFINE_enum("preset", "small", list(bench.PRESETS), "Workload.")
 _VARIANT = flags.DEFINE_string("variant", None, "Resize the preset's model, e.g. S/16 or B/16.")
 _FUSION = flags.DEFINE_enum("fusion", "bottleneck", ["bottleneck", "concat"], "Fusion mode.")
 _ATTENTION = flags.DEFINE_enum(
-    "attention", "auto", ["auto", "einsum", "fused"], "config.model.attention of our model."
+    "attention", "auto", list(models.ATTENTIONS), "config.model.attention of our model."
 )
 _BATCH = flags.DEFINE_integer("batch_size", 2, "Examples per step.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Compile rounds (each compiles both models).")

@@ -171,7 +171,11 @@ def _flags() -> flags.FlagValues:
     flags.DEFINE_boolean("fig3", True, "lower the Fig. 3 model for XLA's count", flag_values=fv)
     flags.DEFINE_boolean("timing", True, "time the small model", flag_values=fv)
     flags.DEFINE_enum(
-        "attention", "fused", ["fused", "einsum"], "attention of the timed model", flag_values=fv
+        "attention",
+        "fused",
+        list(models.ATTENTIONS),
+        "attention of the timed model",
+        flag_values=fv,
     )
     flags.DEFINE_string(
         "out",

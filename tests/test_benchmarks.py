@@ -1,7 +1,8 @@
 """The benchmark scripts' building blocks (`mbt.tools.bench`), the fusion-mode benchmark
 (`scripts/benchmark_fusion.py`) on the tiny workload, one timed step, and the model benchmark
-(`scripts/benchmark_model.py`, in a subprocess: its absl flags clash with the fusion one's), and
-the Scenic comparison's error without a Scenic checkout."""
+(`scripts/benchmark_model.py`, in a subprocess: its absl flags clash with the fusion one's), the
+attention check (`scripts/check_attention.py`), and the Scenic comparison's error without a
+Scenic checkout."""
 
 import os
 import re
@@ -75,15 +76,45 @@ def test_mbt_b16_preset_is_the_audioset_configs_model_at_its_input_shapes():
     }
 
 
-def _benchmark_model(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, os.path.join("scripts", "benchmark_model.py"), *args],
+def _run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, os.path.join("scripts", script), *args],
         capture_output=True,
         text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
         cwd=script_fixtures.REPO,
         timeout=300,
     )
+
+
+def test_check_attention_compares_every_path_that_runs_here_with_a_float32_reference():
+    sizes = ("--tokens=9", "--context_tokens=4", "--hidden_size=32", "--num_heads=4")
+    result = _run_script("check_attention.py", "--dtype=float32", *sizes)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(
+        r"^\| (self|cross) \| (\w+) \| (\S+) \| (\S+) \| (\S+) \|$", result.stdout, re.M
+    )
+    assert sorted({(case, path) for case, path, *_ in rows}) == [
+        ("cross", "einsum"),
+        ("cross", "fused"),
+        ("self", "einsum"),
+        ("self", "fused"),
+    ]
+    assert all(float(e) < 1e-5 for *_, out, gp, gx in rows for e in (out, gp, gx))
+    assert "(no cudnn: the backend is 'cpu', not an NVIDIA GPU)" in result.stdout
+    assert "PASS: largest relative error" in result.stdout
+    # bfloat16 is far from the float32 reference: a tolerance under that error fails, exit 1
+    failed = _run_script("check_attention.py", "--dtype=bfloat16", "--tolerance=1e-6", *sizes)
+    assert failed.returncode == 1 and "FAIL: largest relative error" in failed.stdout
+
+
+def test_accelerator_checks_script_parses():
+    script = os.path.join(script_fixtures.REPO, "scripts", "accelerator_checks.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+
+
+def _benchmark_model(*args: str) -> str:
+    result = _run_script("benchmark_model.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
