@@ -1,7 +1,7 @@
 """Input throughput at MBT's shapes: clips per second and per CPU core.
 
     python scripts/benchmark_input.py [--num_clips=4] [--batches=24] [--workdir=DIR]
-        [--grain_threads=4] [--rounds=1]
+        [--grain_threads=N] [--rounds=1]
 
 1. Writes a synthetic VGGSound copy at the stored resolution of the `default` builder
    config (10 s clips, 25 fps, short side 256 px, H.264 + AAC).
@@ -160,7 +160,11 @@ def _flags():
     flags.DEFINE_integer("batch_size", 4, "clips per training batch", flag_values=fv)
     flags.DEFINE_string("workdir", None, "default: a temporary directory", flag_values=fv)
     flags.DEFINE_integer(
-        "grain_threads", 4, "config.dataset.grain_threads of the grain loader", flag_values=fv
+        "grain_threads",
+        None,
+        "config.dataset.grain_threads of the grain loader (default: the config's, one per 4 "
+        "cores, 1-4)",
+        flag_values=fv,
     )
     flags.DEFINE_integer(
         "rounds",
@@ -268,7 +272,7 @@ def main(argv=None) -> None:
     grain_config.dataset.update(
         file_format="array_record",
         data_dir=config.dataset.data_dir + "_ar",
-        grain_threads=args.grain_threads,
+        grain_threads=args.grain_threads or config.dataset.grain_threads,
     )
     shutil.rmtree(grain_config.dataset.data_dir, ignore_errors=True)
     with _Timer() as timer:
@@ -304,7 +308,7 @@ def main(argv=None) -> None:
             )
     print(f"batch shapes: { ({k: v.shape for k, v in first.items()}) }")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {peak_mb:.0f} MB; grain_threads={args.grain_threads}")
+    print(f"peak RSS {peak_mb:.0f} MB; grain_threads={grain_config.dataset.grain_threads}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

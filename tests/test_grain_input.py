@@ -48,6 +48,16 @@ def test_each_epoch_is_a_permutation_and_epochs_differ(size):
     assert grain_input.example_at(2 * size + 1, size, seed=3) == (2, order(2, count=2)[1])
 
 
+def test_default_grain_threads_is_one_per_four_cores_from_one_to_four():
+    from mbt.data import settings
+
+    got = {cores: settings.default_grain_threads(cores) for cores in (1, 2, 4, 7, 8, 12, 16, 96)}
+    assert got == {1: 1, 2: 1, 4: 1, 7: 1, 8: 2, 12: 3, 16: 4, 96: 4}
+    here = settings.default_grain_threads()
+    assert settings.default_dataset_config().grain_threads == here
+    assert 1 <= here <= 4
+
+
 def test_the_processes_rows_tile_each_global_batch():
     for count, rows in ((1, 8), (2, 4), (4, 2)):
         got = sorted(

@@ -70,8 +70,8 @@ docs/config.md):
   file_format          format TFDS builds write: 'tfrecord' | 'array_record' (random
                        access, read through grain)
   grain_threads, grain_workers
-                       grain: batches prepared at once per process (threads), worker
-                       processes (0 = none)
+                       grain: batches prepared at once per process (threads; default one
+                       per 4 CPU cores, 1-4), worker processes (0 = none)
   keep_freed_buffers   set glibc's malloc to keep freed multi-MB buffers for reuse
                        (mbt.data.heap; fewer page faults per clip)
   synthetic.{num_clips, seed, num_classes, frame_size, fps, clip_seconds, edge_cases}
