@@ -58,17 +58,16 @@ def block_results(attention: str, dtype, params, x_BxLxD, context_BxCxD, cotange
     )
 
     # Every array is an argument: arrays closed over would become constants that XLA folds.
-    def output(p, x, context):
-        return block.apply({"params": p}, x, True, context).astype(jnp.float32)
+    # One program gives the output and both gradients (one compile per path and case).
+    def results(p, x, context, cotangent):
+        def output(p, x):
+            return block.apply({"params": p}, x, True, context).astype(jnp.float32)
 
-    def projection(p, x, context, cotangent):
-        return jnp.sum(output(p, x, context) * cotangent)
+        out, vjp = jax.vjp(output, p, x)
+        grad_params, grad_x = vjp(cotangent)
+        return out, grad_params, grad_x
 
-    out = jax.jit(output)(params, x_BxLxD, context_BxCxD)
-    grad_params, grad_x = jax.jit(jax.grad(projection, argnums=(0, 1)))(
-        params, x_BxLxD, context_BxCxD, cotangent_BxLxD
-    )
-    return out, grad_params, grad_x
+    return jax.jit(results)(params, x_BxLxD, context_BxCxD, cotangent_BxLxD)
 
 
 def main(argv):
