@@ -1,5 +1,7 @@
 """Tests of the MBT model: parameter tree, fusion semantics, classifiers, tokenizers, sharding."""
 
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -632,6 +634,22 @@ def test_even_length_attention_equals_attention_over_the_unpadded_sequences(q_le
     )(q, k, v)
     for g, w in zip(grads_got, grads_want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_cudnn_attention_needs_an_nvidia_gpu_of_compute_capability_8_or_newer(monkeypatch):
+    # no GPU here: a stand-in for what jax.devices('gpu') reports on one
+    gpu = types.SimpleNamespace(
+        compute_capability="7.5", client=types.SimpleNamespace(platform_version="cuda 12080")
+    )
+    monkeypatch.setattr(vit.jax, "devices", lambda backend=None: [gpu])
+    bf16 = jnp.bfloat16
+    assert "compute capability is 7.5" in vit.cudnn_attention_problem(bf16, 64, "gpu")
+    assert vit.resolve_attention("auto", bf16, 64, "gpu") == "einsum"
+    gpu.compute_capability = "9.0"
+    assert vit.cudnn_attention_problem(bf16, 64, "gpu") is None
+    assert vit.resolve_attention("auto", bf16, 64, "gpu") == "cudnn"
+    gpu.client.platform_version = "rocm 60300"
+    assert "'rocm', not an NVIDIA GPU" in vit.cudnn_attention_problem(bf16, 64, "gpu")
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN can run here")

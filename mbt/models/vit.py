@@ -106,18 +106,24 @@ CUDNN_DTYPES = ("bfloat16", "float16")
 CUDNN_MAX_HEAD_DIM = 128
 
 
-def _on_nvidia_gpu(backend: str | None) -> tuple[bool, str]:
-    """(whether `backend` is an NVIDIA GPU, its name); ROCm GPUs also report 'gpu'."""
+# cuDNN's flash attention runs on Ampere (compute capability 8.0) and newer.
+CUDNN_MIN_COMPUTE_CAPABILITY = (8, 0)
+
+
+def _nvidia_gpu(backend: str | None) -> tuple[bool, str, tuple[int, ...] | None]:
+    """(whether `backend` is an NVIDIA GPU, its name, the first GPU's compute capability or None
+    where no GPU is here to ask); ROCm GPUs also report 'gpu'."""
     backend = backend or jax.default_backend()
-    if backend == "cuda":
-        return True, backend
-    if backend != "gpu":
-        return False, backend
+    if backend not in ("gpu", "cuda"):
+        return False, backend, None
     try:
-        version = jax.devices("gpu")[0].client.platform_version.lower()
-    except (RuntimeError, AttributeError):  # no GPU client here (a test naming 'gpu' on a CPU)
-        return True, backend
-    return "rocm" not in version, backend
+        device = jax.devices("gpu")[0]
+    except RuntimeError:  # no GPU client here (a test naming 'gpu' on a CPU)
+        return True, backend, None
+    if "rocm" in getattr(device.client, "platform_version", "").lower():
+        return False, "rocm", None
+    capability = getattr(device, "compute_capability", None)
+    return True, backend, tuple(int(x) for x in capability.split(".")) if capability else None
 
 
 def cudnn_attention_problem(
@@ -126,11 +132,16 @@ def cudnn_attention_problem(
     """Why cuDNN's flash attention cannot run here, or None when, as far as is known before
     compiling, it can. `dtype` is the computation dtype of queries, keys and values; `head_dim`
     (hidden_size / num_heads) is checked against the limit of every GPU when given; `backend`
-    defaults to `jax.default_backend()`. JAX checks the cuDNN version and the GPU's compute
-    capability when the attention is traced (NotImplementedError)."""
-    on_nvidia, backend = _on_nvidia_gpu(backend)
+    defaults to `jax.default_backend()`; the compute capability is read from the first GPU
+    where there is one. JAX checks the cuDNN version when the attention is traced."""
+    on_nvidia, backend, capability = _nvidia_gpu(backend)
     if not on_nvidia:
         return f"the backend is {backend!r}, not an NVIDIA GPU"
+    if capability is not None and capability < CUDNN_MIN_COMPUTE_CAPABILITY:
+        return (
+            f"this GPU's compute capability is {'.'.join(map(str, capability))}; cuDNN's flash "
+            "attention needs 8.0 (Ampere) or newer"
+        )
     if jnp.dtype(dtype).name not in CUDNN_DTYPES:
         return (
             f"the computation dtype is {jnp.dtype(dtype).name}; cuDNN's flash attention takes "
