@@ -272,7 +272,9 @@ def main(argv=None) -> None:
     grain_config.dataset.update(
         file_format="array_record",
         data_dir=config.dataset.data_dir + "_ar",
-        grain_threads=args.grain_threads or config.dataset.grain_threads,
+        grain_threads=(
+            config.dataset.grain_threads if args.grain_threads is None else args.grain_threads
+        ),
     )
     shutil.rmtree(grain_config.dataset.data_dir, ignore_errors=True)
     with _Timer() as timer:

@@ -88,14 +88,11 @@ def attention_paths(model_config, dtype: str, requested: list[str] | None) -> li
         if unknown:
             raise ValueError(f"--attentions: {unknown} unknown; allowed: {models.ATTENTIONS}")
         return ["einsum"] + [a for a in dict.fromkeys(requested) if a != "einsum"]
-    paths = ["einsum", "fused"]
     try:
         sizes = models.resolve_sizes(model_config)
     except ValueError:  # not a ViT-style model: no attention to compare
-        return paths
-    if vit.cudnn_attention_problem(dtype, sizes.hidden_size // sizes.num_heads) is None:
-        paths.append("cudnn")
-    return paths
+        return ["einsum", "fused"]
+    return vit.attention_paths(dtype, sizes.hidden_size // sizes.num_heads)
 
 
 def compile_paths(model_config, attentions, input_shapes, num_classes: int, batch_size: int):

@@ -75,10 +75,8 @@ def main(argv):
     dtype = jnp.dtype(_DTYPE.value)
     width, head_dim = _WIDTH.value, _WIDTH.value // _HEADS.value
     tolerance = _TOLERANCE.value or (2e-3 if dtype == jnp.float32 else 2e-2)
-    paths = ["einsum", "fused"]
+    paths = vit.attention_paths(dtype, head_dim)
     problem = vit.cudnn_attention_problem(dtype, head_dim)
-    if problem is None:
-        paths.append("cudnn")
     print(
         f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})   dtype: {dtype}   "
         f"batch {_BATCH.value}, {_TOKENS.value} tokens (+{_CONTEXT.value} context), width "

@@ -104,8 +104,6 @@ def einsum_attention(
 CUDNN_DTYPES = ("bfloat16", "float16")
 # Head dims cuDNN's flash attention takes on every GPU it runs on (Hopper also takes up to 256).
 CUDNN_MAX_HEAD_DIM = 128
-
-
 # cuDNN's flash attention runs on Ampere (compute capability 8.0) and newer.
 CUDNN_MIN_COMPUTE_CAPABILITY = (8, 0)
 
@@ -167,6 +165,13 @@ def resolve_attention(
     if attention != "auto":
         return attention
     return "cudnn" if cudnn_attention_problem(dtype, head_dim, backend) is None else "einsum"
+
+
+def attention_paths(dtype: Any, head_dim: int) -> list[str]:
+    """The attention implementations that can run here at this dtype and head dim: einsum (the
+    reference), fused, and cudnn where `cudnn_attention_problem` finds nothing against it."""
+    cudnn = [] if cudnn_attention_problem(dtype, head_dim) else ["cudnn"]
+    return ["einsum", "fused"] + cudnn
 
 
 def cudnn_attention(
@@ -266,16 +271,23 @@ class MultiHeadDotProductAttention(nn.Module):
         if self.is_mutable_collection(ATTENTION_COLLECTION) and not self.is_initializing():
             weights_BxNxQxK = attention_weights(query_BxQxNxH, key_BxKxNxH)
             self.sow(ATTENTION_COLLECTION, "weights_mean_over_heads", weights_BxNxQxK.mean(axis=1))
-        needs_dropout = self.dropout_rate > 0.0 and not deterministic
         implementation = resolve_attention(self.implementation, query_BxQxNxH.dtype, head_dim)
-        if implementation == "cudnn" and not needs_dropout:
+        if implementation not in ("einsum", "fused", "cudnn"):
+            raise ValueError(
+                f"config.model.attention={self.implementation!r}; use 'auto', 'fused', 'cudnn' or "
+                "'einsum'"
+            )
+        needs_dropout = self.dropout_rate > 0.0 and not deterministic
+        if needs_dropout:  # only the einsum path has attention dropout
+            implementation = "einsum"
+        if implementation == "cudnn":
             try:
                 out_BxQxNxH = cudnn_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH)
             except NotImplementedError:  # JAX: this GPU or cuDNN version has no flash attention
                 if self.implementation != "auto":
                     raise
                 implementation = "einsum"
-        if implementation == "einsum" or needs_dropout:
+        if implementation == "einsum":
             rng = self.make_rng("dropout") if needs_dropout else None
             out_BxQxNxH = einsum_attention(
                 query_BxQxNxH,
@@ -287,11 +299,6 @@ class MultiHeadDotProductAttention(nn.Module):
             )
         elif implementation == "fused":
             out_BxQxNxH = jax.nn.dot_product_attention(query_BxQxNxH, key_BxKxNxH, value_BxKxNxH)
-        elif implementation != "cudnn":
-            raise ValueError(
-                f"config.model.attention={self.implementation!r}; use 'auto', 'fused', 'cudnn' or "
-                "'einsum'"
-            )
         return nn.DenseGeneral(
             features=width,
             axis=(-2, -1),
