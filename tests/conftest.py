@@ -24,6 +24,10 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Before any test module imports TensorFlow: it then loads without Keras, as in mbt's own
+# processes (mbt.data.tf_import), 2.5 s and 180 MB less per worker.
+import mbt.data  # noqa: E402, F401
+
 
 def _compilation_cache_dir() -> str | None:
     setting = os.environ.get("MBT_TEST_JAX_CACHE", "")

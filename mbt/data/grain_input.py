@@ -43,6 +43,7 @@ from mbt.data import example_proto
 from mbt.data import heap
 from mbt.data import sources
 from mbt.data.settings import train_fraction_size
+from mbt.data.tf_import import as_graph
 
 # The stream can run this many global positions: effectively infinite.
 _STREAM_LENGTH = 2**62
@@ -161,7 +162,8 @@ class _Views:
 
         @tf.function(
             input_signature=[tf.TensorSpec([None], tf.string), vector, (vector, matrix, matrix),
-                             vector]
+                             vector],
+            autograph=False,
         )  # fmt: skip
         def views(serialized, video_index, frames, extra):
             """The views of a batch of B examples.
@@ -177,7 +179,9 @@ class _Views:
             graph more cheaply than `tf.map_fn`.
             """
             examples = tf.data.Dataset.from_tensor_slices((serialized, video_index, frames, extra))
-            cut = examples.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            cut = examples.map(
+                as_graph(one), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
             return cut.batch(_MAX_BATCH).get_single_element()
 
         batched = views.get_concrete_function().structured_outputs  # traced once, here

@@ -106,6 +106,7 @@ from mbt.data import settings as data_settings
 from mbt.data import sources
 from mbt.data.settings import default_dataset_config
 from mbt.data.settings import train_fraction_size
+from mbt.data.tf_import import as_graph
 
 _LOG = logging.getLogger(__name__)
 
@@ -474,7 +475,7 @@ def build_tf_dataset(
         examples = source.read(split, start, stop)
     else:
         examples = source.read(split, 0, 1).take(0)
-    examples = examples.map(lambda ex: sources.keep_needed(ex, settings.modalities))
+    examples = examples.map(as_graph(lambda ex: sources.keep_needed(ex, settings.modalities)))
 
     if mode == "train":
         if count == 0:
@@ -491,15 +492,15 @@ def build_tf_dataset(
         def epoch(e):
             shuffle_seed = (seed * _SEED_MIX + process_index) * _SEED_MIX + e
             shuffled = examples.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-            return shuffled.enumerate().map(lambda i, ex: (e * count + i, ex))
+            return shuffled.enumerate().map(as_graph(lambda i, ex: (e * count + i, ex)))
 
         def train_view(position, example):
             example_seed = tf.random.experimental.stateless_fold_in(base_seed, position)
             return random_view(example, settings, source, example_seed)
 
-        ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+        ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(as_graph(epoch))
         ds = ds.skip(skip_in_epoch)
-        ds = ds.map(train_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(as_graph(train_view), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
         views = _example_views(mode, values)
@@ -511,8 +512,10 @@ def build_tf_dataset(
                 example, settings, source, view_id, clips_per_example, crops_per_example
             )
 
-        ds = examples.flat_map(lambda ex: tf.data.Dataset.range(views).map(lambda v: (v, ex)))
-        ds = ds.map(eval_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = examples.flat_map(
+            as_graph(lambda ex: tf.data.Dataset.range(views).map(as_graph(lambda v: (v, ex))))
+        )
+        ds = ds.map(as_graph(eval_view), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         per_host = math.ceil(total / process_count)
         batches = math.ceil(per_host * views / batch_size)
         ds = ds.concatenate(_padding(ds.element_spec, batches * batch_size - count * views))

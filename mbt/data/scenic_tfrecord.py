@@ -28,6 +28,8 @@ from typing import cast
 import numpy as np
 import tensorflow as tf
 
+from mbt.data.tf_import import as_graph
+
 IMAGE_KEY = "image/encoded"
 WAVEFORM_KEY = "WAVEFORM/feature/floats"
 MELSPEC_KEY = "melspec/feature/floats"
@@ -205,7 +207,7 @@ def read_scenic_tfrecords(
         raise FileNotFoundError(f"No TFRecord file matches {pattern!r}.")
     records = tf.data.TFRecordDataset(files, num_parallel_reads=num_parallel_reads)
     return records.map(
-        lambda s: parse_record(s, layout, fps, decode_frames=decode_frames),
+        as_graph(lambda s: parse_record(s, layout, fps, decode_frames=decode_frames)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

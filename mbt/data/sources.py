@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from mbt.data import registry
+from mbt.data.tf_import import as_graph
 
 _LOG = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def tfds_source(
                 add_tfds_id=True, interleave_cycle_length=4, try_autocache=autocache
             ),
         )
-        return ds.map(add_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.map(as_graph(add_index), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     records = deserialize = frames_key = None
     if str(getattr(builder.info.file_format, "value", "")) == "array_record":
@@ -362,10 +363,12 @@ def scenic_source(
         records = tf.data.TFRecordDataset(files).skip(skip).take(max(stop - start, 0))
         layout = layouts[split]
         return records.enumerate(start=start).map(
-            lambda i, serialized: {
-                **scenic_tfrecord.parse_record(serialized, layout, fps, decode_frames=False),
-                "video_index": i,
-            },
+            as_graph(
+                lambda i, serialized: {
+                    **scenic_tfrecord.parse_record(serialized, layout, fps, decode_frames=False),
+                    "video_index": i,
+                }
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
