@@ -72,6 +72,34 @@ def pytest_collection_finish(session):
     _collect_and_freeze()  # the test modules and what they import
 
 
+# The longest files, longest first (seconds summed over their tests, 2 workers on 2 cores).
+# pytest-xdist's `--dist loadfile` hands out files in collection order; its default reorder by
+# test count left test_topology.py (4 tests, ~90 s) for the end of the run, with the other
+# worker idle. Longest-first lets the short files fill in at the end.
+LONGEST_FILES = (
+    "test_experiments.py",  # ~125 s
+    "test_topology.py",  # ~90 s
+    "test_demo.py",  # ~80 s
+    "test_model.py",  # ~70 s
+    "test_beam_builds.py",  # ~45 s
+    "test_sounding_objects.py",  # ~35 s
+    "test_pipeline.py",  # ~28 s
+    "test_benchmarks.py",  # ~23 s
+    "test_builders.py",  # ~20 s
+    "test_grain_input.py",  # ~17 s
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's reorder by test count
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 def _release_compiled_programs() -> int | None:
     """Drops jax's in-memory program caches, returns the freed heap to the OS (glibc) and
     returns the resident size after that."""
