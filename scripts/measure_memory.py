@@ -9,7 +9,8 @@ Every 0.5 s it sums, over the command and all its descendants, the proportional 
 prints the largest peak RSS of any one process (its VmHWM, what `/usr/bin/time -v` reports
 for a command that runs in one process), which misses the workers and subprocesses beside
 it, and the user + system CPU seconds of the whole tree. Sampling costs some CPU: compare
-runs measured the same way.
+runs measured the same way. A last line per process lists what the tree held at its PSS
+peak (the largest first): PSS, pid and the start of the command line.
 """
 
 import resource
@@ -53,6 +54,14 @@ def _peak_rss_kib(pid: int) -> int:
     return 0
 
 
+def _command(pid: int, width: int = 90) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:width]
+    except OSError:
+        return "?"
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -60,10 +69,15 @@ def main(argv: list[str]) -> int:
     start = time.monotonic()
     proc = subprocess.Popen(argv)
     peak_pss = peak_rss = largest = 0
+    at_peak: list[tuple[int, int, str]] = []  # (PSS KiB, pid, command) at the PSS peak
     while proc.poll() is None:
         pids = _descendants(proc.pid)
         sizes = [_pss_rss_kib(pid) for pid in pids]
-        peak_pss = max(peak_pss, sum(p for p, _ in sizes))
+        if sum(p for p, _ in sizes) > peak_pss:
+            peak_pss = sum(p for p, _ in sizes)
+            at_peak = sorted(
+                ((pss, pid, _command(pid)) for pid, (pss, _) in zip(pids, sizes)), reverse=True
+            )
         peak_rss = max(peak_rss, sum(r for _, r in sizes))
         largest = max([largest] + [_peak_rss_kib(pid) for pid in pids])
         time.sleep(0.5)
@@ -74,6 +88,8 @@ def main(argv: list[str]) -> int:
         f"{peak_rss / 2**20:.2f} GiB | largest process peak RSS {largest / 2**20:.2f} GiB",
         flush=True,
     )
+    for pss, pid, command in at_peak:
+        print(f"  at the peak: {pss / 2**20:.2f} GiB pid {pid} {command}", flush=True)
     return proc.returncode
 
 

@@ -192,6 +192,10 @@ def test_measure_memory_counts_the_children_and_passes_their_exit_status_on():
     assert 0.39 <= pss < 2.0, result.stdout
     largest = float(re.search(r"largest process peak RSS ([\d.]+) GiB", result.stdout).group(1))
     assert 0.39 <= largest <= pss + 0.1, result.stdout  # the child, alone
+    # What the tree held at its peak: both interpreters, the child (400 MiB) first.
+    held = re.findall(r"at the peak: ([\d.]+) GiB pid \d+ (.*)", result.stdout)
+    assert len(held) == 2 and float(held[0][0]) >= 0.39 and "numpy.ones" in held[0][1], held
+    assert abs(sum(float(g) for g, _ in held) - pss) <= 0.02, result.stdout
     # Both interpreters' start and the child's 400 MiB of writes.
     cpu = float(re.search(r"\| CPU ([\d.]+) s \|", result.stdout).group(1))
     assert 0.1 <= cpu < 10, result.stdout
