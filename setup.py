@@ -8,7 +8,6 @@ _CORE = [
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12",
     "ml_collections>=1.1",
-    "clu>=0.0.12",
     "numpy>=2.0",
     "absl-py>=2.0",
     "matplotlib>=3.8",

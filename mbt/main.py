@@ -66,7 +66,7 @@ _MODE = flags.DEFINE_enum(
 _LIBRARY_LOGS = flags.DEFINE_bool(
     "library_logs",
     False,
-    "Show the INFO logs of orbax, TFDS and clu (absl's logger); by "
+    "Show the INFO logs of orbax and TFDS (absl's logger) and the DEBUG metric lines; by "
     "default only mbt's own progress lines and the libraries' warnings are shown.",
 )
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
@@ -109,6 +109,8 @@ def main(argv):
     logging.getLogger("mbt").setLevel(logging.INFO)
     if not _LIBRARY_LOGS.value:
         logging.getLogger("absl").setLevel(logging.WARNING)
+    else:
+        logging.getLogger("mbt.summaries").setLevel(logging.DEBUG)  # the metric lines
     try:  # before any other JAX call
         launch_spec = launch.resolve(
             _COORDINATOR_ADDRESS.value,

@@ -38,6 +38,7 @@ from mbt import mixup as mixup_lib
 from mbt import models
 from mbt import optim
 from mbt import sharding
+from mbt import summaries
 from mbt import train_step as step_lib
 from mbt import workdir as workdir_lib
 from mbt.data import settings as data_settings
@@ -465,43 +466,14 @@ def _summary(results: Mapping[str, Any], multi_label: bool, class_splits) -> str
     return f"{name} {results.get(name, float('nan')):.4f}, loss {results['loss']:.4f}"
 
 
-class _LoggingWriter:
-    """Console-only stand-in for clu's writers where TensorFlow (TensorBoard) is missing."""
-
-    def write_scalars(self, step, scalars):
-        _LOG.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
-
-    def write_hparams(self, hparams):
-        _LOG.info("hparams: %s", hparams)
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
 def make_writer(workdir: str, is_main: bool):
-    """clu TensorBoard (`<workdir>` event files, process 0) + console writer."""
-    try:
-        from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    except ImportError as error:  # clu's TensorBoard writer needs TensorFlow
-        _LOG.warning("No TensorBoard logging (%s); logging to the console only.", error)
-        return _LoggingWriter()
-    if is_main:
-        _LOG.info("TensorBoard summaries: tensorboard --logdir=%s", workdir)
-    return metric_writers.create_default_writer(workdir, just_logging=not is_main)
+    """Console + TensorBoard writer (`mbt.summaries`; TensorBoard on process 0 only)."""
+    return summaries.make_writer(workdir, is_main)
 
 
 def make_progress_reporter(total_steps: int, writer) -> Callable[[int], Any]:
-    """clu's `ReportProgress` (steps/s, ETA to TensorBoard every 30 s), or a no-op without TF."""
-    try:
-        from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-    except ImportError:  # clu's periodic actions import its TensorFlow summary writer
-        return lambda step: None
-    return periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=writer, every_steps=None, every_secs=30.0
-    )
+    """`steps_per_sec` and `uptime` to the writer every 30 s (`mbt.summaries`)."""
+    return summaries.ProgressReporter(total_steps, writer, every_secs=30.0)
 
 
 # --- training -------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""mbt.data.tf_import: TensorFlow loads without Keras for mbt, and the pipeline's tf.data
-functions are traced without AutoGraph."""
+"""mbt.data.tf_import: TensorFlow (and mbt.summaries' TensorBoard writer) load without Keras,
+and the pipeline's tf.data functions are traced without AutoGraph."""
 
 import json
 import os
@@ -12,9 +12,14 @@ import tensorflow as tf
 from mbt.data import tf_import
 
 _PROBE = """
-import json, sys
+import json, sys, tempfile
 import mbt.data.pipeline
 import tensorflow as tf
+from mbt import train
+writer = train.make_writer(tempfile.mkdtemp(), True)  # TensorBoard, without Keras too
+writer.write_hparams({"lr": 0.1})
+writer.write_scalars(1, {"loss": 1.0})
+writer.close()
 loaded = "keras" in sys.modules
 from tensorflow.keras import layers  # tf.keras still works, loading Keras now
 print(json.dumps({"keras_with_tf": loaded, "dense": layers.Dense.__name__,
@@ -34,7 +39,7 @@ def _probe(**env: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_tensorflow_loads_without_keras_and_tf_keras_still_works():
+def test_tensorflow_and_tensorboard_writer_load_without_keras_and_tf_keras_still_works():
     pytest.importorskip("keras")
     assert _probe(**{tf_import.KEEP_KERAS_ENV: "0"}) == {
         "keras_with_tf": False,

@@ -99,6 +99,7 @@ def test_training_evaluates_tests_and_writes_results(uninterrupted):
         "eval/top1",
         "test/top1",
     } <= tags, tags
+    assert "_hparams_/session_start_info" in tags  # TensorBoard's HParams tab
     logged_steps = [event.step for event in accumulator.Tensors("train/loss")]
     assert logged_steps == [2, 4, 6, 8]
     assert [event.step for event in accumulator.Tensors("eval/top1")] == [4, 8]
@@ -246,7 +247,7 @@ class BlockTensorFlow(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, BlockTensorFlow())
 from mbt import checkpointing, config_validation, main, train, train_step
 writer = train.make_writer(sys.argv[1], True)
-assert type(writer).__name__ == '_LoggingWriter', writer
+assert type(writer).__name__ == 'ConsoleWriter', writer
 train.make_progress_reporter(10, writer)(1)
 assert not [m for m in sys.modules if m.startswith('tensorflow')]
 print('ok')
