@@ -95,7 +95,7 @@ def _blocked_modules(closure: set[str]) -> list[str]:
 
 def test_core_requirements_leave_the_data_side_to_the_data_extra():
     core = set(_core_requirements("mbt"))
-    assert {"jax", "flax", "optax", "orbax-checkpoint", "ml-collections", "clu"} <= core
+    assert {"jax", "flax", "optax", "orbax-checkpoint", "ml-collections"} <= core
     assert not core & set(DATA_SIDE), "reinstall with `pip install -e '.[test]'` if stale"
     data = set()
     for text in importlib.metadata.requires("mbt") or ():
