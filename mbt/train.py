@@ -466,16 +466,6 @@ def _summary(results: Mapping[str, Any], multi_label: bool, class_splits) -> str
     return f"{name} {results.get(name, float('nan')):.4f}, loss {results['loss']:.4f}"
 
 
-def make_writer(workdir: str, is_main: bool):
-    """Console + TensorBoard writer (`mbt.summaries`; TensorBoard on process 0 only)."""
-    return summaries.make_writer(workdir, is_main)
-
-
-def make_progress_reporter(total_steps: int, writer) -> Callable[[int], Any]:
-    """`steps_per_sec` and `uptime` to the writer every 30 s (`mbt.summaries`)."""
-    return summaries.ProgressReporter(total_steps, writer, every_secs=30.0)
-
-
 # --- training -------------------------------------------------------------------------------
 
 
@@ -592,7 +582,7 @@ def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
     setup = get_setup(config, data)
     meta, total_steps = setup.meta, setup.total_steps
     is_main = jax.process_index() == 0
-    writer = make_writer(workdir, is_main)
+    writer = summaries.make_writer(workdir, is_main)
     ckpt_cfg = config.get("checkpoint") or {}
     ckpt = checkpointing.Checkpointer(
         workdir,
@@ -635,7 +625,7 @@ def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
             seed=int(config.seed),
             start_batch=consumed,
         )
-        report = make_progress_reporter(total_steps, writer)
+        report = summaries.ProgressReporter(total_steps, writer, every_secs=30.0)
         log_every = int(config.get("log_every_steps", 50) or 50)
         eval_every = int(config.get("eval_every_steps", 0) or 0)
         the_eval_split = setup.splits["eval"]

@@ -15,8 +15,8 @@ _PROBE = """
 import json, sys, tempfile
 import mbt.data.pipeline
 import tensorflow as tf
-from mbt import train
-writer = train.make_writer(tempfile.mkdtemp(), True)  # TensorBoard, without Keras too
+from mbt import summaries, train
+writer = summaries.make_writer(tempfile.mkdtemp(), True)  # TensorBoard, without Keras too
 writer.write_hparams({"lr": 0.1})
 writer.write_scalars(1, {"loss": 1.0})
 writer.close()

@@ -245,10 +245,10 @@ class BlockTensorFlow(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, BlockTensorFlow())
-from mbt import checkpointing, config_validation, main, train, train_step
-writer = train.make_writer(sys.argv[1], True)
+from mbt import checkpointing, config_validation, main, summaries, train, train_step
+writer = summaries.make_writer(sys.argv[1], True)
 assert type(writer).__name__ == 'ConsoleWriter', writer
-train.make_progress_reporter(10, writer)(1)
+summaries.ProgressReporter(10, writer)(1)
 assert not [m for m in sys.modules if m.startswith('tensorflow')]
 print('ok')
 """

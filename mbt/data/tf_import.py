@@ -24,16 +24,11 @@ KEEP_KERAS_ENV = "MBT_IMPORT_KERAS_WITH_TF"
 
 
 class _RefusedImport(importlib.abc.Loader):
-    """Loader of a module whose import is refused (an ImportError, as if not installed)."""
+    """Loader of a module whose import is refused (an ImportError, as if not installed; the
+    import system then drops the half-made module)."""
 
-    def __init__(self, name: str):
-        self._name = name
-
-    def create_module(self, spec):
-        raise ImportError(f"{self._name} is not imported while TensorFlow loads (mbt.data)")
-
-    def exec_module(self, module):  # not reached: create_module raised
-        raise ImportError(self._name)
+    def exec_module(self, module):
+        raise ImportError(f"{module.__name__} is not imported while TensorFlow loads (mbt.data)")
 
 
 class _KerasRefused(importlib.abc.MetaPathFinder):
@@ -46,7 +41,7 @@ class _KerasRefused(importlib.abc.MetaPathFinder):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None:
-            spec.loader = _RefusedImport(name)
+            spec.loader = _RefusedImport()
         return spec
 
 
