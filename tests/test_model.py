@@ -645,9 +645,20 @@ def test_cudnn_attention_needs_an_nvidia_gpu_of_compute_capability_8_or_newer(mo
     bf16 = jnp.bfloat16
     assert "compute capability is 7.5" in vit.cudnn_attention_problem(bf16, 64, "gpu")
     assert vit.resolve_attention("auto", bf16, 64, "gpu") == "einsum"
-    gpu.compute_capability = "9.0"
+    gpu.compute_capability = "8.6"  # Ampere: head dims up to 128
+    assert vit.resolve_attention("auto", bf16, 128, "gpu") == "cudnn"
+    assert "up to 128 on this GPU" in vit.cudnn_attention_problem(bf16, 192, "gpu")
+    gpu.compute_capability = "9.0"  # Hopper: up to 256
     assert vit.cudnn_attention_problem(bf16, 64, "gpu") is None
     assert vit.resolve_attention("auto", bf16, 64, "gpu") == "cudnn"
+    assert vit.resolve_attention("auto", bf16, 256, "gpu") == "cudnn"
+    assert "up to 256 on this GPU" in vit.cudnn_attention_problem(bf16, 264, "gpu")
+    assert "multiples of 8" in vit.cudnn_attention_problem(bf16, 100, "gpu")
+    # an explicit attention='cudnn' checks the head dim of its queries too
+    monkeypatch.setattr(vit.jax, "default_backend", lambda: "gpu")
+    query = jnp.ones((1, 4, 1, 264), bf16)
+    with pytest.raises(ValueError, match=r"'cudnn' cannot run: the head dim .* is 264"):
+        vit.cudnn_attention(query, query, query)
     gpu.client.platform_version = "rocm 60300"
     assert "'rocm', not an NVIDIA GPU" in vit.cudnn_attention_problem(bf16, 64, "gpu")
 

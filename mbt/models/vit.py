@@ -102,8 +102,11 @@ def einsum_attention(
 # Computation dtypes of cuDNN's flash attention (`jax.nn.dot_product_attention(...,
 # implementation='cudnn')`); float32 is not among them.
 CUDNN_DTYPES = ("bfloat16", "float16")
-# Head dims cuDNN's flash attention takes on every GPU it runs on (Hopper also takes up to 256).
+# Head dims cuDNN's flash attention takes (multiples of 8): up to 128 on every GPU it runs on,
+# up to 256 from Hopper (compute capability 9.0) on (jax's `check_is_flash_attention`).
 CUDNN_MAX_HEAD_DIM = 128
+CUDNN_MAX_HEAD_DIM_HOPPER = 256
+CUDNN_HOPPER = (9, 0)
 # cuDNN's flash attention runs on Ampere (compute capability 8.0) and newer.
 CUDNN_MIN_COMPUTE_CAPABILITY = (8, 0)
 
@@ -129,9 +132,10 @@ def cudnn_attention_problem(
 ) -> str | None:
     """Why cuDNN's flash attention cannot run here, or None when, as far as is known before
     compiling, it can. `dtype` is the computation dtype of queries, keys and values; `head_dim`
-    (hidden_size / num_heads) is checked against the limit of every GPU when given; `backend`
-    defaults to `jax.default_backend()`; the compute capability is read from the first GPU
-    where there is one. JAX checks the cuDNN version when the attention is traced."""
+    (hidden_size / num_heads) is checked when given, against this GPU's limit (256 from
+    Hopper on, else 128; 128 where no GPU is here to ask); `backend` defaults to
+    `jax.default_backend()`; the compute capability is read from the first GPU where there is
+    one. JAX checks the cuDNN version when the attention is traced."""
     on_nvidia, backend, capability = _nvidia_gpu(backend)
     if not on_nvidia:
         return f"the backend is {backend!r}, not an NVIDIA GPU"
@@ -145,10 +149,13 @@ def cudnn_attention_problem(
             f"the computation dtype is {jnp.dtype(dtype).name}; cuDNN's flash attention takes "
             f"{' or '.join(CUDNN_DTYPES)} (config.model.dtype)"
         )
-    if head_dim is not None and (head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM):
+    hopper = capability is not None and capability >= CUDNN_HOPPER
+    max_head_dim = CUDNN_MAX_HEAD_DIM_HOPPER if hopper else CUDNN_MAX_HEAD_DIM
+    if head_dim is not None and (head_dim % 8 or head_dim > max_head_dim):
+        gpu = "this GPU" if capability is not None else "every GPU"
         return (
             f"the head dim (hidden_size / num_heads) is {head_dim}; cuDNN's flash attention "
-            f"takes multiples of 8 up to {CUDNN_MAX_HEAD_DIM}"
+            f"takes multiples of 8 up to {max_head_dim} on {gpu}"
         )
     return None
 
@@ -179,7 +186,7 @@ def cudnn_attention(
 ) -> jax.Array:
     """softmax(q·kᵀ/√H)·v `[B, Q, N, H]` by cuDNN's flash attention, which never stores the
     `[B, N, Q, K]` weights; a ValueError naming the config key where it cannot run here."""
-    problem = cudnn_attention_problem(query_BxQxNxH.dtype)
+    problem = cudnn_attention_problem(query_BxQxNxH.dtype, query_BxQxNxH.shape[-1])
     if problem is not None:
         raise ValueError(
             f"config.model.attention='cudnn' cannot run: {problem}. Use 'auto' (cuDNN where it "
