@@ -15,14 +15,11 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from apache_beam.internal import pickler
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from mbt.data import synthetic
 from mbt.data.builders import __main__ as builders_main
 from mbt.data.builders import audioset
 from mbt.data.builders import base
-from mbt.data.builders import beam_build
 from mbt.data.builders import epic_kitchens
 from mbt.data.builders import sounding_objects
 from mbt.data.builders import vggsound
@@ -39,8 +36,20 @@ EDGE_TO_KIND = {
 }
 
 
-def _beam_options(options: str) -> PipelineOptions:
+# Apache Beam (with pandas and pyarrow, ~130 MB) is imported by the tests that use it, not at
+# collection, when every pytest worker imports every test module.
+
+
+def _beam_build():
+    from mbt.data.builders import beam_build
+
+    return beam_build
+
+
+def _beam_options(options: str):
     """What `tfds build --beam_pipeline_options=OPTIONS` makes of its value."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     return PipelineOptions(flags=[f"--{option}" for option in options.split(",") if option])
 
 
@@ -111,7 +120,7 @@ def test_tfds_build_with_beam_multi_processing_equals_plain_build(vgg):
     assert "Beam build of ['train', 'test']: the Beam counters agree with the reports." in output
     assert "[vggsound/tiny train]" in result.stdout  # summaries printed by the launcher
     built = root / "beam" / "vggsound" / "tiny" / "1.0.0"
-    assert not (built / beam_build.STAGING_FOLDER).exists()
+    assert not (built / _beam_build().STAGING_FOLDER).exists()
     beam = tfds.builder_from_directory(str(built))
     _assert_same_examples(plain, beam)
 
@@ -209,11 +218,13 @@ def test_every_builder_gives_beam_a_picklable_reader(tmp_path, builder_cls, data
         manual_dir_instructions=builder.MANUAL_DOWNLOAD_INSTRUCTIONS,
     )
     splits = builder._split_generators(dl_manager)
-    assert splits and all(isinstance(s, beam_build.ReadClips) for s in splits.values())
+    assert splits and all(isinstance(s, _beam_build().ReadClips) for s in splits.values())
     transform = next(iter(splits.values()))
     reader, row = transform._reader, transform._located[0]
     assert isinstance(reader, base.ClipReader)
     # What a worker gets reads the row as the builder's own loop does.
+    from apache_beam.internal import pickler
+
     shipped = pickler.loads(pickler.dumps(reader))
     report, shipped_report = transform._report.row_report(), transform._report.row_report()
     with reader.opened(), shipped.opened():

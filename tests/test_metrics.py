@@ -6,12 +6,21 @@ import time
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score
-from sklearn.metrics import recall_score
-from sklearn.metrics import roc_auc_score
-from sklearn.metrics import top_k_accuracy_score
 
 from mbt import metrics
+
+
+class _SklearnMetrics:
+    """`sklearn.metrics`, the reference, imported on first use: not at collection, when every
+    pytest worker imports every test module (sklearn brings pandas and pyarrow, ~65 MB)."""
+
+    def __getattr__(self, name):
+        import sklearn.metrics
+
+        return getattr(sklearn.metrics, name)
+
+
+sk = _SklearnMetrics()
 
 
 def _multi_label_data(seed, num_examples=400, num_classes=24, quantise=True):
@@ -41,10 +50,10 @@ def test_per_class_ap_and_auc_match_sklearn(quantise):
             assert np.isnan(ap[c])
         else:
             assert ap[c] == pytest.approx(
-                average_precision_score(labels[:, c], scores[:, c]), abs=1e-12
+                sk.average_precision_score(labels[:, c], scores[:, c]), abs=1e-12
             )
         if 0 < num_pos < labels.shape[0]:
-            assert auc[c] == pytest.approx(roc_auc_score(labels[:, c], scores[:, c]), abs=1e-12)
+            assert auc[c] == pytest.approx(sk.roc_auc_score(labels[:, c], scores[:, c]), abs=1e-12)
         else:
             assert np.isnan(auc[c])
 
@@ -55,8 +64,10 @@ def test_multi_label_metrics_exclude_classes_without_positives():
     result = metrics.compute_metrics(scores, labels, multi_label=True)
     with_pos = [c for c in range(labels.shape[1]) if labels[:, c].any()]
     both = [c for c in with_pos if not labels[:, c].all()]
-    expected_map = np.mean([average_precision_score(labels[:, c], scores[:, c]) for c in with_pos])
-    expected_auc = np.mean([roc_auc_score(labels[:, c], scores[:, c]) for c in both])
+    expected_map = np.mean(
+        [sk.average_precision_score(labels[:, c], scores[:, c]) for c in with_pos]
+    )
+    expected_auc = np.mean([sk.roc_auc_score(labels[:, c], scores[:, c]) for c in both])
     assert result["map"] == pytest.approx(expected_map, abs=1e-12)
     assert result["mean_auc"] == pytest.approx(expected_auc, abs=1e-12)
     assert result["map_num_classes_without_positives"] == 1
@@ -67,7 +78,7 @@ def test_multi_label_metrics_exclude_classes_without_positives():
     assert result["num_examples"] == labels.shape[0]
     # sklearn's macro average over *all* classes scores class 3 as AP 0 and is lower.
     assert result["map"] > np.mean(
-        [average_precision_score(labels[:, c], scores[:, c]) for c in range(labels.shape[1])]
+        [sk.average_precision_score(labels[:, c], scores[:, c]) for c in range(labels.shape[1])]
     )
 
 
@@ -113,7 +124,7 @@ def test_single_label_top_k_matches_sklearn(k):
     labels = np.eye(num_classes, dtype=np.float32)[true_class]
     scores = rng.normal(size=(num_examples, num_classes)) + 1.5 * labels
     result = metrics.compute_metrics(scores, labels, multi_label=False)
-    expected = top_k_accuracy_score(true_class, scores, k=k, labels=np.arange(num_classes))
+    expected = sk.top_k_accuracy_score(true_class, scores, k=k, labels=np.arange(num_classes))
     assert result[f"top{k}"] == pytest.approx(expected, abs=1e-12)
     assert 0.1 < result["top1"] < result["top5"] < 1.0
 
@@ -126,7 +137,7 @@ def test_single_label_map_bonus_matches_sklearn():
     scores = rng.normal(size=(200, 8)) + labels
     result = metrics.compute_metrics(scores, labels, multi_label=False)
     expected = np.mean(
-        [average_precision_score(labels[:, c], scores[:, c]) for c in range(8) if c != 6]
+        [sk.average_precision_score(labels[:, c], scores[:, c]) for c in range(8) if c != 6]
     )
     assert result["map"] == pytest.approx(expected, abs=1e-12)
     assert result["map_num_classes_without_positives"] == 1
@@ -306,7 +317,7 @@ def test_per_class_single_label_matches_sklearn_recall_and_ap():
     labels = np.eye(num_classes, dtype=np.float32)[truth]
     _, classes = metrics.compute_metrics_and_classes(scores, labels, multi_label=False)
     # Top-1 accuracy over a class's examples is the recall of argmax predictions.
-    recall = recall_score(
+    recall = sk.recall_score(
         truth,
         np.argmax(scores, axis=1),
         labels=range(num_classes),
@@ -317,7 +328,7 @@ def test_per_class_single_label_matches_sklearn_recall_and_ap():
     np.testing.assert_array_equal(classes.count, np.bincount(truth, minlength=num_classes))
     for c in range(num_classes - 1):
         assert classes.ap[c] == pytest.approx(
-            average_precision_score(labels[:, c], scores[:, c]), abs=1e-12
+            sk.average_precision_score(labels[:, c], scores[:, c]), abs=1e-12
         )
     assert np.isnan(classes.ap[-1])
 
@@ -350,5 +361,7 @@ def test_per_class_class_splits_score_each_head_separately():
         weighted = np.sum(classes.top1[offset : offset + size] * counts) / counts.sum()
         assert weighted == pytest.approx(result[f"{head}_top1"])
     for c in range(7):
-        assert classes.ap[c] == pytest.approx(average_precision_score(labels[:, c], scores[:, c]))
+        assert classes.ap[c] == pytest.approx(
+            sk.average_precision_score(labels[:, c], scores[:, c])
+        )
     assert result == metrics.compute_metrics(scores, labels, multi_label=False, class_splits=(3, 4))
