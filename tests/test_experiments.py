@@ -26,6 +26,7 @@ from mbt.experiments import per_class
 from mbt.experiments import records
 from mbt.experiments import runs as runs_lib
 
+pytestmark = pytest.mark.usefixtures("release_after_each_run")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_RUN = (
     "num_train_steps=2",

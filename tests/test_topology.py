@@ -225,6 +225,7 @@ def _exported_params(workdir) -> dict[str, np.ndarray]:
         return _flat(serialization.msgpack_restore(f.read()))
 
 
+@pytest.mark.usefixtures("programs_released")
 def test_two_processes_train_to_the_end_like_one_device(toy_grain, one_device_params, tmp_path):
     _, config_path = toy_grain
     workdir = tmp_path / "run"
@@ -244,6 +245,7 @@ def test_two_processes_train_to_the_end_like_one_device(toy_grain, one_device_pa
     _assert_close(_exported_params(workdir), one_device_params)
 
 
+@pytest.mark.usefixtures("programs_released")
 def test_sigkilled_two_process_run_resumes_on_one_process(toy_grain, one_device_params, tmp_path):
     data_dir, config_path = toy_grain
     workdir = tmp_path / "run"
@@ -262,6 +264,7 @@ def test_sigkilled_two_process_run_resumes_on_one_process(toy_grain, one_device_
     _assert_close(_params(resumed), one_device_params)
 
 
+@pytest.mark.usefixtures("programs_released")
 def test_sigterm_to_one_process_stops_both_after_one_checkpoint(
     toy_grain, one_device_params, tmp_path
 ):
