@@ -73,8 +73,9 @@ def main(argv: list[str]) -> int:
     while proc.poll() is None:
         pids = _descendants(proc.pid)
         sizes = [_pss_rss_kib(pid) for pid in pids]
-        if sum(p for p, _ in sizes) > peak_pss:
-            peak_pss = sum(p for p, _ in sizes)
+        total_pss = sum(p for p, _ in sizes)
+        if total_pss > peak_pss:
+            peak_pss = total_pss
             at_peak = sorted(
                 ((pss, pid, _command(pid)) for pid, (pss, _) in zip(pids, sizes)), reverse=True
             )
