@@ -19,12 +19,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from mbt import config_validation
+from mbt import workdir as workdir_lib
 from mbt.experiments import __main__ as cli_main
 from mbt.experiments import catalogue
 from mbt.experiments import collect as collect_lib
 from mbt.experiments import per_class
 from mbt.experiments import records
 from mbt.experiments import runs as runs_lib
+from mbt.tools import flops
 
 pytestmark = pytest.mark.usefixtures("release_after_each_run")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,10 +285,17 @@ def test_each_experiment_runs_two_small_runs_and_collects_a_table(name, tiny_dat
     assert code == 0
     table = _check_table(out, name, _two_runs(name))
     assert stdout.startswith(f"# {name} (")  # run prints table.md at the end
+    params = {row["run"]: row["params"] for row in table["rows"]}
     for run in _two_runs(name):
         record = records.run_record(os.path.join(out, run))
         assert record["finished"] and record["attempts"] == 1
         assert record["num_classes"] > 1 and set(record["input_shapes"]) >= {"spectrogram"}
+        assert params[run] == record["num_params"]  # counted from the trained state
+        if name in ("sft_vs_mbt", "clstm_noise"):  # the three families: as the flops tool counts
+            config = workdir_lib.load_config(os.path.join(out, run))
+            shapes = {m: tuple(s) for m, s in record["input_shapes"].items()}
+            report = flops.analyse(config.model, shapes, record["num_classes"], xla="none")
+            assert record["num_params"] == report.num_params
     if name == "sft_vs_mbt":
         assert all(row["train_memory_mib"] > 0 for row in table["rows"])
     if name == "clstm_noise":
@@ -372,3 +381,14 @@ def test_per_class_comparison_counts_classes_and_reports_missing_results(tmp_pat
         }
     )
     assert "Per-class comparison unavailable: no per-class test results for ['audio_only']" in text
+
+
+def test_compute_stats_counts_parameters_from_the_record_or_else_by_tracing():
+    config = runs_lib.Bases("demo").get("model=mbt,modalities=av")
+    record = {"input_shapes": {"rgb": [4, 32, 32, 3], "spectrogram": [100, 32, 1]}}
+    record["num_classes"] = 6
+    traced = collect_lib.compute_stats(config, record, train_memory=False)  # an older record
+    shapes = {m: tuple(s) for m, s in record["input_shapes"].items()}
+    assert traced["params"] == flops.analyse(config.model, shapes, 6, xla="none").num_params
+    recorded = collect_lib.compute_stats(config, {**record, "num_params": 123}, False)
+    assert recorded == {"gflops": traced["gflops"], "params": 123}

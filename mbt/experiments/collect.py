@@ -76,16 +76,24 @@ def train_activation_bytes(
 def compute_stats(
     config: ml_collections.ConfigDict, record: Mapping[str, Any], train_memory: bool
 ) -> dict[str, Any]:
-    """`{'gflops', 'params'[, 'train_memory_mib']}` of a run's model at its data's shapes."""
+    """`{'gflops', 'params'[, 'train_memory_mib']}` of a run's model at its data's shapes.
+
+    The parameter count is the record's `num_params` (counted from the trained state) where
+    it has one; otherwise, and for a family without an analytic count, the model is traced.
+    """
     shapes = {m: tuple(s) for m, s in (record.get("input_shapes") or {}).items()}
     shapes = shapes or flops.input_shapes_from_config(config)
     num_classes = int(record.get("num_classes") or flops.num_classes_from_config(config))
-    report = flops.analyse(config.model, shapes, num_classes, xla="none")
-    gflops = report.analytic_gflops
-    if gflops is None:  # a family without an analytic count: XLA's, in multiply-adds
+    analytic = flops.analytic_count(config.model, shapes, num_classes)
+    num_params = record.get("num_params")
+    if analytic is not None:
+        gflops = analytic.total / 1e9
+    else:  # a family without an analytic count: XLA's, in multiply-adds
         lowered = flops.analyse(config.model, shapes, num_classes, xla="lowered")
-        gflops = (lowered.xla_gflops or math.nan) / 2
-    stats: dict[str, Any] = {"gflops": gflops, "params": report.num_params}
+        gflops, num_params = (lowered.xla_gflops or math.nan) / 2, lowered.num_params
+    if num_params is None:
+        num_params = flops.analyse(config.model, shapes, num_classes, xla="none").num_params
+    stats: dict[str, Any] = {"gflops": gflops, "params": int(num_params)}
     if train_memory:
         temp = train_activation_bytes(config.model, shapes, num_classes, int(config.batch_size))
         stats["train_memory_mib"] = None if temp is None else temp / 2**20

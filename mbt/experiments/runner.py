@@ -169,6 +169,7 @@ def run_one(run: Run, config: ml_collections.ConfigDict, workdir: str, experimen
     if result["stopped_early"]:
         _LOG.warning("Run %s stopped early (SIGTERM); run again to resume it.", run.name)
         return "stopped"
+    record["num_params"] = sum(leaf.size for leaf in jax.tree.leaves(result["final_state"].params))
     if run.robustness:
         from mbt import robustness  # pylint: disable=g-import-not-at-top
 

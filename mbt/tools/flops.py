@@ -658,6 +658,18 @@ def _mib(num_bytes: int | None) -> str:
     return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} KiB"
 
 
+def analytic_count(
+    config: ml_collections.ConfigDict,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+) -> AnalyticCount | None:
+    """The model family's analytic multiply-add count per example (None where the family has
+    none); no model is built or traced. `config` is the model config (`config.model`)."""
+    models.validate_model_config(config)
+    shapes = {m: tuple(int(d) for d in s) for m, s in input_shapes.items()}
+    return models.get_family(config.get("name")).analytic_macs(config, shapes, num_classes)
+
+
 def analyse(
     config: ml_collections.ConfigDict,
     input_shapes: Mapping[str, tuple[int, ...]],
@@ -674,10 +686,7 @@ def analyse(
         raise ValueError(f"--xla={xla!r}; allowed: 'compiled', 'lowered', 'none'")
     input_shapes = {m: tuple(int(d) for d in s) for m, s in input_shapes.items()}
     name = config.get("name")
-    models.validate_model_config(config)
-
-    analytic = models.get_family(name).analytic_macs(config, input_shapes, num_classes)
-
+    analytic = analytic_count(config, input_shapes, num_classes)
     model = models.build_model(xla_model_config(config), num_classes)
     params = abstract_params(model, input_structs(input_shapes, batch_size))
     report = None
