@@ -13,9 +13,11 @@ from mbt.data import tf_import
 
 _PROBE = """
 import json, sys, tempfile
-import mbt.data.pipeline
+import mbt.data
 import tensorflow as tf
-from mbt import summaries, train
+jax_with_tf = "jax" in sys.modules
+import mbt.data.pipeline
+from mbt import summaries, train  # JAX loads now
 writer = summaries.make_writer(tempfile.mkdtemp(), True)  # TensorBoard, without Keras too
 writer.write_hparams({"lr": 0.1})
 writer.write_scalars(1, {"loss": 1.0})
@@ -23,7 +25,8 @@ writer.close()
 loaded = "keras" in sys.modules
 from tensorflow.keras import layers  # tf.keras still works, loading Keras now
 print(json.dumps({"keras_with_tf": loaded, "dense": layers.Dense.__name__,
-                  "keras_after": "keras" in sys.modules}))
+                  "keras_after": "keras" in sys.modules, "jax_with_tf": jax_with_tf,
+                  "jax_after": train.jax.numpy.ones(2).sum().item()}))
 """
 
 
@@ -45,6 +48,8 @@ def test_tensorflow_and_tensorboard_writer_load_without_keras_and_tf_keras_still
         "keras_with_tf": False,
         "dense": "Dense",
         "keras_after": True,
+        "jax_with_tf": False,  # TFLite's optional import of JAX is refused too
+        "jax_after": 2.0,  # and JAX loads as usual afterwards
     }
 
 
