@@ -44,6 +44,7 @@ from mbt import launch
 from mbt import robustness
 from mbt import sharding
 from mbt import siblings
+from mbt import startup
 from mbt import train
 from mbt import workdir as workdir_lib
 
@@ -143,6 +144,7 @@ def main(argv):
         _WORKDIR.value,
         _MODE.value,
     )
+    startup.import_and_freeze("mbt.data.pipeline")  # TensorFlow too
     try:
         _run_mode(config)
     except checkpointing.CheckpointError as error:  # its message says what to do

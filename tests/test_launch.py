@@ -158,3 +158,20 @@ def test_the_replica_fingerprint_sees_one_changed_element():
     assert text.endswith("of 1 replicated arrays (1 sharded ones not included)")
     assert launch.replica_fingerprint(same) == text
     assert launch.replica_fingerprint(changed) != text
+
+
+def test_import_and_freeze_imports_then_freezes_what_lives():
+    import gc
+
+    from mbt import startup
+
+    sys.modules.pop("colorsys", None)
+    before = gc.get_freeze_count()
+    try:
+        startup.import_and_freeze("colorsys")
+        assert "colorsys" in sys.modules
+        assert gc.get_freeze_count() > before  # the module and everything alive now
+    finally:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()  # as conftest leaves this process

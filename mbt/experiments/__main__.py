@@ -20,6 +20,7 @@ import jax
 from absl import flags
 
 from mbt import cli
+from mbt import startup
 from mbt.experiments import catalogue
 from mbt.experiments import collect as collect_lib
 from mbt.experiments import records
@@ -239,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_configs(bases, chosen, out, sets)
     except (ValueError, FileNotFoundError) as error:
         cli.usage_error(_PROG, str(error))
+    startup.import_and_freeze("mbt.data.pipeline")  # TensorFlow too
     if command == "prepare":
         extra = runner.prepare_data(bases, chosen, out, sets)
         print(f"data ready: {extra or 'nothing to prepare (the runs read a built dataset)'}")
