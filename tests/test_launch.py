@@ -167,11 +167,14 @@ def test_import_and_freeze_imports_then_freezes_what_lives():
 
     sys.modules.pop("colorsys", None)
     before = gc.get_freeze_count()
+    gc.disable()  # as `python -m mbt.main` does while it imports
     try:
         startup.import_and_freeze("colorsys")
         assert "colorsys" in sys.modules
         assert gc.get_freeze_count() > before  # the module and everything alive now
+        assert gc.isenabled()
     finally:
+        gc.enable()
         gc.unfreeze()
         gc.collect()
         gc.freeze()  # as conftest leaves this process
