@@ -240,7 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_configs(bases, chosen, out, sets)
     except (ValueError, FileNotFoundError) as error:
         cli.usage_error(_PROG, str(error))
-    startup.import_and_freeze("mbt.data.pipeline")  # TensorFlow too
     if command == "prepare":
         extra = runner.prepare_data(bases, chosen, out, sets)
         print(f"data ready: {extra or 'nothing to prepare (the runs read a built dataset)'}")
@@ -248,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         dry_run(experiment, bases, chosen, out, sets)
         return 0
+    startup.import_and_freeze("mbt.data.pipeline")  # TensorFlow too
     return run(experiment, bases, chosen, out, sets, argv)
 
 

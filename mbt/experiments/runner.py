@@ -27,6 +27,7 @@ from mbt.experiments import records
 from mbt.experiments.runs import Bases
 from mbt.experiments.runs import Run
 from mbt.experiments.runs import build_config
+from mbt.tools import flops
 
 _LOG = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def run_one(run: Run, config: ml_collections.ConfigDict, workdir: str, experimen
     if result["stopped_early"]:
         _LOG.warning("Run %s stopped early (SIGTERM); run again to resume it.", run.name)
         return "stopped"
-    record["num_params"] = sum(leaf.size for leaf in jax.tree.leaves(result["final_state"].params))
+    record["num_params"] = flops.count_params(result["final_state"].params)
     if run.robustness:
         from mbt import robustness  # pylint: disable=g-import-not-at-top
 
