@@ -12,7 +12,6 @@ here): one run of the suite adds about 20-40 MB; delete the folder to clear it.
 """
 
 import ctypes
-import gc
 import os
 import sys
 
@@ -27,6 +26,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Before any test module imports TensorFlow: it then loads without Keras, as in mbt's own
 # processes (mbt.data.tf_import), 2.5 s and 180 MB less per worker.
 import mbt.data  # noqa: E402, F401
+from mbt import startup  # noqa: E402
 
 
 def _compilation_cache_dir() -> str | None:
@@ -57,15 +57,14 @@ def _rss_bytes() -> int | None:
 
 def _collect_and_freeze() -> None:
     """Collects garbage, then moves every surviving object to the collector's permanent
-    generation (`gc.freeze`).
+    generation (`mbt.startup.import_and_freeze`, as the commands do).
 
     The survivors are long-lived (modules, session fixtures), millions of them once TF, jax
     and flax are imported, and each full collection walked them all: about 0.5 s, some 27
     times in test_experiments.py alone (10 % of its time). Frozen objects are still freed by
     reference counting; only cycles among them would stay.
     """
-    gc.collect()
-    gc.freeze()
+    startup.import_and_freeze()
 
 
 def pytest_collection_finish(session):
