@@ -9,6 +9,10 @@ _CORE = [
     "orbax-checkpoint>=0.12",
     "ml_collections>=1.1",
     "numpy>=2.0",
+    # ml_dtypes 0.7.0 takes 0.55 CPU-s to import (it adds its numpy ufunc loops one by one,
+    # each a linear search over the loops so far); 0.6.0 takes 0.01 s. jax and TensorFlow
+    # import it in every process: `import jax` 1.16 -> 0.59 CPU-s with 0.6.0.
+    "ml_dtypes>=0.5.1,<0.7",
     "absl-py>=2.0",
     "matplotlib>=3.8",
 ]
