@@ -239,6 +239,7 @@ def test_bad_flags_exit_2_naming_what_is_wrong(capsys):
         (["run", "mbt_mixup", "--set=model.no_such_key=1", "--dry_run"], "no_such_key"),
         (["run", "mbt_mixup", "--set=num_train_steps", "--dry_run"], "must look like KEY=VALUE"),
         (["run", "mbt_mixup", "--set=dataset.train_fraction=2.0", "--dry_run"], "train_fraction"),
+        (["run", "mbt_mixup", "--reuse_from=/no/such/dir"], "--reuse_from names.*/no/such/dir"),
         (["frobnicate"], "give a command: one of list, run, collect, prepare"),
     ):
         with pytest.raises(SystemExit) as exit_info:
@@ -276,11 +277,25 @@ def _check_table(out, name, ran, metric="top1"):
     return table
 
 
+@pytest.fixture(scope="module")
+def experiments_root(tmp_path_factory):
+    """One folder for the experiments below, `--reuse_from` of each: six of their runs are
+    the same demo MBT config, trained by the first and linked by the others."""
+    return str(tmp_path_factory.mktemp("experiments"))
+
+
 @pytest.mark.parametrize("name", list(TWO_RUNS))
-def test_each_experiment_runs_two_small_runs_and_collects_a_table(name, tiny_data, tmp_path):
-    out = str(tmp_path / name)
+def test_each_experiment_runs_two_small_runs_and_collects_a_table(
+    name, tiny_data, experiments_root
+):
+    out = os.path.join(experiments_root, name)
     code, stdout = _main(
-        "run", name, f"--out={out}", f"--only={','.join(_two_runs(name))}", *tiny_data
+        "run",
+        name,
+        f"--out={out}",
+        f"--only={','.join(_two_runs(name))}",
+        f"--reuse_from={experiments_root}",
+        *tiny_data,
     )
     assert code == 0
     table = _check_table(out, name, _two_runs(name))
@@ -291,6 +306,8 @@ def test_each_experiment_runs_two_small_runs_and_collects_a_table(name, tiny_dat
         assert record["finished"] and record["attempts"] == 1
         assert record["num_classes"] > 1 and set(record["input_shapes"]) >= {"spectrogram"}
         assert params[run] == record["num_params"]  # counted from the trained state
+        if record.get("reused_from"):  # an earlier experiment's run with an equal config
+            _check_reused(os.path.join(out, run), record["reused_from"], experiments_root)
         if name in ("sft_vs_mbt", "clstm_noise"):  # the three families: as the flops tool counts
             config = workdir_lib.load_config(os.path.join(out, run))
             shapes = {m: tuple(s) for m, s in record["input_shapes"].items()}
@@ -308,6 +325,30 @@ def test_each_experiment_runs_two_small_runs_and_collects_a_table(name, tiny_dat
         assert per_class.KEY in table  # None, saying why, until test results hold per_class
         if table[per_class.KEY] is None:
             assert "per-class" in table[per_class.KEY + "_missing"]
+
+
+def _check_reused(workdir: str, source: str, root: str) -> None:
+    """`workdir` holds the finished run of `source` (another experiment's, under `root`)."""
+    assert os.path.dirname(os.path.dirname(source)) == root
+    assert os.path.dirname(source) != os.path.dirname(workdir)
+    saved, given = workdir_lib.load_config(source), workdir_lib.load_config(workdir)
+    assert saved.to_dict() == given.to_dict()
+    assert records.test_results(workdir) == records.test_results(source)
+    linked = 0
+    for folder, _, files in os.walk(os.path.join(source, "checkpoints")):
+        for name in files:
+            path = os.path.join(folder, name)
+            copy = os.path.join(workdir, os.path.relpath(path, source))
+            assert os.path.samefile(path, copy)  # a hard link, not a second copy
+            linked += 1
+    assert linked > 0
+    assert not os.path.exists(os.path.join(workdir, "train.lock"))
+    record, source_record = records.run_record(workdir), records.run_record(source)
+    assert record["train_seconds"] == source_record["train_seconds"]
+    assert (
+        record["run"] == os.path.basename(workdir)
+        and record["experiment"] != source_record["experiment"]
+    )
 
 
 def test_a_finished_run_is_skipped_and_an_interrupted_one_resumes(tiny_data, tmp_path, caplog):
@@ -335,6 +376,26 @@ def test_a_finished_run_is_skipped_and_an_interrupted_one_resumes(tiny_data, tmp
     table = json.load(open(os.path.join(out, "table.json")))
     code, _ = _main("collect", "mbt_mixup", f"--out={out}")
     assert code == 0 and json.load(open(os.path.join(out, "table.json"))) == table
+    # The same run in another folder, asking for a demo copy of its own but with --reuse_from
+    # naming the folder that prepared an equal one and this run's: both are reused.
+    caplog.clear()
+    data_dir = tiny_data[0].split("=", 2)[2]  # --set=dataset.data_dir=<prepared>/data/tfds
+    prepared = os.path.dirname(os.path.dirname(data_dir))
+    again = str(tmp_path / "elsewhere")
+    own_copy = [
+        "--set=dataset.synthetic.num_clips=24",  # as `tiny_data` prepared it
+        "--set=dataset.synthetic.edge_cases=false",
+        *(f"--set={s}" for s in SMALL_RUN),
+        "--set=num_train_steps=3",
+    ]
+    argv_again = ["run", "mbt_mixup", f"--out={again}", "--only=none", *own_copy]
+    assert _main(*argv_again, f"--reuse_from={prepared},{tmp_path}")[0] == 0
+    assert f"Reading the demo copy in {os.path.join(prepared, 'data')}" in caplog.text
+    assert "linked it into" in caplog.text and "Training from scratch" not in caplog.text
+    assert not os.path.exists(os.path.join(again, "data"))  # no copy of its own
+    linked = records.run_record(os.path.join(again, "none"))
+    assert linked["reused_from"] == os.path.abspath(workdir) and linked["finished"]
+    assert records.test_results(os.path.join(again, "none")) == records.test_results(workdir)
 
 
 def test_per_class_comparison_counts_classes_and_reports_missing_results(tmp_path):

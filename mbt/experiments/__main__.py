@@ -2,7 +2,7 @@
 
 python -m mbt.experiments list
 python -m mbt.experiments run NAME [--data=demo|audioset|vggsound|epic_kitchens]
-    [--out=DIR] [--dry_run] [--set=KEY=VALUE ...] [--only=RUN,RUN]
+    [--out=DIR] [--dry_run] [--set=KEY=VALUE ...] [--only=RUN,RUN] [--reuse_from=DIR,DIR]
 python -m mbt.experiments collect NAME [--out=DIR]
 python -m mbt.experiments prepare NAME [--data=demo] [--out=DIR] [--set=KEY=VALUE ...]
 """
@@ -67,6 +67,14 @@ def _flags() -> flags.FlagValues:
         flag_values=fv,
     )
     flags.DEFINE_list("only", [], "run only these runs (names from --dry_run)", flag_values=fv)
+    flags.DEFINE_list(
+        "reuse_from",
+        [],
+        "folders of other experiments, or folders holding them (as the default --out root): "
+        "a run whose config equals a finished run's there is linked from it instead of trained "
+        "again (mbt.experiments.reuse); name only folders trained by this version of mbt",
+        flag_values=fv,
+    )
     return fv
 
 
@@ -162,15 +170,17 @@ def run(
     out: str,
     sets: dict[str, str],
     argv: Sequence[str],
+    reuse_from: Sequence[str] = (),
 ) -> int:
-    """Prepares the data, trains each run not finished yet, then collects; returns the exit
-    status (1 when a run was stopped by SIGTERM)."""
+    """Prepares the data, trains each run not finished yet (or links an equal finished one
+    from `reuse_from`), then collects; returns the exit status (1 when a run was stopped by
+    SIGTERM)."""
     info = _record_experiment(out, experiment, bases.data, experiment.expand(bases), argv)
-    extra = runner.prepare_data(bases, chosen, out, sets)
+    extra = runner.prepare_data(bases, chosen, out, sets, reuse_from)
     status = 0
     for r in chosen:
         config = runs_lib.build_config(bases, r, sets, extra)
-        outcome = runner.run_one(r, config, os.path.join(out, r.name), experiment.name)
+        outcome = runner.run_one(r, config, os.path.join(out, r.name), experiment.name, reuse_from)
         if outcome == "stopped":
             status = 1
             break
@@ -235,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "collect":
             return collect(experiment, args.data, out)
         sets = runs_lib.parse_set(args.set)
+        missing = [d for d in args.reuse_from if not os.path.isdir(d)]
+        if missing:
+            raise ValueError(f"--reuse_from names folders that do not exist: {missing}")
         bases = runs_lib.Bases(args.data)
         chosen = runner.select(experiment.expand(bases), args.only)
         _check_configs(bases, chosen, out, sets)
@@ -248,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dry_run(experiment, bases, chosen, out, sets)
         return 0
     startup.import_and_freeze("mbt.data.pipeline")  # TensorFlow too
-    return run(experiment, bases, chosen, out, sets, argv)
+    return run(experiment, bases, chosen, out, sets, argv, args.reuse_from)
 
 
 if __name__ == "__main__":

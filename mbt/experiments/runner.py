@@ -24,6 +24,7 @@ from mbt import sharding
 from mbt import train
 from mbt import workdir as workdir_lib
 from mbt.experiments import records
+from mbt.experiments import reuse
 from mbt.experiments.runs import Bases
 from mbt.experiments.runs import Run
 from mbt.experiments.runs import build_config
@@ -70,10 +71,18 @@ def _copy_identity(config: ml_collections.ConfigDict) -> str:
 
 
 def prepare_data(
-    bases: Bases, runs: Sequence[Run], out: str, sets: Mapping[str, str]
+    bases: Bases,
+    runs: Sequence[Run],
+    out: str,
+    sets: Mapping[str, str],
+    reuse_from: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Generates and builds the runs' synthetic copy once in `<out>/data` (kept when there);
-    returns `data_overrides`. Runs that would need different copies are refused."""
+    returns `data_overrides`. Runs that would need different copies are refused.
+
+    With `reuse_from`, an equal copy another experiment prepared there (`data/copy.json` names
+    its settings; the generator is seeded) is read instead, so that runs of both experiments
+    have equal configs (`mbt.experiments.reuse`)."""
     configs = [build_config(bases, run, sets, {}) for run in runs]
     if not configs or not needs_prepared_copy(configs[0]):
         return {}
@@ -83,13 +92,52 @@ def prepare_data(
             f"the runs need {len(identities)} different synthetic copies (config.dataset keys "
             f"{_COPY_KEYS} differ); one experiment prepares one copy"
         )
+    identity = identities.pop()
+    overrides = data_overrides(configs[0], out)
+    own_copy = not configs[0].dataset.get("data_dir")
+    if own_copy and not os.path.isfile(os.path.join(out, DATA_SUBDIR, reuse.COPY_FILE)):
+        found = reuse.find_same_copy(identity, reuse_from)
+        if found is not None:
+            _LOG.info("Reading the demo copy in %s (--reuse_from): same settings.", found)
+            return {**overrides, "dataset.data_dir": os.path.join(found, "tfds")}
     from mbt.data import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
 
-    overrides = data_overrides(configs[0], out)
     config = configs[0]
     config.dataset.data_dir = overrides["dataset.data_dir"]
     pipeline.prepare_dataset(config, os.path.join(out, DATA_SUBDIR))
+    if own_copy and jax.process_index() == 0:
+        reuse.save_copy_identity(os.path.join(out, DATA_SUBDIR), identity)
     return overrides
+
+
+def _reuse(
+    run: Run,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    experiment: str,
+    reuse_from: Sequence[str],
+) -> bool:
+    """Links a finished run with an equal config into `workdir` (empty); whether it did."""
+    if os.path.isdir(workdir) and os.listdir(workdir):
+        return False  # a run that started here resumes instead
+    source = reuse.find_same_run(
+        config, reuse_from, needs_robustness=run.robustness, exclude=workdir
+    )
+    if source is None:
+        return False
+    if jax.process_index() == 0:
+        reuse.link_run(source, workdir)
+        record = records.run_record(workdir)
+        record.update(run=run.name, experiment=experiment, reused_from=os.path.abspath(source))
+        records.save_run_record(workdir, record)
+    _LOG.info(
+        "Run %s: its config equals that of the finished run in %s; linked it into %s "
+        "instead of training again.",
+        run.name,
+        source,
+        workdir,
+    )
+    return True
 
 
 class _Clock:
@@ -120,9 +168,16 @@ class _Clock:
         self.save(max(self._last_step, self._counted))
 
 
-def run_one(run: Run, config: ml_collections.ConfigDict, workdir: str, experiment: str) -> str:
+def run_one(
+    run: Run,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    experiment: str,
+    reuse_from: Sequence[str] = (),
+) -> str:
     """Trains, tests (and, for `run.robustness`, evaluates under noise) one run; returns
-    'skipped', 'finished' or 'stopped' (SIGTERM: checkpoint saved, resumable)."""
+    'skipped', 'reused' (a finished run with an equal config under `reuse_from` was linked:
+    `mbt.experiments.reuse`), 'finished' or 'stopped' (SIGTERM: checkpoint saved, resumable)."""
     record = records.run_record(workdir)
     if record.get("finished"):
         changed = []
@@ -137,6 +192,8 @@ def run_one(run: Run, config: ml_collections.ConfigDict, workdir: str, experimen
             f"; its config differs from this one in {changed}" if changed else "",
         )
         return "skipped"
+    if reuse_from and not record and _reuse(run, config, workdir, experiment, reuse_from):
+        return "reused"
     mesh_shape = sharding.resolve_mesh_shape(config.get("mesh_shape"), jax.device_count())
     config_validation.validate_config(
         config, mesh_shape=mesh_shape, process_count=jax.process_count()
