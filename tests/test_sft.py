@@ -55,18 +55,23 @@ def init(config, inputs, seed=0):
 
 
 def recorded_calls(model, params, inputs, names, **apply_kwargs):
-    """Runs the model and returns `{module name: (call args, output)}` for the named modules."""
-    calls = {}
+    """Runs the model (jitted: op by op, each operation would be a program held in memory)
+    and returns `{module name: (call args, output)}` for the named modules."""
 
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and context.module.name in names:
-            calls[context.module.name] = (args, out)
-        return out
+    def run(params, inputs):
+        calls = {}
 
-    with nn.intercept_methods(record):
-        logits = model.apply({"params": params}, inputs, **apply_kwargs)
-    return logits, calls
+        def record(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and context.module.name in names:
+                calls[context.module.name] = (args, out)
+            return out
+
+        with nn.intercept_methods(record):
+            logits = model.apply({"params": params}, inputs, **apply_kwargs)
+        return logits, calls
+
+    return jax.jit(run)(params, inputs)
 
 
 def block_paths(prefix):
