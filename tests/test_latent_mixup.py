@@ -3,13 +3,13 @@ placement mixes, and the train step's targets from what the model sows."""
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import train_fixtures
+from test_sft import recorded_calls
 
 from mbt import losses
 from mbt import models
@@ -79,26 +79,6 @@ def test_plan_draws_a_lambda_per_example_and_modality_and_a_permutation():
     )
 
 
-def _recorded(model, params, inputs, names, rng):
-    calls = {}
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and context.module.name in names:
-            calls[context.module.name] = (args, out)
-        return out
-
-    with nn.intercept_methods(record):
-        _, state = model.apply(
-            {"params": params},
-            inputs,
-            train=True,
-            rngs={"dropout": rng},
-            mutable=["intermediates"],
-        )
-    return calls, state["intermediates"]
-
-
 @functools.lru_cache(maxsize=1)
 def _inputs_and_params():
     config = _tiny_sft_config(alpha=0.0)
@@ -133,7 +113,16 @@ def test_each_placement_mixes_where_the_authors_do(placement):
         "fused_encoderblock_0",
         "fused_encoderblock_1",
     }
-    calls, sown = _recorded(model, params, inputs, names, jax.random.PRNGKey(4))
+    (_, state), calls = recorded_calls(
+        model,
+        params,
+        inputs,
+        names,
+        train=True,
+        rngs={"dropout": jax.random.PRNGKey(4)},
+        mutable=["intermediates"],
+    )
+    sown = state["intermediates"]
     lambdas = {m: np.asarray(v) for m, v in sown["latent_mixup_lambda"][0].items()}
     partner = np.asarray(sown["latent_mixup_partner"][0])
     assert (partner != np.arange(4)).any() and lambdas["rgb"].shape == (4,)
