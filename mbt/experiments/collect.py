@@ -102,7 +102,7 @@ def compute_stats(
 
 def noise_summary(workdir: str) -> dict[str, Any] | None:
     """`{'metric', 'split', 'clean': v, <target>: {'<snr>': v}}` of the run's robustness.json."""
-    report = records.read_json(os.path.join(workdir, "robustness.json"))
+    report = records.read_json(os.path.join(workdir, records.ROBUSTNESS_FILE))
     if report is None:
         return None
     metric = report["metric"]

@@ -18,6 +18,7 @@ from typing import Any
 
 EXPERIMENT_FILE = "experiment.json"
 RUN_FILE = "experiment_run.json"
+ROBUSTNESS_FILE = "robustness.json"  # written in the run's workdir by `mbt.robustness`
 
 
 def read_json(path: str) -> dict[str, Any] | None:

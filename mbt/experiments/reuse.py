@@ -6,9 +6,9 @@ The papers' experiments share their baselines: at the demo size six of the catal
 mbt_clip_span, mbt_data_fraction, mbt_modalities and sft_vs_mbt) resolve to the same config.
 With `--reuse_from`, `run` looks for a finished run with an equal resolved config (every key,
 `mbt.workdir`'s comparison) in the named folders: experiment folders (`DIR/<run>/`) or
-folders of them (`DIR/<experiment>/<run>/`, as the default `--out` root). Found, its files are
-hard-linked into the new run's folder (copied where the folders are on different file
-systems), checkpoints and export included, so the folder is a complete workdir; its record
+folders of them (`DIR/<experiment>/<run>/`, as the default `--out` root). Found, its files go
+into the new run's folder, which is then a complete workdir: checkpoints and export as hard
+links (copies where the folders are on different file systems), the rest copied; its record
 names the source in `reused_from`. Only a run that has not started is linked, and a run that
 needs robustness results only from a source that has them.
 
@@ -33,8 +33,6 @@ import ml_collections
 from mbt import checkpointing
 from mbt import workdir as workdir_lib
 from mbt.experiments import records
-
-ROBUSTNESS_FILE = "robustness.json"
 
 
 def _finished_runs(roots: Sequence[str]) -> Iterator[str]:
@@ -86,7 +84,7 @@ def find_same_run(
     for workdir in _finished_runs(roots):
         if os.path.realpath(workdir) == os.path.realpath(exclude):
             continue
-        if needs_robustness and not os.path.isfile(os.path.join(workdir, ROBUSTNESS_FILE)):
+        if needs_robustness and not os.path.isfile(os.path.join(workdir, records.ROBUSTNESS_FILE)):
             continue
         try:
             saved = workdir_lib.load_config(workdir)
