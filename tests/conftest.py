@@ -55,20 +55,12 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def _collect_and_freeze() -> None:
-    """Collects garbage, then moves every surviving object to the collector's permanent
-    generation (`mbt.startup.import_and_freeze`, as the commands do).
-
-    The survivors are long-lived (modules, session fixtures), millions of them once TF, jax
-    and flax are imported, and each full collection walked them all: about 0.5 s, some 27
-    times in test_experiments.py alone (10 % of its time). Frozen objects are still freed by
-    reference counting; only cycles among them would stay.
-    """
-    startup.import_and_freeze()
-
-
 def pytest_collection_finish(session):
-    _collect_and_freeze()  # the test modules and what they import
+    # Collects garbage, then freezes the survivors for the cyclic collector, as the commands
+    # do: the test modules and what they import, later also the session fixtures. Millions of
+    # long-lived objects once TF, jax and flax are imported, and each full collection walked
+    # them all: about 0.5 s, some 27 times in test_experiments.py alone (10 % of its time).
+    startup.import_and_freeze()
 
 
 # The longest files, longest first (seconds summed over their tests, 2 workers on 2 cores).
@@ -100,11 +92,11 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def _release_compiled_programs() -> int | None:
-    """Drops jax's in-memory program caches, returns the freed heap to the OS (glibc) and
-    returns the resident size after that."""
+    """Drops jax's in-memory program caches, collects and freezes what survives, returns the
+    freed heap to the OS (glibc) and returns the resident size after that."""
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
-    _collect_and_freeze()
+    startup.import_and_freeze()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (AttributeError, OSError):  # not glibc
