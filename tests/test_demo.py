@@ -16,9 +16,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mbt import predict
+from mbt import workdir as workdir_lib
+from mbt.pretrained import default_init_from_config
+from mbt.pretrained import formats
+from mbt.pretrained import init_from
+from mbt.pretrained import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIBLINGS = ("mbt_tiny_audio", "mbt_tiny_rgb")
@@ -124,3 +130,37 @@ def test_demo_workdir_tests_again_without_config(demo):
     retested = _main(f"--workdir={workdir}", "--mode=test")
     assert retested.returncode == 0, retested.stderr[-3000:]
     assert _json(workdir, "results_test.json")["metrics"] == trained
+
+
+def test_a_trained_workdir_initialises_fine_tuning_from_its_last_checkpoint(demo):
+    """`config.init_from.checkpoint_path` naming an mbt workdir (as for fine-tuning a trained
+    MBT on another dataset): the last checkpoint's parameters are loaded, the head left fresh."""
+    workdir, _, _ = demo
+    config = workdir_lib.load_config(workdir)
+    last = os.path.join(workdir, "checkpoints", str(config.num_train_steps))
+    stored = train_state.read_params(workdir)
+    assert (stored.path, stored.location, stored.step) == (
+        os.path.join(last, "state"),
+        "params",
+        config.num_train_steps,
+    )
+    assert train_state.locate(last) == train_state.locate(os.path.dirname(last)) == stored.path
+    assert formats.detect_format(workdir) == "scenic"  # an MBT train state
+    # The export, written by another path (flax msgpack) after the last step, holds the same.
+    exported = train_state.read_params(os.path.join(workdir, "export", "params.msgpack"))
+    assert exported.location == ""  # a bare params tree
+    checkpoint_flat = formats.flatten(stored.params)
+    assert sorted(checkpoint_flat) == sorted(formats.flatten(exported.params))
+    for path, value in formats.flatten(exported.params).items():
+        np.testing.assert_array_equal(checkpoint_flat[path], value, err_msg=path)
+
+    config.init_from = default_init_from_config()
+    config.init_from.checkpoint_path = workdir
+    fresh = {k: np.zeros_like(v) for k, v in checkpoint_flat.items()}
+    params, report = init_from(config, formats.unflatten(fresh))
+    for path, value in formats.flatten(params).items():
+        head = path.startswith("output_projection/")
+        np.testing.assert_array_equal(value, fresh[path] if head else checkpoint_flat[path])
+    counts = {category: len(paths) for category, paths in report.by_category().items()}
+    assert counts["loaded"] == len(fresh) - 2 and counts["fresh"] == 2, report.summary()
+    assert report.unused_checkpoint_keys == ["output_projection/bias", "output_projection/kernel"]

@@ -1,20 +1,25 @@
 """Scenic MBT checkpoints: both train-state layouts round-trip, config inference, mismatch errors,
 and fine-tuning initialisation through `init_from`. Checkpoints are written inside the tests with
-`flax.serialization.msgpack_serialize`."""
+`flax.serialization.msgpack_serialize`, and by flax's own `save_checkpoint` (orbax or msgpack, as
+Scenic's `save_checkpoint` writes them)."""
 
 import functools
 
+import flax
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import serialization
+from flax.training import checkpoints as flax_checkpoints
 
 from mbt import models
 from mbt.pretrained import default_init_from_config
 from mbt.pretrained import formats
 from mbt.pretrained import init_from
 from mbt.pretrained import scenic_checkpoint
+from mbt.pretrained import train_state
 
 D, HEADS, MLP, LAYERS, CLASSES = 16, 2, 32, 3, 5
 INPUT_SHAPES = {"rgb": (4, 16, 16, 3), "spectrogram": (32, 16, 1), "flow": (4, 16, 16, 2)}
@@ -329,3 +334,83 @@ def test_auto_format_tells_a_video_mbt_from_a_plain_vit(tmp_path):
         }
     )
     assert not formats.is_mbt_tree(image)
+
+
+@pytest.fixture
+def flax_checkpoint_format(request):
+    """Sets flax's checkpoint format for `save_checkpoint` (orbax or msgpack), then restores it."""
+    before = flax.config.flax_use_orbax_checkpointing
+    flax.config.update("flax_use_orbax_checkpointing", request.param == "orbax")
+    yield request.param
+    flax.config.update("flax_use_orbax_checkpointing", before)
+
+
+@pytest.mark.parametrize("flax_checkpoint_format", ["orbax", "msgpack"], indirect=True)
+def test_what_flax_save_checkpoint_writes_loads_in_either_format(
+    tmp_path, writer, flax_checkpoint_format
+):
+    """Scenic's `save_checkpoint` calls flax's, which writes an orbax directory
+    `checkpoint_<step>/` by default (a msgpack file before flax moved to orbax)."""
+    config, params, inputs, logits = writer
+    momentum = jax.tree.map(np.zeros_like, params)
+    for step in (100, 200):
+        state = {
+            "global_step": step,
+            "params": jax.tree.map(lambda p, s=step: p * (s / 200), params),
+            "opt_state": {"0": {"trace": momentum}},
+            "model_state": {},
+            "rng": np.zeros(2, np.uint32),
+        }
+        flax_checkpoints.save_checkpoint(str(tmp_path), state, step, keep=3)
+    written = tmp_path / "checkpoint_200"
+    assert written.is_dir() == (flax_checkpoint_format == "orbax")
+    (tmp_path / "checkpoint_900.orbax-checkpoint-tmp-1").mkdir()  # an unfinished write
+    assert train_state.locate(str(tmp_path)) == str(written)
+    assert formats.detect_format(str(tmp_path)) == "scenic"
+    checkpoint = scenic_checkpoint.read_scenic_checkpoint(str(tmp_path))
+    assert (checkpoint.path, checkpoint.location, checkpoint.step) == (str(written), "params", 200)
+    restored = scenic_checkpoint.load_scenic_mbt(
+        str(tmp_path), hints={"fusion_layer": 1, "stochastic_droplayer_rate": 0.0}
+    )
+    assert restored.step == 200 and restored.model == models.build_model(config, CLASSES)
+    jax.tree.map(np.testing.assert_array_equal, restored.params, params)
+    np.testing.assert_allclose(
+        logits_of(restored.model, restored.params, inputs), logits, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_an_orbax_checkpoint_of_arrays_sharded_over_8_devices_reads_as_whole_arrays(
+    tmp_path, writer
+):
+    """A train state saved from a run sharded over a mesh (here 8 simulated devices, FSDP-like
+    over the first axis where it divides) reads back as whole numpy arrays on any machine."""
+    _, params, _, _ = writer
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+
+    def place(x):
+        spec = jax.sharding.PartitionSpec("data") if x.shape[0] % 8 == 0 else None
+        return jax.device_put(
+            x, jax.sharding.NamedSharding(mesh, spec or jax.sharding.PartitionSpec())
+        )
+
+    sharded = jax.tree.map(place, params)
+    assert any(
+        len(x.sharding.device_set) == 8 and not x.is_fully_replicated
+        for x in jax.tree.leaves(sharded)
+    )
+    ocp.PyTreeCheckpointer().save(str(tmp_path / "state"), {"params": sharded, "step": 7})
+    stored = train_state.read_params(str(tmp_path))  # a step directory holding `state`
+    assert (stored.path, stored.location, stored.step) == (str(tmp_path / "state"), "params", 7)
+    assert all(type(x) is np.ndarray for x in jax.tree.leaves(stored.params))
+    jax.tree.map(np.testing.assert_array_equal, stored.params, params)
+
+
+def test_unreadable_orbax_checkpoints_and_empty_directories_are_errors_naming_them(tmp_path):
+    broken = tmp_path / "checkpoint_3"
+    broken.mkdir()
+    (broken / "_METADATA").write_text("{ not json")
+    with pytest.raises(ValueError, match=f"{broken}.*orbax"):
+        scenic_checkpoint.read_scenic_checkpoint(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty.*checkpoint_<step>.*checkpoints/<step>"):
+        train_state.locate(str(tmp_path / "empty"))

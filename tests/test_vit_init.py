@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import serialization
 
@@ -21,6 +22,7 @@ from mbt import models
 from mbt.pretrained import default_init_from_config
 from mbt.pretrained import formats
 from mbt.pretrained import init_from
+from mbt.pretrained import train_state
 from mbt.pretrained import vit_init
 
 D, HEADS, MLP, PATCH, GRID, CLASSES = 16, 2, 32, 8, 4, 5
@@ -98,8 +100,9 @@ def write_big_vision_npz(path, w):
     return str(path)
 
 
-def write_flax_checkpoint(directory, w, step, layout="optimizer/target"):
-    """A Scenic ViT train state: msgpack `checkpoint_<step>`, head named output_projection."""
+def write_flax_checkpoint(directory, w, step, layout="optimizer/target", orbax=False):
+    """A Scenic ViT train state `checkpoint_<step>`, head named output_projection: a msgpack
+    file, or with `orbax` the orbax directory flax's `save_checkpoint` writes today."""
     flat = {}
     for key, value in w.items():
         key = {"pos_embedding": "Transformer/posembed_input/pos_embedding"}.get(key, key)
@@ -111,7 +114,10 @@ def write_flax_checkpoint(directory, w, step, layout="optimizer/target"):
         else {"params": params, "global_step": step}
     )
     directory.mkdir(exist_ok=True)
-    (directory / f"checkpoint_{step}").write_bytes(serialization.msgpack_serialize(state))
+    if orbax:
+        ocp.PyTreeCheckpointer().save(str(directory / f"checkpoint_{step}"), state)
+    else:
+        (directory / f"checkpoint_{step}").write_bytes(serialization.msgpack_serialize(state))
     return str(directory)
 
 
@@ -167,14 +173,18 @@ def vit_npz(tmp_path_factory):
 def test_three_formats_detected_and_read_to_the_same_weights(tmp_path, vit_npz):
     w = make_vit()
     big_vision = write_big_vision_npz(tmp_path / "bv.npz", w)
-    flax_dir = tmp_path / "flax"
+    flax_dir, orbax_dir = tmp_path / "flax", tmp_path / "flax_orbax"
     write_flax_checkpoint(flax_dir, make_vit(seed=1), step=3)  # older: must not be picked
     write_flax_checkpoint(flax_dir, w, step=7)
+    write_flax_checkpoint(orbax_dir, make_vit(seed=1), step=3, layout="params", orbax=True)
+    write_flax_checkpoint(orbax_dir, w, step=7, layout="params", orbax=True)
 
     assert formats.detect_format(vit_npz) == "vit_npz"
     assert formats.detect_format(big_vision) == "big_vision_npz"
     assert formats.detect_format(str(flax_dir)) == "flax"
-    loaded = {path: vit_init.load_vit(path) for path in (vit_npz, big_vision, str(flax_dir))}
+    assert formats.detect_format(str(orbax_dir)) == "flax"
+    paths = (vit_npz, big_vision, str(flax_dir), str(orbax_dir))
+    loaded = {path: vit_init.load_vit(path) for path in paths}
     reference = loaded[vit_npz]
     assert reference.num_layers == 2
     np.testing.assert_array_equal(reference.posemb_cls, w["pos_embedding"][0, 0])
@@ -202,6 +212,7 @@ def test_three_formats_detected_and_read_to_the_same_weights(tmp_path, vit_npz):
     )
     assert loaded[big_vision].sources["pos_embedding"] == "params/pos_embedding"
     np.testing.assert_array_equal(loaded[str(flax_dir)].posemb_cls, reference.posemb_cls)
+    np.testing.assert_array_equal(loaded[str(orbax_dir)].posemb_cls, reference.posemb_cls)
 
 
 def test_unreadable_checkpoints_are_clear_errors(tmp_path):
@@ -210,10 +221,10 @@ def test_unreadable_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_1"):
         vit_init.load_vit(str(garbage), "flax")
     with pytest.raises(FileNotFoundError, match="neither a file nor a directory"):
-        formats.resolve_checkpoint_file(str(tmp_path / "missing"))
+        train_state.locate(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="checkpoint_<step>"):
-        formats.resolve_checkpoint_file(str(tmp_path / "empty"))
+        train_state.locate(str(tmp_path / "empty"))
     np.savez(tmp_path / "not_vit.npz", foo=np.zeros(3))
     with pytest.raises(ValueError, match="embedding/kernel"):
         vit_init.load_vit(str(tmp_path / "not_vit.npz"))
@@ -472,18 +483,20 @@ def test_errors_name_the_parameter_key_or_value(vit_npz):
         )
 
 
-def test_pretrained_package_imports_without_tensorflow():
-    script = textwrap.dedent("""
-        import importlib.abc, sys
+def test_pretrained_package_imports_and_reads_orbax_without_tensorflow(tmp_path):
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
 
-        class BlockTensorFlow(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
-                    raise ModuleNotFoundError(f'No module named {name!r} (blocked)')
-                return None
-
-        sys.meta_path.insert(0, BlockTensorFlow())
+        # As if not installed: importing them fails, find_spec (etils' probe) says None.
+        sys.modules.update(tensorflow=None, tensorflow_datasets=None)
+        assert importlib.util.find_spec('tensorflow') is None
         import mbt.pretrained, mbt.pretrained.vit_init, mbt.pretrained.scenic_checkpoint
+        import numpy as np, orbax.checkpoint as ocp
+        from mbt.pretrained import train_state
+        state = {{'params': {{'cls': np.ones((1, 1, 4), np.float32)}}, 'global_step': 5}}
+        ocp.PyTreeCheckpointer().save('{tmp_path}/checkpoint_5', state)
+        stored = train_state.read_params('{tmp_path}')
+        assert stored.step == 5 and stored.params['cls'].sum() == 4, stored
         print('ok')
     """)
     result = subprocess.run(

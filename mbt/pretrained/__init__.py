@@ -7,8 +7,9 @@ of every parameter as loaded / resized / inflated / fresh). `config.init_from` k
 
 | key | values |
 |---|---|
-| `checkpoint_path` | a `.npz`, a msgpack `checkpoint_<step>` file, or a directory of them |
-| `checkpoint_format` | 'auto' / 'vit_npz' / 'big_vision_npz' / 'scenic' / 'flax' |
+| `checkpoint_path` | a `.npz`, a train state (msgpack file, orbax directory), a directory |
+|  | of `checkpoint_<step>` (the latest), or an mbt workdir (`train_state`) |
+| `checkpoint_format` | 'auto' / 'vit_npz' / 'big_vision_npz' / 'scenic' (MBT) / 'flax' (ViT) |
 | `inflation` | 'central_frame' / 'average': 2-D patch kernel → 3-D tubelet kernel |
 | `temporal_posemb` | 'tile' / 'learned' / 'none': video position embeddings (see vit_init) |
 | `restore_output_projection` | copy the checkpoint's classifier head (same class count only) |
@@ -30,6 +31,7 @@ import ml_collections
 from mbt import models
 from mbt.pretrained import formats
 from mbt.pretrained import scenic_checkpoint
+from mbt.pretrained import train_state
 from mbt.pretrained import vit_init
 from mbt.pretrained.report import InitReport
 
@@ -113,5 +115,6 @@ __all__ = [
     "init_from",
     "formats",
     "scenic_checkpoint",
+    "train_state",
     "vit_init",
 ]

@@ -4,13 +4,14 @@ Formats (`config.init_from.checkpoint_format`):
 - `vit_npz`: the `vision_transformer` repository's `.npz` (flat '/'-joined keys such as
   `Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel`).
 - `big_vision_npz`: a big_vision `.npz` (keys under `params/`, e.g. `params/pos_embedding`).
-- `scenic`: a Scenic MBT training checkpoint (msgpack `checkpoint_<step>`).
-- `flax`: a Scenic/Flax ViT checkpoint (msgpack `checkpoint_<step>` holding a ViT params tree).
-- `auto`: decided from the file: `.npz` by its keys, msgpack by whether the tree is an MBT.
+- `scenic`: an MBT train state: a Scenic MBT training checkpoint, or mbt's own.
+- `flax`: a Scenic/Flax ViT train state (a ViT params tree).
+- `auto`: decided from the file: `.npz` by its keys, a train state by whether its params tree
+  is an MBT's.
 
-msgpack checkpoints are what `flax.training.checkpoints.save_checkpoint` writes: one file
-`checkpoint_<step>` holding the train state. The parameters sit under `optimizer/target`
-(Scenic before its optax move), `params` (newer Scenic), or `target`; a bare params tree works too.
+Train states are flax msgpack files or orbax directories (`train_state` finds and reads them).
+The parameters sit under `optimizer/target` (Scenic before its optax move), `params` (newer
+Scenic, mbt), or `target`; a bare params tree works too.
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flax import serialization
+
+from mbt.pretrained import train_state
 
 FORMATS = ("auto", "vit_npz", "big_vision_npz", "scenic", "flax")
-
-# Where train states keep their parameters, most specific first.
-PARAMS_LOCATIONS = (("optimizer", "target"), ("params",), ("target",))
-
-_CHECKPOINT_FILE = re.compile(r"^checkpoint_(\d+)$")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
@@ -67,67 +64,14 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         return {key: np.asarray(data[key]) for key in data.files}
 
 
-def resolve_checkpoint_file(path: str) -> str:
-    """`path` itself if it is a file, else the `checkpoint_<step>` with the highest step in it."""
-    if os.path.isfile(path):
-        return path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint path {path!r} is neither a file nor a directory")
-    steps = {}
-    for name in os.listdir(path):
-        match = _CHECKPOINT_FILE.match(name)
-        if match and os.path.isfile(os.path.join(path, name)):
-            steps[int(match.group(1))] = name
-    if not steps:
-        raise FileNotFoundError(
-            f"no msgpack checkpoint file 'checkpoint_<step>' in directory {path!r} (orbax "
-            "checkpoint directories are not read here; point at a flax msgpack file)"
-        )
-    return os.path.join(path, steps[max(steps)])
-
-
-def read_msgpack(path: str) -> dict[str, Any]:
-    """The state dict of a flax msgpack checkpoint (file, or directory of `checkpoint_<step>`)."""
-    file = resolve_checkpoint_file(path)
-    with open(file, "rb") as f:
-        data = f.read()
-    try:
-        tree = serialization.msgpack_restore(data)
-    except Exception as err:  # msgpack raises several unrelated types on garbage
-        raise ValueError(
-            f"{file!r} is not a flax msgpack checkpoint ({type(err).__name__}: {err})"
-        ) from err
-    if not isinstance(tree, dict):
-        raise ValueError(f"{file!r} holds a {type(tree).__name__}, not a dict of parameters")
-    return tree
-
-
-def find_params(state: Mapping[str, Any], source: str = "checkpoint") -> tuple[dict, str]:
-    """The params tree inside a train state, and where it was ('optimizer/target', 'params', …).
-
-    A state that holds none of the known locations but has parameter-like keys at the top
-    (`Transformer`, `embedding…`) is itself the params tree (location '').
-    """
-    for location in PARAMS_LOCATIONS:
-        node: Any = state
-        for key in location:
-            node = node.get(key) if isinstance(node, Mapping) else None
-        if isinstance(node, Mapping) and node:
-            # Newer flax nests a second 'params' collection inside some states.
-            if set(node) == {"params"} and isinstance(node["params"], Mapping):
-                return dict(node["params"]), "/".join(location) + "/params"
-            return dict(node), "/".join(location)
-    if "Transformer" in state or any(str(k).startswith("embedding") for k in state):
-        return dict(state), ""
-    raise ValueError(
-        f"{source}: no parameters found; looked under "
-        f"{['/'.join(loc) for loc in PARAMS_LOCATIONS]} and at the top level; "
-        f"top-level keys are {sorted(state)[:20]}"
-    )
+def _shape(leaf: Any) -> tuple[int, ...]:
+    """An array's shape, or the shape an orbax metadata leaf records."""
+    return tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
 
 
 def is_mbt_tree(params: Mapping[str, Any]) -> bool:
-    """True when a params tree is an MBT's rather than a plain ViT's.
+    """True when a params tree (arrays, or orbax metadata leaves) is an MBT's rather than a
+    plain ViT's.
 
     MBT-only marks: a `bottleneck`, modality-suffixed embeddings/position embeddings/blocks,
     `cls<modality>`, a 3-D (tubelet) embedding kernel, or a position embedding whose patch
@@ -146,15 +90,15 @@ def is_mbt_tree(params: Mapping[str, Any]) -> bool:
         if isinstance(params.get("embedding"), Mapping)
         else None
     )
-    if kernel is not None and np.ndim(kernel) == 5:
+    if kernel is not None and len(_shape(kernel)) == 5:
         return True
     # A single-modality video MBT with a 2-D (temporal sampling) kernel has a ViT's names; its
     # position embedding covers frames x grid, which no square image grid gives.
     posemb = transformer.get("posembed_input", {})
     table = posemb.get("pos_embedding") if isinstance(posemb, Mapping) else None
-    if table is None or np.ndim(table) != 3:
+    if table is None or len(_shape(table)) != 3:
         return False
-    grid = np.shape(table)[1] - (1 if "cls" in names else 0)
+    grid = _shape(table)[1] - (1 if "cls" in names else 0)
     return grid > 0 and math.isqrt(grid) ** 2 != grid
 
 
@@ -166,13 +110,14 @@ def detect_format(path: str) -> str:
         if any(k.startswith("params/") for k in keys):
             return "big_vision_npz"
         return "vit_npz"
-    file = resolve_checkpoint_file(path)
-    with open(file, "rb") as f:
-        magic = f.read(4)
-    if magic[:2] == b"PK":  # a zip archive: an .npz under another name
-        keys = read_npz_keys(file)
-        return "big_vision_npz" if any(k.startswith("params/") for k in keys) else "vit_npz"
-    params, _ = find_params(read_msgpack(file), file)
+    found = train_state.locate(path)
+    if os.path.isfile(found):
+        with open(found, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] == b"PK":  # a zip archive: an .npz under another name
+            keys = read_npz_keys(found)
+            return "big_vision_npz" if any(k.startswith("params/") for k in keys) else "vit_npz"
+    _, params = train_state.peek_params(found)
     return "scenic" if is_mbt_tree(params) else "flax"
 
 

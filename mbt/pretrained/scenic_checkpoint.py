@@ -1,8 +1,10 @@
 """Scenic MBT training checkpoints: read them, infer `config.model`, restore into our MBT.
 
-A Scenic checkpoint is a flax msgpack file `checkpoint_<step>` holding the train state, with the
-parameters under `optimizer/target` (older Scenic) or `params` (newer). Our MBT has Scenic's
-parameter tree, so restoring is a shape check and a copy.
+A Scenic checkpoint is what flax's `save_checkpoint` writes for Scenic: a msgpack file
+`checkpoint_<step>` (flax before orbax) or an orbax directory `checkpoint_<step>/` (flax since),
+holding the train state, with the parameters under `optimizer/target` (older Scenic) or `params`
+(newer). mbt's own training checkpoints hold the same tree and read the same way
+(`train_state`). Our MBT has Scenic's parameter tree, so restoring is a shape check and a copy.
 
 What the parameter shapes tell (`infer_model_config`):
 - modalities: `embedding` (rgb) and `embedding_<m>`; tokenizer: 5-D kernel → `3d_conv` with its
@@ -26,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -39,6 +40,7 @@ import numpy as np
 from mbt import models
 from mbt.models import mbt as mbt_lib
 from mbt.pretrained import formats
+from mbt.pretrained import train_state
 from mbt.pretrained.report import InitReport
 
 _LOG = logging.getLogger(__name__)
@@ -61,26 +63,16 @@ _FREE_KEYS = (
 _UNSEEN_KEYS = ("test_with_bottlenecks", "stochastic_droplayer_rate")
 
 
-@dataclasses.dataclass
-class ScenicCheckpoint:
-    """A Scenic train state's parameters (nested dict of numpy arrays) and where they were."""
-
-    path: str  # the resolved `checkpoint_<step>` file
-    params: dict[str, Any]
-    location: str  # 'optimizer/target' (older Scenic) or 'params' (newer)
-    step: int | None
+# A Scenic MBT train state's parameters and where they were: `path` (the msgpack file or orbax
+# directory read), `params`, `location` ('optimizer/target' in older Scenic, 'params' in newer),
+# `step`.
+ScenicCheckpoint = train_state.StoredParams
 
 
 def read_scenic_checkpoint(path: str) -> ScenicCheckpoint:
-    """Reads a flax msgpack checkpoint file (or the latest `checkpoint_<step>` in a directory)."""
-    file = formats.resolve_checkpoint_file(path)
-    state = formats.read_msgpack(file)
-    params, location = formats.find_params(state, file)
-    step = state.get("global_step", state.get("step"))
-    if step is None:
-        match = re.search(r"checkpoint_(\d+)$", os.path.basename(file))
-        step = int(match.group(1)) if match else None
-    return ScenicCheckpoint(file, params, location, None if step is None else int(np.asarray(step)))
+    """Reads an MBT train state's parameters: a msgpack file, an orbax directory, a directory
+    of `checkpoint_<step>` (the latest), or an mbt workdir (`train_state.locate`)."""
+    return train_state.read_params(path)
 
 
 @dataclasses.dataclass

@@ -32,6 +32,7 @@ from mbt import models
 from mbt.models import mbt as mbt_lib
 from mbt.models import tokenizers
 from mbt.pretrained import formats
+from mbt.pretrained import train_state
 from mbt.pretrained.report import InitReport
 
 INFLATIONS = ("central_frame", "average")
@@ -219,8 +220,8 @@ def load_vit(path: str, checkpoint_format: str = "auto") -> ViTWeights:
     if checkpoint_format in ("vit_npz", "big_vision_npz"):
         return vit_weights_from_flat(formats.read_npz(path), path, checkpoint_format)
     if checkpoint_format == "flax":
-        params, _ = formats.find_params(formats.read_msgpack(path), path)
-        return vit_weights_from_flat(formats.flatten(params), path, checkpoint_format)
+        stored = train_state.read_params(path)
+        return vit_weights_from_flat(formats.flatten(stored.params), path, checkpoint_format)
     raise ValueError(
         f"config.init_from.checkpoint_format={checkpoint_format!r} is not a ViT "
         "format; allowed: 'auto', 'vit_npz', 'big_vision_npz', 'flax'"
