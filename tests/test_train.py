@@ -167,7 +167,9 @@ def test_evaluate_mode_restores_the_checkpoint_and_reproduces_the_test(
     assert again["loss"] == pytest.approx(result["test"]["loss"], rel=1e-5)
 
 
-def test_evaluate_mode_tests_a_scenic_checkpoint_when_the_workdir_has_none(uninterrupted, tmp_path):
+def test_evaluate_mode_tests_a_scenic_checkpoint_or_workdir_when_the_workdir_has_none(
+    uninterrupted, tmp_path
+):
     from test_scenic_checkpoint import write_scenic_checkpoint
 
     from mbt import pretrained
@@ -188,6 +190,11 @@ def test_evaluate_mode_tests_a_scenic_checkpoint_when_the_workdir_has_none(unint
     with open(os.path.join(empty_workdir, "results_test.json")) as f:
         assert json.load(f)["step"] == 0
     assert os.path.exists(os.path.join(empty_workdir, "init_report.txt"))
+    # A trained mbt workdir (orbax checkpoints) evaluates the same way from another workdir.
+    config.init_from.checkpoint_path = uninterrupted[0]
+    from_workdir = train.evaluate(config, str(tmp_path / "eval_from_workdir"), "test", data)
+    assert from_workdir["top1"] == pytest.approx(result["test"]["top1"])
+    assert from_workdir["loss"] == pytest.approx(result["test"]["loss"], rel=1e-5)
 
 
 def test_sigterm_saves_and_a_resumed_run_matches_the_uninterrupted_one(uninterrupted, tmp_path):
