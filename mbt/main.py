@@ -51,6 +51,7 @@ from mbt import siblings
 from mbt import startup
 from mbt import train
 from mbt import workdir as workdir_lib
+from mbt.data import random_input
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -148,7 +149,8 @@ def main(argv):
         _WORKDIR.value,
         _MODE.value,
     )
-    startup.import_and_freeze("mbt.data.pipeline")  # TensorFlow too
+    # The input pipeline and TensorFlow, unless the input is random (no dataset, no TF).
+    startup.import_and_freeze(*(() if random_input.enabled(config) else ("mbt.data.pipeline",)))
     try:
         _run_mode(config)
     except checkpointing.CheckpointError as error:  # its message says what to do

@@ -228,7 +228,7 @@ def run_robustness(
       'removal' ('zeros' | 'tokens' | None), 'metrics'}`, and `removals` (the removal kinds
       this model ran); robustness.json holds this plus `metrics` (the clean condition's).
     """
-    data = data if data is not None else train.PipelineData(config, workdir)
+    data = data if data is not None else train.data_source(config, workdir)
     setup = train.get_setup(config, data)
     params, step = train.restore_params(setup, workdir, config)
     split = setup.splits["eval"]

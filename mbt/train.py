@@ -41,6 +41,7 @@ from mbt import sharding
 from mbt import summaries
 from mbt import train_step as step_lib
 from mbt import workdir as workdir_lib
+from mbt.data import random_input
 from mbt.data import settings as data_settings
 
 _LOG = logging.getLogger(__name__)
@@ -102,6 +103,23 @@ class PipelineData:
         if key not in self._one_pass_sources:
             self._one_pass_sources[key] = self._pipeline.batch_source(self._config, **request)
         return iter(self._one_pass_sources[key])
+
+
+def data_source(config: ml_collections.ConfigDict, workdir: str | None = None) -> DataSource:
+    """The config's input: its dataset through the pipeline, or random batches of its shapes
+    (`config.dataset.random_input.enabled`: no files, no TensorFlow)."""
+    if random_input.enabled(config):
+        data = random_input.RandomData(config)
+        _LOG.info(
+            "Random input (config.dataset.random_input): %s train / %s test examples of %d "
+            "classes, shapes %s; no dataset is read.",
+            data.meta.num_examples["train"],
+            data.meta.num_examples["test"],
+            data.meta.num_classes,
+            data.meta.input_shapes,
+        )
+        return data
+    return PipelineData(config, workdir)
 
 
 # --- setup ----------------------------------------------------------------------------------
@@ -571,7 +589,7 @@ def train_and_evaluate(
         `<workdir>/config.json` (`mbt.workdir`) after checking that it does not change the
         model or optimizer structure of a config.json already there.
       workdir: checkpoints, TensorBoard events and results JSON go here.
-      data: a `DataSource`; default `PipelineData(config, workdir)`.
+      data: a `DataSource`; default `data_source(config, workdir)`.
       on_step: called with the step number after each train step (tests, hooks).
     Returns:
       `{'step': last step, 'stopped_early': bool, 'final_state': TrainState,
@@ -584,7 +602,7 @@ def train_and_evaluate(
 def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
     workdir_lib.check_compatible(config, workdir)  # before any data is read or restored
     workdir_lib.save_config(config, workdir)
-    data = data if data is not None else PipelineData(config, workdir)
+    data = data if data is not None else data_source(config, workdir)
     setup = get_setup(config, data)
     meta, total_steps = setup.meta, setup.total_steps
     is_main = jax.process_index() == 0
@@ -715,7 +733,9 @@ def _train_and_evaluate(config, workdir, data, on_step) -> dict[str, Any]:
         test_results = None
         if not stopped_early:
             eval_results, test_results = _final_evaluations(setup, data, state, workdir, writer)
-            if config.get("export", True):
+            if random_input.enabled(config):
+                _LOG.info("No export: the model was trained on random input.")
+            elif config.get("export", True):
                 meta = setup.meta
                 # The inference bundle `mbt.predict` reads: params, config and dataset metadata.
                 from mbt import export  # pylint: disable=g-import-not-at-top
@@ -819,7 +839,7 @@ def evaluate(
     """
     if mode not in ("evaluate", "test"):
         raise ValueError(f"mode={mode!r}; allowed: 'evaluate', 'test'")
-    data = data if data is not None else PipelineData(config, workdir)
+    data = data if data is not None else data_source(config, workdir)
     setup = get_setup(config, data)
     params, step = restore_params(setup, workdir, config)
     if mode == "evaluate":

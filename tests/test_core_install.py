@@ -105,7 +105,7 @@ def test_core_requirements_leave_the_data_side_to_the_data_extra():
     assert set(DATA_SIDE) <= data
 
 
-_SCRIPT = textwrap.dedent("""
+_HIDE_OUTSIDE_CORE = textwrap.dedent("""
     import importlib, importlib.abc, importlib.util, json, runpy, sys
 
     BLOCKED = set(json.loads(sys.argv[1]))
@@ -127,6 +127,9 @@ _SCRIPT = textwrap.dedent("""
                 self.finder.invalidate_caches()
 
     sys.meta_path[:] = [HideOutsideCore(finder) for finder in sys.meta_path]
+""")
+
+_SCRIPT = _HIDE_OUTSIDE_CORE + textwrap.dedent("""
     for module in json.loads(sys.argv[2]):
         importlib.import_module(module)
     for path in json.loads(sys.argv[3]):
@@ -179,3 +182,61 @@ def test_model_train_step_and_benchmarks_run_with_the_core_install_only_no_tenso
     assert result.returncode == 0, result.stderr[-3000:]
     assert "core ok" in result.stdout
     assert "time / einsum time" in result.stdout  # the benchmark printed its comparison
+
+
+# `python -m mbt.main ARGS` (argv[2]: JSON) with the core install alone.
+_MAIN_SCRIPT = _HIDE_OUTSIDE_CORE + textwrap.dedent("""
+    sys.argv = ['mbt.main'] + json.loads(sys.argv[2])
+    try:
+        runpy.run_module('mbt.main', run_name='__main__', alter_sys=True)
+    except SystemExit as e:
+        assert not e.code, e.code
+    loaded = sorted(m for m in sys.modules
+                    if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets'))
+    assert not loaded, loaded
+    print('main ok')
+""")
+
+
+def _core_main(blocked: list[str], devices: int, *flags: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return subprocess.run(
+        [sys.executable, "-c", _MAIN_SCRIPT, json.dumps(blocked), json.dumps(flags)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
+
+
+def test_the_trainer_runs_and_resumes_on_random_input_with_the_core_install_only(tmp_path):
+    """`config.dataset.random_input`: no dataset, no TensorFlow; trained on one device, then
+    resumed on two with more steps, tested both times; nothing exported."""
+    blocked = _blocked_modules(_core_closure())
+    workdir = str(tmp_path / "run")
+    flags = (
+        "--config=configs/synthetic.py:model=sft",
+        f"--workdir={workdir}",
+        "--config.dataset.random_input.enabled=True",
+        "--config.dataset.random_input.test_examples=8",
+        "--config.checkpoint.every_steps=3",
+    )
+    first = _core_main(blocked, 1, *flags, "--config.num_train_steps=6")
+    assert first.returncode == 0 and "main ok" in first.stdout, first.stderr[-3000:]
+    assert "no dataset is read" in first.stderr
+    assert "1 local cpu devices" in first.stderr
+    with open(os.path.join(workdir, "results_test.json")) as f:
+        assert json.load(f)["step"] == 6
+    assert not os.path.exists(os.path.join(workdir, "export"))
+
+    again = _core_main(blocked, 2, *flags, "--config.num_train_steps=9")
+    assert again.returncode == 0 and "main ok" in again.stdout, again.stderr[-3000:]
+    assert "2 local cpu devices" in again.stderr
+    assert "Resumed at step 6 of 9" in again.stderr
+    with open(os.path.join(workdir, "results_test.json")) as f:
+        results = json.load(f)
+    assert results["step"] == 9
+    assert results["metrics"]["num_examples"] == 8
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "9"

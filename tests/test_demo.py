@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from mbt import predict
+from mbt import train
 from mbt import workdir as workdir_lib
 from mbt.pretrained import default_init_from_config
 from mbt.pretrained import formats
@@ -164,3 +165,14 @@ def test_a_trained_workdir_initialises_fine_tuning_from_its_last_checkpoint(demo
     counts = {category: len(paths) for category, paths in report.by_category().items()}
     assert counts["loaded"] == len(fresh) - 2 and counts["fresh"] == 2, report.summary()
     assert report.unused_checkpoint_keys == ["output_projection/bias", "output_projection/kernel"]
+
+
+def test_random_input_has_the_shapes_the_pipeline_gives_the_demo(demo):
+    """`config.dataset.random_input` stands in for the data at the shapes the pipeline makes."""
+    workdir, _, _ = demo
+    config = workdir_lib.load_config(workdir)
+    real = train.PipelineData(config, workdir).meta  # finds the copy the run built
+    config.dataset.random_input.enabled = True
+    stand_in = train.data_source(config, workdir).meta
+    assert stand_in.input_shapes == real.input_shapes and stand_in.modalities == real.modalities
+    assert stand_in.multi_label == real.multi_label

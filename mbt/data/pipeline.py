@@ -104,6 +104,7 @@ from mbt.data import heap
 from mbt.data import registry
 from mbt.data import settings as data_settings
 from mbt.data import sources
+from mbt.data.settings import DatasetMeta
 from mbt.data.settings import default_dataset_config
 from mbt.data.settings import train_fraction_size
 from mbt.data.tf_import import as_graph
@@ -113,30 +114,6 @@ _LOG = logging.getLogger(__name__)
 MODES = ("train", "eval", "test")
 MODALITIES = ("rgb", "spectrogram")
 _SEED_MIX = 1_000_003
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetMeta:
-    """What the trainer needs to know about the data.
-
-    Attributes:
-      num_classes: length of the label vectors.
-      class_names: one name per label position.
-      class_splits: label group sizes (EPIC: (97, 300)) or None.
-      multi_label: labels are multi-hot (sigmoid loss) rather than one-hot.
-      modalities: modalities in the batches.
-      input_shapes: per-example shape of each modality, no batch dim, e.g.
-        {'rgb': (32, 224, 224, 3), 'spectrogram': (800, 128, 1)}.
-      num_examples: examples per split name (bad inputs already skipped by the builder).
-    """
-
-    num_classes: int
-    class_names: tuple[str, ...]
-    class_splits: tuple[int, ...] | None
-    multi_label: bool
-    modalities: tuple[str, ...]
-    input_shapes: dict[str, tuple[int, ...]]
-    num_examples: dict[str, int]
 
 
 def _as_dict(value: Any) -> Any:

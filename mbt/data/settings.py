@@ -163,6 +163,30 @@ def default_grain_threads(cores: int | None = None) -> int:
     return max(1, min(4, (cores or 1) // 4))
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+    """What the trainer needs to know about the data.
+
+    Attributes:
+      num_classes: length of the label vectors.
+      class_names: one name per label position.
+      class_splits: label group sizes (EPIC: (97, 300)) or None.
+      multi_label: labels are multi-hot (sigmoid loss) rather than one-hot.
+      modalities: modalities in the batches.
+      input_shapes: per-example shape of each modality, no batch dim, e.g.
+        {'rgb': (32, 224, 224, 3), 'spectrogram': (800, 128, 1)}.
+      num_examples: examples per split name (bad inputs already skipped by the builder).
+    """
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    class_splits: tuple[int, ...] | None
+    multi_label: bool
+    modalities: tuple[str, ...]
+    input_shapes: dict[str, tuple[int, ...]]
+    num_examples: dict[str, int]
+
+
 def default_dataset_config() -> ml_collections.ConfigDict:
     """`config.dataset` with every key the pipeline reads, at MBT's values."""
     c = ml_collections.ConfigDict()
@@ -215,6 +239,11 @@ def default_dataset_config() -> ml_collections.ConfigDict:
             clip_seconds=2.0,
             edge_cases=True,
         )
+    )
+    # Random batches of these shapes and the dataset's classes instead of its files
+    # (mbt.data.random_input): for trying a machine or cluster before a dataset is built.
+    c.random_input = ml_collections.ConfigDict(
+        dict(enabled=False, train_examples=1024, test_examples=64)
     )
     c.tfrecord_pattern = ""
     c.num_classes = 0
