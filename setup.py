@@ -34,6 +34,7 @@ _TEST = [
     "scikit-learn>=1.4",
     "librosa>=0.10",
     "dill>=0.3.8",
+    "safetensors>=0.4",  # writes the timm / Hugging Face ViT files mbt.pretrained.torch_vit reads
     "ruff==0.17.6",
     "mypy==2.4.1",
 ]

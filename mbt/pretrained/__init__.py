@@ -9,7 +9,8 @@ of every parameter as loaded / resized / inflated / fresh). `config.init_from` k
 |---|---|
 | `checkpoint_path` | a `.npz`, a train state (msgpack file, orbax directory), a directory |
 |  | of `checkpoint_<step>` (the latest), or an mbt workdir (`train_state`) |
-| `checkpoint_format` | 'auto' / 'vit_npz' / 'big_vision_npz' / 'scenic' (MBT) / 'flax' (ViT) |
+| `checkpoint_format` | 'auto' / 'vit_npz' / 'big_vision_npz' / 'scenic' (MBT) / 'flax' (ViT) /
+|  | 'torch_safetensors' (timm or Hugging Face ViT) |
 | `inflation` | 'central_frame' / 'average': 2-D patch kernel → 3-D tubelet kernel |
 | `temporal_posemb` | 'tile' / 'learned' / 'none': video position embeddings (see vit_init) |
 | `restore_output_projection` | copy the checkpoint's classifier head (same class count only) |
@@ -31,6 +32,7 @@ import ml_collections
 from mbt import models
 from mbt.pretrained import formats
 from mbt.pretrained import scenic_checkpoint
+from mbt.pretrained import torch_vit
 from mbt.pretrained import train_state
 from mbt.pretrained import vit_init
 from mbt.pretrained.report import InitReport
@@ -99,7 +101,8 @@ def init_from(
             seed=int(settings.get("seed", 0) or 0),
         )
         options.validate()
-        vit = vit_init.load_vit(path, checkpoint_format)
+        num_heads = models.resolve_sizes(config.model).num_heads
+        vit = vit_init.load_vit(path, checkpoint_format, num_heads=num_heads)
         shapes = input_shapes if input_shapes is not None else settings.get("input_shapes")
         grids = vit_init.token_grids(
             config.model, formats.flatten(params), shapes, config.get("dataset")
@@ -115,6 +118,7 @@ __all__ = [
     "init_from",
     "formats",
     "scenic_checkpoint",
+    "torch_vit",
     "train_state",
     "vit_init",
 ]

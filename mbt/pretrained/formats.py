@@ -6,6 +6,7 @@ Formats (`config.init_from.checkpoint_format`):
 - `big_vision_npz`: a big_vision `.npz` (keys under `params/`, e.g. `params/pos_embedding`).
 - `scenic`: an MBT train state: a Scenic MBT training checkpoint, or mbt's own.
 - `flax`: a Scenic/Flax ViT train state (a ViT params tree).
+- `torch_safetensors`: a timm or Hugging Face ViT in a `.safetensors` file (`torch_vit`).
 - `auto`: decided from the file: `.npz` by its keys, a train state by whether its params tree
   is an MBT's.
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from mbt.pretrained import train_state
 
-FORMATS = ("auto", "vit_npz", "big_vision_npz", "scenic", "flax")
+FORMATS = ("auto", "vit_npz", "big_vision_npz", "scenic", "flax", "torch_safetensors")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
@@ -102,8 +103,20 @@ def is_mbt_tree(params: Mapping[str, Any]) -> bool:
     return grid > 0 and math.isqrt(grid) ** 2 != grid
 
 
+def safetensors_file(path: str) -> str | None:
+    """`path` if it is a `.safetensors` file, a Hugging Face model folder's
+    `model.safetensors`, else None."""
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        return path
+    inside = os.path.join(path, "model.safetensors")
+    return inside if os.path.isdir(path) and os.path.isfile(inside) else None
+
+
 def detect_format(path: str) -> str:
-    """One of `vit_npz`, `big_vision_npz`, `scenic`, `flax` for the checkpoint at `path`."""
+    """One of `vit_npz`, `big_vision_npz`, `scenic`, `flax`, `torch_safetensors` for the
+    checkpoint at `path`."""
+    if safetensors_file(path):
+        return "torch_safetensors"
     file = path if os.path.isfile(path) else None
     if file is not None and file.endswith(".npz"):
         keys = read_npz_keys(file)

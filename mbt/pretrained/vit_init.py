@@ -32,6 +32,7 @@ from mbt import models
 from mbt.models import mbt as mbt_lib
 from mbt.models import tokenizers
 from mbt.pretrained import formats
+from mbt.pretrained import torch_vit
 from mbt.pretrained import train_state
 from mbt.pretrained.report import InitReport
 
@@ -213,8 +214,12 @@ def vit_weights_from_flat(
     )
 
 
-def load_vit(path: str, checkpoint_format: str = "auto") -> ViTWeights:
-    """Reads a ViT checkpoint in `vit_npz`, `big_vision_npz` or `flax` format (or 'auto')."""
+def load_vit(
+    path: str, checkpoint_format: str = "auto", num_heads: int | None = None
+) -> ViTWeights:
+    """Reads a ViT checkpoint in `vit_npz`, `big_vision_npz`, `flax` or `torch_safetensors`
+    format (or 'auto'). `num_heads`: the head count of the model being initialised (PyTorch
+    layouts store attention as [D, D] matrices, without it)."""
     if checkpoint_format == "auto":
         checkpoint_format = formats.detect_format(path)
     if checkpoint_format in ("vit_npz", "big_vision_npz"):
@@ -222,9 +227,18 @@ def load_vit(path: str, checkpoint_format: str = "auto") -> ViTWeights:
     if checkpoint_format == "flax":
         stored = train_state.read_params(path)
         return vit_weights_from_flat(formats.flatten(stored.params), path, checkpoint_format)
+    if checkpoint_format == torch_vit.FORMAT:
+        file = formats.safetensors_file(path) or path
+        flat, origin, unused = torch_vit.to_vit_npz(
+            torch_vit.read_safetensors(file), file, num_heads
+        )
+        vit = vit_weights_from_flat(flat, file, checkpoint_format)
+        vit.sources = {k: origin.get(s, s) for k, s in vit.sources.items()}
+        vit.unrecognised = sorted(set(vit.unrecognised) | set(unused))
+        return vit
     raise ValueError(
         f"config.init_from.checkpoint_format={checkpoint_format!r} is not a ViT "
-        "format; allowed: 'auto', 'vit_npz', 'big_vision_npz', 'flax'"
+        f"format; allowed: 'auto', 'vit_npz', 'big_vision_npz', 'flax', '{torch_vit.FORMAT}'"
     )
 
 
