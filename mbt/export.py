@@ -33,6 +33,7 @@ from flax import serialization
 from mbt import models
 from mbt.data import registry
 from mbt.data.settings import STORED_SAMPLE_RATE
+from mbt.pretrained import train_state
 
 EXPORT_VERSION = 1
 EXPORT_SUBDIR = "export"
@@ -314,14 +315,18 @@ def check_param_shapes(
         )
 
 
-def _read(export_dir: str, name: str) -> bytes:
+def _existing(export_dir: str, name: str) -> str:
     path = os.path.join(export_dir, name)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} not found: not an mbt export directory (written by "
             "mbt.export.save_export at the end of training)"
         )
-    with open(path, "rb") as f:
+    return path
+
+
+def _read(export_dir: str, name: str) -> bytes:
+    with open(_existing(export_dir, name), "rb") as f:
         return f.read()
 
 
@@ -355,17 +360,8 @@ def load_export(export_dir: str):
         raise FileNotFoundError(f"export directory {export_dir} does not exist")
     config = load_config(export_dir)
     meta = load_meta(export_dir)
-    params_path = os.path.join(export_dir, PARAMS_FILE)
-    try:
-        params = serialization.msgpack_restore(_read(export_dir, PARAMS_FILE))
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise ValueError(
-            f"{params_path} is not a flax msgpack file ({type(e).__name__}: {e})"
-        ) from e
-    if not isinstance(params, dict):
-        raise ValueError(f"{params_path} holds a {type(params).__name__}, not a parameter tree")
+    params_path = _existing(export_dir, PARAMS_FILE)
+    params = train_state.read_msgpack(params_path)
     model = models.build_model(config.model, meta.num_classes)
     check_param_shapes(params, expected_param_shapes(model, meta.input_shapes), params_path)
     return model, params, config, meta

@@ -155,6 +155,10 @@ class _Converter:
     def optional(self, name: str) -> bool:
         return name in self.tensors
 
+    def layers(self, pattern: str) -> list[int]:
+        """The block numbers in the tensor names (`pattern`'s group 1, matched at the start)."""
+        return sorted({int(m.group(1)) for k in self.tensors if (m := re.match(pattern, k))})
+
 
 def _timm(c: _Converter, prefix: str) -> None:
     c.patch_embedding(f"{prefix}patch_embed.proj")
@@ -162,13 +166,7 @@ def _timm(c: _Converter, prefix: str) -> None:
         c.copy("cls", f"{prefix}cls_token")
     if c.optional(f"{prefix}pos_embed"):
         c.copy("Transformer/posembed_input/pos_embedding", f"{prefix}pos_embed")
-    layers = sorted(
-        {
-            int(m.group(1))
-            for k in c.tensors
-            if (m := re.match(rf"^{re.escape(prefix)}blocks\.(\d+)\.", k))
-        }
-    )
+    layers = c.layers(rf"{re.escape(prefix)}blocks\.(\d+)\.")
     for i in layers:
         src, dst = f"{prefix}blocks.{i}.", _BLOCK.format(i)
         c.norm(dst + "LayerNorm_0", src + "norm1")
@@ -199,13 +197,7 @@ def _hf(c: _Converter, prefix: str) -> None:
     c.patch_embedding(f"{prefix}embeddings.patch_embeddings.projection")
     c.copy("cls", f"{prefix}embeddings.cls_token")
     c.copy("Transformer/posembed_input/pos_embedding", f"{prefix}embeddings.position_embeddings")
-    layers = sorted(
-        {
-            int(m.group(1))
-            for k in c.tensors
-            if (m := re.match(rf"^{re.escape(prefix)}encoder\.layer\.(\d+)\.", k))
-        }
-    )
+    layers = c.layers(rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.")
     for i in layers:
         src, dst = f"{prefix}encoder.layer.{i}.", _BLOCK.format(i)
         c.norm(dst + "LayerNorm_0", src + "layernorm_before")
