@@ -669,8 +669,8 @@ def define_model_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "checkpoint",
         None,
-        "model (one of): a Scenic MBT checkpoint file (msgpack checkpoint_<step>) or a "
-        "directory of them; needs --config",
+        "model (one of): a Scenic MBT checkpoint (msgpack file or orbax directory "
+        "checkpoint_<step>) or a directory of them; needs --config",
         flag_values=fv,
     )
     flags.DEFINE_alias("scenic_checkpoint", "checkpoint", flag_values=fv)
