@@ -19,12 +19,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from mbt import config_validation
+from mbt import train
 from mbt import workdir as workdir_lib
 from mbt.experiments import __main__ as cli_main
 from mbt.experiments import catalogue
 from mbt.experiments import collect as collect_lib
 from mbt.experiments import per_class
 from mbt.experiments import records
+from mbt.experiments import runner
 from mbt.experiments import runs as runs_lib
 from mbt.tools import flops
 
@@ -230,6 +232,19 @@ def _parse_like_mbt_main(argv):
     flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
     flag_values(full)
     return holder.value
+
+
+def test_random_input_runs_need_no_prepared_copy(tmp_path):
+    """With `dataset.random_input.enabled`, the demo experiments prepare no synthetic copy and
+    every run reads random batches (`mbt.train.data_source`)."""
+    bases = runs_lib.Bases("demo")
+    chosen = catalogue.get("mbt_mixup").expand(bases)[:2]
+    sets = {"dataset.random_input.enabled": "True"}
+    assert runner.prepare_data(bases, chosen, str(tmp_path), sets) == {}
+    assert os.listdir(tmp_path) == []
+    config = runs_lib.build_config(bases, chosen[0], sets, {})
+    assert runner.needs_prepared_copy(runs_lib.build_config(bases, chosen[0], {}, {}))
+    assert type(train.data_source(config, str(tmp_path))).__name__ == "RandomData"
 
 
 def test_bad_flags_exit_2_naming_what_is_wrong(capsys):

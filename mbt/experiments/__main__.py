@@ -21,6 +21,7 @@ from absl import flags
 
 from mbt import cli
 from mbt import startup
+from mbt.data import random_input
 from mbt.experiments import catalogue
 from mbt.experiments import collect as collect_lib
 from mbt.experiments import records
@@ -260,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         dry_run(experiment, bases, chosen, out, sets)
         return 0
-    startup.import_and_freeze("mbt.data.pipeline")  # TensorFlow too
+    # The input pipeline and TensorFlow, unless the runs read random input (no dataset, no TF).
+    first = runs_lib.build_config(bases, chosen[0], sets, {}) if chosen else None
+    random = first is not None and random_input.enabled(first)
+    startup.import_and_freeze(*(() if random else ("mbt.data.pipeline",)))
     return run(experiment, bases, chosen, out, sets, argv, args.reuse_from)
 
 

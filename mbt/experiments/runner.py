@@ -23,6 +23,7 @@ from mbt import config_validation
 from mbt import sharding
 from mbt import train
 from mbt import workdir as workdir_lib
+from mbt.data import random_input
 from mbt.experiments import records
 from mbt.experiments import reuse
 from mbt.experiments.runs import Bases
@@ -49,7 +50,10 @@ def select(runs: Sequence[Run], only: Sequence[str]) -> list[Run]:
 
 
 def needs_prepared_copy(config: ml_collections.ConfigDict) -> bool:
-    """Whether the config generates a synthetic copy (the demo) rather than reading a built one."""
+    """Whether the config generates a synthetic copy (the demo) rather than reading a built one
+    (or none: random input)."""
+    if random_input.enabled(config):
+        return False
     synthetic = config.dataset.get("synthetic") or {}
     return int(synthetic.get("num_clips", 0) or 0) > 0
 
@@ -215,7 +219,7 @@ def run_one(
     )
     clock = _Clock(workdir, record)
     clock.save()  # the attempt is on record before anything is read or compiled
-    data = train.PipelineData(config, workdir)
+    data = train.data_source(config, workdir)  # the dataset, or random input when asked
     record.update(
         num_classes=int(data.meta.num_classes),
         input_shapes={m: list(s) for m, s in data.meta.input_shapes.items()},
