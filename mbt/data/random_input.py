@@ -17,6 +17,7 @@ single- and multi-label datasets, one per head for class splits (EPIC's verb + n
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from collections.abc import Iterator
@@ -202,7 +203,7 @@ class RandomData:
     def _train(self, split, batch_size, process, processes, start_batch):
         size = self.meta.num_examples[split]
         global_batch = batch_size * processes
-        for k in range_from(start_batch):
+        for k in itertools.count(start_batch):
             first = k * global_batch + process * batch_size
             rows = np.arange(first, first + batch_size) % size
             batch = self.examples(split, rows)
@@ -225,10 +226,3 @@ class RandomData:
             batch["batch_mask"] = real.astype(np.float32)
             batch["video_index"] = video.astype(np.int32)
             yield batch
-
-
-def range_from(start: int) -> Iterator[int]:
-    k = start
-    while True:
-        yield k
-        k += 1
