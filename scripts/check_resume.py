@@ -147,6 +147,11 @@ def main(argv):
     if status != 0:
         raise SystemExit(f"the reference run failed (status {status}); see {logs['reference']}")
     status = run_and_stop(moved, logs["stop"])
+    if status == 0:
+        raise SystemExit(
+            f"the run to stop finished all {_STEPS.value} steps before the SIGTERM reached it "
+            f"(sent once checkpoint {_STOP_AFTER.value} was written); give it more --steps"
+        )
     if status != EXIT_PREEMPTED:
         raise SystemExit(
             f"the stopped run exited {status}, not {EXIT_PREEMPTED} (SIGTERM after its "
