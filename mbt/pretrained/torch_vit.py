@@ -79,16 +79,18 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     return tensors
 
 
-def layout(names: Mapping[str, object] | list[str]) -> str | None:
-    """'timm', 'hf' or None, from the tensor names."""
-    keys = list(names)
-    if any(re.match(r"^(module\.|model\.)?blocks\.\d+\.attn\.qkv\.weight$", k) for k in keys):
-        return "timm"
-    if any(
-        re.search(r"(^|\.)encoder\.layer\.\d+\.attention\.attention\.query\.weight$", k)
-        for k in keys
-    ):
-        return "hf"
+_LAYOUTS = (  # (kind, the name that tells it; group 1 is the prefix of every name)
+    ("timm", re.compile(r"^(module\.|model\.)?blocks\.\d+\.attn\.qkv\.weight$")),
+    ("hf", re.compile(r"^(.*?)encoder\.layer\.\d+\.attention\.attention\.query\.weight$")),
+)
+
+
+def layout(names: Mapping[str, object] | list[str]) -> tuple[str, str] | None:
+    """('timm' or 'hf', the prefix of the names, e.g. 'vit.') from the tensor names, or None."""
+    for kind, pattern in _LAYOUTS:
+        for name in names:
+            if match := pattern.match(name):
+                return kind, match.group(1) or ""
     return None
 
 
@@ -225,13 +227,14 @@ def to_vit_npz(
 ) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
     """(arrays in the `vision_transformer` `.npz` layout, their source tensor names, the
     tensors not used) of a timm or Hugging Face ViT."""
-    kind = layout(tensors)
-    if kind is None:
+    found = layout(tensors)
+    if found is None:
         raise ValueError(
             f"{path}: not a timm or Hugging Face ViT (no 'blocks.<i>.attn.qkv.weight' or "
             f"'encoder.layer.<i>.attention.attention.query.weight'; first names "
             f"{sorted(tensors)[:6]})"
         )
+    kind, prefix = found
     declared = hf_num_heads(path) if kind == "hf" else None
     if num_heads and declared and num_heads != declared:
         raise ValueError(
@@ -244,20 +247,10 @@ def to_vit_npz(
             f"{path}: the head count is not in the weights; it comes from the model being "
             "initialised (config.model.num_heads) or a Hugging Face config.json beside the file"
         )
-    names = list(tensors)
-    if kind == "timm":
-        prefix = next(
-            (p for p in ("module.", "model.") if any(k.startswith(p + "blocks.") for k in names)),
-            "",
-        )
-    else:
-        prefix = next(
-            (p for p in ("vit.", "") if any(k.startswith(p + "encoder.layer.") for k in names)), ""
-        )
     converter = _Converter(tensors, path, int(heads))
     try:
         (_timm if kind == "timm" else _hf)(converter, prefix)
     except KeyError as err:
         raise ValueError(f"{path}: a {kind} ViT without tensor {err.args[0]!r}") from err
-    unused = sorted(set(names) - converter.used)
+    unused = sorted(set(tensors) - converter.used)
     return converter.flat, converter.origin, unused
