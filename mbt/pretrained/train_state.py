@@ -73,11 +73,6 @@ def find_params(state: Mapping[str, Any], source: str = "checkpoint") -> tuple[d
     )
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:limit] if text else ""
-
-
 def is_orbax_checkpoint(path: str) -> bool:
     return os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, marker)) for marker in ORBAX_MARKERS
@@ -110,8 +105,9 @@ def locate(path: str) -> str:
         return state
     if step := _highest_step(path):
         return locate(step)
-    if os.path.isdir(nested := os.path.join(path, "checkpoints")) and _highest_step(nested):
-        return locate(nested)
+    nested = os.path.join(path, "checkpoints")  # an mbt workdir
+    if os.path.isdir(nested) and (step := _highest_step(nested)):
+        return locate(step)
     raise FileNotFoundError(
         f"no checkpoint found in directory {path!r}: looked for a flax msgpack file "
         "'checkpoint_<step>', an orbax checkpoint directory (holding _METADATA, manifest.ocdbt "
@@ -141,12 +137,14 @@ def _orbax_metadata_tree(directory: str) -> dict[str, Any] | None:
     (orbax's older layout, or a damaged `_METADATA`)."""
     import orbax.checkpoint as ocp  # lazily: orbax is slow to import and only needed here
 
+    from mbt import checkpointing  # its one_line; it imports orbax, so it is lazy here too
+
     try:
         metadata = ocp.PyTreeCheckpointer().metadata(directory)
     except Exception as err:  # orbax and tensorstore raise many unrelated types
         raise ValueError(
             f"{directory!r} could not be read as an orbax checkpoint "
-            f"({type(err).__name__}: {_first_line(err)})"
+            f"({checkpointing.one_line(err)})"
         ) from err
     # orbax >= 0.11 wraps the tree (StepMetadata.item_metadata.tree); older ones return it.
     tree = getattr(metadata, "item_metadata", metadata)
@@ -179,6 +177,8 @@ def _restore_orbax(directory: str, tree: dict[str, Any] | None) -> dict[str, Any
     import jax
     import orbax.checkpoint as ocp
 
+    from mbt import checkpointing
+
     args = None
     if tree is not None:
         _, location = find_params(tree, directory)
@@ -197,8 +197,7 @@ def _restore_orbax(directory: str, tree: dict[str, Any] | None) -> dict[str, Any
         )
     except Exception as err:  # orbax and tensorstore raise many unrelated types
         raise ValueError(
-            f"{directory!r}: the orbax checkpoint could not be read "
-            f"({type(err).__name__}: {_first_line(err)})"
+            f"{directory!r}: the orbax checkpoint could not be read ({checkpointing.one_line(err)})"
         ) from err
     if not isinstance(restored, Mapping):
         raise ValueError(f"{directory!r} holds a {type(restored).__name__}, not a train state")
