@@ -129,7 +129,16 @@ _HIDE_OUTSIDE_CORE = textwrap.dedent("""
     sys.meta_path[:] = [HideOutsideCore(finder) for finder in sys.meta_path]
 """)
 
-_SCRIPT = _HIDE_OUTSIDE_CORE + textwrap.dedent("""
+# The end of each script: nothing of TensorFlow was imported.
+_NO_TENSORFLOW_LOADED = textwrap.dedent("""
+    loaded = sorted(m for m in sys.modules
+                    if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets'))
+    assert not loaded, loaded
+""")
+
+_SCRIPT = (
+    _HIDE_OUTSIDE_CORE
+    + textwrap.dedent("""
     for module in json.loads(sys.argv[2]):
         importlib.import_module(module)
     for path in json.loads(sys.argv[3]):
@@ -153,31 +162,35 @@ _SCRIPT = _HIDE_OUTSIDE_CORE + textwrap.dedent("""
         runpy.run_path(sys.argv[0], run_name='__main__')
     except SystemExit as e:
         assert not e.code, e.code
-    loaded = sorted(m for m in sys.modules
-                    if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets'))
-    assert not loaded, loaded
-    print('core ok')
 """)
+    + _NO_TENSORFLOW_LOADED
+    + "print('core ok')\n"
+)
+
+
+def _run_hidden(script: str, xla_flags: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -c script args...` on CPU with `XLA_FLAGS`, from the repository root."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
 
 
 def test_model_train_step_and_benchmarks_run_with_the_core_install_only_no_tensorflow():
     blocked = _blocked_modules(_core_closure())
     assert {"tensorflow", "tensorflow_datasets", "av", "h5py", "sklearn"} <= set(blocked)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _SCRIPT,
-            json.dumps(blocked),
-            json.dumps(CORE_MODULES),
-            json.dumps([os.path.join(REPO, s) for s in CORE_SCRIPTS]),
-            CORE_BENCHMARK,
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        timeout=600,
-        cwd=REPO,
+    result = _run_hidden(
+        _SCRIPT,
+        os.environ.get("XLA_FLAGS", ""),
+        json.dumps(blocked),
+        json.dumps(CORE_MODULES),
+        json.dumps([os.path.join(REPO, s) for s in CORE_SCRIPTS]),
+        CORE_BENCHMARK,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "core ok" in result.stdout
@@ -185,30 +198,23 @@ def test_model_train_step_and_benchmarks_run_with_the_core_install_only_no_tenso
 
 
 # `python -m mbt.main ARGS` (argv[2]: JSON) with the core install alone.
-_MAIN_SCRIPT = _HIDE_OUTSIDE_CORE + textwrap.dedent("""
+_MAIN_SCRIPT = (
+    _HIDE_OUTSIDE_CORE
+    + textwrap.dedent("""
     sys.argv = ['mbt.main'] + json.loads(sys.argv[2])
     try:
         runpy.run_module('mbt.main', run_name='__main__', alter_sys=True)
     except SystemExit as e:
         assert not e.code, e.code
-    loaded = sorted(m for m in sys.modules
-                    if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets'))
-    assert not loaded, loaded
-    print('main ok')
 """)
+    + _NO_TENSORFLOW_LOADED
+    + "print('main ok')\n"
+)
 
 
 def _core_main(blocked: list[str], devices: int, *flags: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.run(
-        [sys.executable, "-c", _MAIN_SCRIPT, json.dumps(blocked), json.dumps(flags)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=REPO,
-    )
+    xla_flags = f"--xla_force_host_platform_device_count={devices}"
+    return _run_hidden(_MAIN_SCRIPT, xla_flags, json.dumps(blocked), json.dumps(flags))
 
 
 def test_the_trainer_runs_and_resumes_on_random_input_with_the_core_install_only(tmp_path):
